@@ -1,0 +1,15 @@
+"""gpt2port: the open GPT-2 weights in a from-scratch model you can read, train and trust."""
+
+from .config import GPT_CONFIG_124M, PRESETS, validate_config
+from .errors import (CheckpointError, ConfigError, Gpt2portError, MappingError,
+                     TokenizerError)
+from .generation import generate
+from .loading import load_pretrained
+from .model import GPTModel
+from .tokenizer import load_tokenizer
+
+__all__ = [
+    "GPT_CONFIG_124M", "PRESETS", "GPTModel", "load_pretrained", "load_tokenizer", "generate",
+    "validate_config", "Gpt2portError", "ConfigError", "CheckpointError", "MappingError",
+    "TokenizerError",
+]

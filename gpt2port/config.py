@@ -1,0 +1,105 @@
+"""Model configs in the book's dict style, their validation, and the named presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+GPT_CONFIG_124M = {
+    "vocab_size": 50257,  # vocabulary size of the GPT-2 BPE tokenizer
+    "context_length": 1024,  # longest sequence the position table covers
+    "embedding_dimension": 768,  # width of every token's vector
+    "number_of_heads": 12,  # attention heads per block
+    "number_of_layers": 12,  # transformer blocks
+    "dropout_rate": 0.1,  # dropout after embeddings, attention and feed-forward
+    "qkv_bias": False,  # bias in the query, key and value projections
+}
+
+# Keys a config may add to the book's seven, with their defaults.
+OPTIONAL_KEYS = {
+    "layer_norm_epsilon": 1e-5,
+    "tie_output_head": False,  # output head shares its weight with the token embedding table
+}
+
+_POSITIVE_INTEGERS = (
+    "vocab_size",
+    "context_length",
+    "embedding_dimension",
+    "number_of_heads",
+    "number_of_layers",
+)
+
+
+def validate_config(config: dict) -> dict:
+    """Return a complete copy of ``config`` with defaults filled in.
+
+    Raises:
+        ConfigError: listing every unknown or missing key and every value that cannot work.
+    """
+    if not isinstance(config, dict):
+        raise ConfigError(f"a model config must be a dict, got {type(config).__name__}")
+    problems = []
+    known = set(GPT_CONFIG_124M) | set(OPTIONAL_KEYS)
+    problems += [f"unknown key {key!r}" for key in sorted(set(config) - known, key=str)]
+    problems += [f"missing key {key!r}" for key in GPT_CONFIG_124M if key not in config]
+    complete = {**OPTIONAL_KEYS, **config}
+    for key in _POSITIVE_INTEGERS:
+        value = complete.get(key)
+        if key in complete and (type(value) is not int or value <= 0):
+            problems.append(f"{key} must be a positive integer, got {value!r}")
+    width, heads = complete.get("embedding_dimension"), complete.get("number_of_heads")
+    if type(width) is int and type(heads) is int and width > 0 and heads > 0 and width % heads:
+        problems.append(f"number_of_heads={heads} does not divide embedding_dimension={width}")
+    rate = complete.get("dropout_rate")
+    if "dropout_rate" in complete and not (
+        isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1
+    ):
+        problems.append(f"dropout_rate must be a number in [0, 1), got {rate!r}")
+    epsilon = complete["layer_norm_epsilon"]
+    if not (isinstance(epsilon, float) and epsilon > 0):
+        problems.append(f"layer_norm_epsilon must be a positive float, got {epsilon!r}")
+    for key in ("qkv_bias", "tie_output_head"):
+        if key in complete and not isinstance(complete[key], bool):
+            problems.append(f"{key} must be True or False, got {complete[key]!r}")
+    if problems:
+        raise ConfigError(
+            "model config cannot work: " + "; ".join(problems),
+            hint="start from gpt2port.GPT_CONFIG_124M and change only the sizes",
+        )
+    return complete
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named GPT-2 release: where it lives on the Hub and the config it has."""
+
+    name: str
+    repo_id: str
+    revision: str | None  # a commit pins the download; None follows the repo's main branch
+    config: dict = field(repr=False)
+
+
+def _pretrained(width: int, layers: int, heads: int) -> dict:
+    return {
+        **GPT_CONFIG_124M,
+        "embedding_dimension": width,
+        "number_of_layers": layers,
+        "number_of_heads": heads,
+        "qkv_bias": True,
+        "tie_output_head": True,
+        "layer_norm_epsilon": 1e-5,
+    }
+
+
+PRESETS = {
+    preset.name: preset
+    for preset in (
+        Preset("gpt2", "openai-community/gpt2", "607a30d783dfa663caf39e06633721c8d4cfcd7e",
+               _pretrained(768, 12, 12)),
+        Preset("gpt2-medium", "openai-community/gpt2-medium", None, _pretrained(1024, 24, 16)),
+        Preset("gpt2-large", "openai-community/gpt2-large", None, _pretrained(1280, 36, 20)),
+        Preset("gpt2-xl", "openai-community/gpt2-xl", None, _pretrained(1600, 48, 25)),
+        Preset("distilgpt2", "distilbert/distilgpt2", None, _pretrained(768, 6, 12)),
+    )
+}

@@ -1,0 +1,51 @@
+"""The package's own error types; each carries a hint a person can act on and a CLI exit code."""
+
+from __future__ import annotations
+
+
+class Gpt2portError(Exception):
+    """Base class of every error gpt2port raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"
+
+
+class ConfigError(Gpt2portError):
+    """A model config that cannot work: unknown keys, bad sizes, unsupported options."""
+
+    exit_code = 3
+
+
+class CheckpointError(Gpt2portError):
+    """A checkpoint that cannot be read: missing files, malformed headers, refused pickles."""
+
+    exit_code = 4
+
+
+class MappingError(CheckpointError):
+    """A checkpoint whose tensors do not fit the model: lists every problem at once."""
+
+    def __init__(self, origin: str, problems: list[str], config: dict):
+        self.problems = problems
+        self.config = config
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        assumed = ", ".join(f"{key}={value}" for key, value in config.items())
+        super().__init__(
+            f"{origin}: {len(problems)} tensor(s) do not fit the model\n{listing}\n"
+            f"config assumed: {assumed}",
+            hint="check that the checkpoint and its config.json belong together "
+            "(a wrong number of layers, heads or vocabulary shows up as the problems above)",
+        )
+
+
+class TokenizerError(Gpt2portError):
+    """Tokenizer files that are missing or do not agree with each other."""
+
+    exit_code = 5

@@ -1,0 +1,1 @@
+"""Checkpoint formats: one module per format, each a name table plus its config keys."""

@@ -1,0 +1,141 @@
+"""``load_pretrained``: a preset, Hub repo id, folder or file -> a ready ``GPTModel``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import PRESETS
+from .errors import CheckpointError, ConfigError
+from .formats import huggingface
+from .formats.table import to_model
+from .model import GPTModel
+from .readers import read_json, read_weights_file
+
+# Weights files of a Hugging Face folder, in order of preference.
+WEIGHTS_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "f32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "f16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint's tensors under their own names, and the model config it implies."""
+
+    origin: str
+    tensors: dict[str, torch.Tensor]
+    config: dict
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``torch.float16``, ``"fp16"``, ``"bfloat16"``... -> a torch dtype (None stays None)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def find_weights(folder: Path) -> Path:
+    """The weights file a Hugging Face folder holds.
+
+    Raises:
+        CheckpointError: listing what the folder has instead.
+    """
+    for name in WEIGHTS_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    present = ", ".join(sorted(path.name for path in folder.iterdir())) or "nothing"
+    raise CheckpointError(f"{folder}: no weights file ({', '.join(WEIGHTS_FILES)}); "
+                          f"the folder has {present}")
+
+
+def open_checkpoint(path: Path) -> Checkpoint:
+    """Read a Hugging Face folder, or one weights file with ``config.json`` beside it."""
+    path = Path(path)
+    weights = find_weights(path) if path.is_dir() else path
+    config_path = weights.parent / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{weights}: no config.json beside it",
+                              hint="put the model's config.json in the same folder")
+    config = huggingface.config_to_model(read_json(config_path), origin=str(config_path))
+    tensors = huggingface.TABLE.strip_prefix(read_weights_file(weights))
+    return Checkpoint(str(weights), tensors, config)
+
+
+def _decide_tying(checkpoint: Checkpoint) -> dict:
+    """Tie the output head when the checkpoint has none, or one equal to the embedding."""
+    table, tensors = huggingface.TABLE, checkpoint.tensors
+    head = table.source_name("output_head.weight")
+    embedding = tensors.get(table.source_name("token_embedding_table.weight"))
+    if head not in tensors:
+        return {**checkpoint.config, "tie_output_head": True}
+    same = (embedding is not None and tensors[head].shape == embedding.shape
+            and torch.equal(tensors[head], embedding))
+    if same:
+        del tensors[head]
+    return {**checkpoint.config, "tie_output_head": same}
+
+
+def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | None = None,
+                          device: torch.device | str = "cpu") -> GPTModel:
+    """Build the model on the meta device and assign the checkpoint's tensors to it.
+
+    ``dtype=None`` keeps the checkpoint's own floating-point type.
+
+    Raises:
+        MappingError: listing every tensor that does not fit.
+    """
+    config = _decide_tying(checkpoint)
+    with torch.device("meta"):
+        model = GPTModel(config)
+    expected = model.state_dict()
+    if config["tie_output_head"]:
+        del expected["output_head.weight"]
+    state = to_model(huggingface.TABLE, checkpoint.tensors, expected, model.config,
+                     origin=checkpoint.origin)
+    dtype = parse_dtype(dtype) or state["token_embedding_table.weight"].dtype
+    state = {name: tensor.to(device=device, dtype=dtype) for name, tensor in state.items()}
+    if config["tie_output_head"]:
+        state["output_head.weight"] = state["token_embedding_table.weight"]
+    model.load_state_dict(state, assign=True)
+    model.tie_output_head()
+    return model.eval()
+
+
+def resolve(name_or_path: str | Path, *, revision: str | None = None) -> Path:
+    """A local path as is; a preset or Hub repo id -> its downloaded snapshot folder."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    from .hub import download  # imported here: a local load needs no network stack
+
+    name = str(name_or_path)
+    preset = PRESETS.get(name)
+    if preset is not None:
+        return download(preset.repo_id, revision=revision or preset.revision)
+    return download(name, revision=revision)
+
+
+def load_pretrained(name_or_path: str | Path, *, revision: str | None = None,
+                    dtype: torch.dtype | str | None = None,
+                    device: torch.device | str = "cpu") -> GPTModel:
+    """GPT-2 weights from a preset (``"gpt2"``), a Hub repo id, a folder or a file, in eval mode.
+
+    Raises:
+        CheckpointError: for files that are missing, malformed or do not fit the model.
+        ConfigError: for a config.json this model cannot implement.
+        DownloadError: when the Hub cannot be reached or refuses.
+    """
+    return model_from_checkpoint(open_checkpoint(resolve(name_or_path, revision=revision)),
+                                 dtype=dtype, device=device)

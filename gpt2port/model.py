@@ -1,0 +1,124 @@
+"""GPT-2, written from scratch in the style of *Build a Large Language Model (From Scratch)*, ch. 4.
+
+Shapes in comments: B = batch, T = tokens, D = embedding dimension, H = heads, Dh = D / H, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import validate_config
+
+
+class LayerNorm(nn.Module):
+    """Normalises each token's features to zero mean and unit variance, then scales and shifts them."""
+
+    def __init__(self, embedding_dimension: int, epsilon: float):
+        super().__init__()
+        self.epsilon = epsilon
+        self.scale = nn.Parameter(torch.ones(embedding_dimension))
+        self.shift = nn.Parameter(torch.zeros(embedding_dimension))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.epsilon)
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal self-attention: each token attends to itself and the tokens before it, in H heads."""
+
+    def __init__(self, embedding_dimension: int, number_of_heads: int, dropout_rate: float,
+                 qkv_bias: bool):
+        super().__init__()
+        self.number_of_heads = number_of_heads
+        self.head_dimension = embedding_dimension // number_of_heads
+        self.dropout_rate = dropout_rate
+        self.query_projection = nn.Linear(embedding_dimension, embedding_dimension, bias=qkv_bias)
+        self.key_projection = nn.Linear(embedding_dimension, embedding_dimension, bias=qkv_bias)
+        self.value_projection = nn.Linear(embedding_dimension, embedding_dimension, bias=qkv_bias)
+        self.output_projection = nn.Linear(embedding_dimension, embedding_dimension)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        return x.view(batch, tokens, self.number_of_heads, self.head_dimension).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape  # (B, T, D)
+        queries = self.split_heads(self.query_projection(x))  # (B, H, T, Dh)
+        keys = self.split_heads(self.key_projection(x))  # (B, H, T, Dh)
+        values = self.split_heads(self.value_projection(x))  # (B, H, T, Dh)
+        context = F.scaled_dot_product_attention(
+            queries, keys, values, is_causal=True,
+            dropout_p=self.dropout_rate if self.training else 0.0,
+        )  # (B, H, T, Dh)
+        context = context.transpose(1, 2).reshape(batch, tokens, width)  # (B, T, D)
+        return self.output_projection(context)  # (B, T, D)
+
+
+class FeedForward(nn.Module):
+    """Two linear layers around a tanh-approximate GELU; the hidden layer is 4x as wide."""
+
+    def __init__(self, embedding_dimension: int):
+        super().__init__()
+        self.expansion = nn.Linear(embedding_dimension, 4 * embedding_dimension)
+        self.activation = nn.GELU(approximate="tanh")
+        self.contraction = nn.Linear(4 * embedding_dimension, embedding_dimension)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.contraction(self.activation(self.expansion(x)))  # (B, T, 4D) inside
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attention(norm(x)), then x + feed_forward(norm(x)), with dropout."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        width = config["embedding_dimension"]
+        self.attention_norm = LayerNorm(width, config["layer_norm_epsilon"])
+        self.attention = MultiHeadAttention(
+            width, config["number_of_heads"], config["dropout_rate"], config["qkv_bias"]
+        )
+        self.feed_forward_norm = LayerNorm(width, config["layer_norm_epsilon"])
+        self.feed_forward = FeedForward(width)
+        self.residual_dropout = nn.Dropout(config["dropout_rate"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.residual_dropout(self.attention(self.attention_norm(x)))  # (B, T, D)
+        return x + self.residual_dropout(self.feed_forward(self.feed_forward_norm(x)))  # (B, T, D)
+
+
+class GPTModel(nn.Module):
+    """Token ids (B, T) in, next-token logits (B, T, V) out."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = validate_config(config)
+        config = self.config
+        width = config["embedding_dimension"]
+        self.token_embedding_table = nn.Embedding(config["vocab_size"], width)
+        self.position_embedding_table = nn.Embedding(config["context_length"], width)
+        self.dropout_embedding = nn.Dropout(config["dropout_rate"])
+        self.transformer_blocks = nn.Sequential(
+            *(TransformerBlock(config) for _ in range(config["number_of_layers"]))
+        )
+        self.layer_norm = LayerNorm(width, config["layer_norm_epsilon"])
+        self.output_head = nn.Linear(width, config["vocab_size"], bias=False)
+        self.tie_output_head()
+
+    def tie_output_head(self) -> None:
+        """Share the token embedding table with the output head when the config asks for it."""
+        if self.config["tie_output_head"]:
+            self.output_head.weight = self.token_embedding_table.weight
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        batch, tokens = token_ids.shape  # (B, T)
+        if tokens > self.config["context_length"]:
+            raise ValueError(
+                f"{tokens} tokens exceed the context length of {self.config['context_length']}"
+            )
+        positions = torch.arange(tokens, device=token_ids.device)  # (T,)
+        x = self.token_embedding_table(token_ids) + self.position_embedding_table(positions)
+        x = self.dropout_embedding(x)  # (B, T, D)
+        x = self.transformer_blocks(x)  # (B, T, D)
+        return self.output_head(self.layer_norm(x))  # (B, T, V)
