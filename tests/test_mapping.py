@@ -57,3 +57,12 @@ def test_conversion_makes_views_not_copies():
     packed = source["h.0.attn.c_attn.weight"]
     query = ours["transformer_blocks.0.attention.query_projection.weight"]
     assert query.untyped_storage().data_ptr() == packed.untyped_storage().data_ptr()
+
+
+def test_shape_rule_of_each_transform_agrees_with_the_transform():
+    state = random_model().state_dict()
+    for each in huggingface.TABLE.expand(2):
+        tensors = [state[name] for name in each.target]
+        converted = each.transform.from_model(tensors)
+        assert each.transform.from_model_shapes([tuple(t.shape) for t in tensors]) == [
+            tuple(t.shape) for t in converted]

@@ -26,6 +26,10 @@ class Transform:
     def from_model(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return tensors
 
+    def from_model_shapes(self, shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        """What ``from_model`` does to shapes (checks a checkpoint without touching tensors)."""
+        return shapes
+
 
 class Transpose(Transform):
     """Swaps the two axes, e.g. Conv1D's [in, out] and Linear's [out, in]."""
@@ -36,6 +40,9 @@ class Transpose(Transform):
         return [tensor.t() for tensor in tensors]
 
     from_model = to_model
+
+    def from_model_shapes(self, shapes):
+        return [tuple(reversed(shape)) for shape in shapes]
 
 
 class Split(Transform):
@@ -52,6 +59,11 @@ class Split(Transform):
     def from_model(self, tensors):
         return [torch.cat(tensors, self.dim)]
 
+    def from_model_shapes(self, shapes):
+        packed = list(shapes[0])
+        packed[self.dim] = sum(shape[self.dim] for shape in shapes)
+        return [tuple(packed)]
+
 
 class Squeeze(Transform):
     """Drops a leading axis of size 1, and adds it back."""
@@ -65,6 +77,9 @@ class Squeeze(Transform):
 
     def from_model(self, tensors):
         return [tensor.unsqueeze(self.dim) for tensor in tensors]
+
+    def from_model_shapes(self, shapes):
+        return [shape[:self.dim] + (1,) + shape[self.dim:] for shape in shapes]
 
 
 class Chain(Transform):
@@ -83,6 +98,11 @@ class Chain(Transform):
         for step in reversed(self.steps):
             tensors = step.from_model(tensors)
         return tensors
+
+    def from_model_shapes(self, shapes):
+        for step in reversed(self.steps):
+            shapes = step.from_model_shapes(shapes)
+        return shapes
 
 
 AS_IS = Transform()
@@ -167,7 +187,7 @@ def applicable_rules(table: MappingTable, model_state: Mapping[str, torch.Tensor
 
 def from_model(table: MappingTable, model_state: Mapping[str, torch.Tensor],
                number_of_layers: int) -> dict[str, torch.Tensor]:
-    """Model tensors -> the format's names and layout (works on meta tensors, to get shapes)."""
+    """Model tensors -> the format's names and layout."""
     converted = {}
     for each in applicable_rules(table, model_state, number_of_layers):
         outputs = each.transform.from_model([model_state[name] for name in each.target])
@@ -186,19 +206,21 @@ def to_model(table: MappingTable, source: Mapping[str, torch.Tensor],
     Raises:
         MappingError: listing every missing, unexpected, mis-shaped or non-float tensor.
     """
-    layers = config["number_of_layers"]
-    rules = applicable_rules(table, model_state, layers)
-    expected = from_model(table, {name: model_state[name] for each in rules
-                                  for name in each.target}, layers)
-    problems = [f"missing tensor {name!r}, expected shape {list(expected[name].shape)}"
+    rules = applicable_rules(table, model_state, config["number_of_layers"])
+    expected = {}  # source name -> the shape the model needs it to have
+    for each in rules:
+        shapes = each.transform.from_model_shapes(
+            [tuple(model_state[name].shape) for name in each.target])
+        expected.update(zip(each.source, shapes))
+    problems = [f"missing tensor {name!r}, expected shape {list(expected[name])}"
                 for name in sorted(expected) if name not in source]
     problems += [f"unexpected tensor {name!r} with shape {list(source[name].shape)}"
                  for name in sorted(source)
                  if name not in expected and not table.is_ignored(name)]
     for name in sorted(set(expected) & set(source)):
         want, found = expected[name], source[name]
-        if found.shape != want.shape:
-            problems.append(f"tensor {name!r}: expected shape {list(want.shape)}, "
+        if tuple(found.shape) != want:
+            problems.append(f"tensor {name!r}: expected shape {list(want)}, "
                             f"found {list(found.shape)}")
         elif not found.is_floating_point():
             problems.append(f"tensor {name!r}: expected floating point, found {found.dtype}")
