@@ -78,6 +78,8 @@ class Preset:
     repo_id: str
     revision: str | None  # a commit pins the download; None follows the repo's main branch
     config: dict = field(repr=False)
+    pinned: dict = field(default_factory=dict, repr=False)  # file -> (size, sha256)
+    known_greedy: tuple | None = field(default=None, repr=False)  # (prompt ids, greedy ids)
 
 
 def _pretrained(width: int, layers: int, heads: int) -> dict:
@@ -96,10 +98,38 @@ PRESETS = {
     preset.name: preset
     for preset in (
         Preset("gpt2", "openai-community/gpt2", "607a30d783dfa663caf39e06633721c8d4cfcd7e",
-               _pretrained(768, 12, 12)),
+               _pretrained(768, 12, 12), pinned={"model.safetensors": (
+                   548_105_171,
+                   "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707")},
+               # "The dog" -> " was found in a field near the town of ..." (20 tokens in all)
+               known_greedy=((464, 3290), (464, 3290, 373, 1043, 287, 257, 2214, 1474, 262, 16246,
+                                           286, 2688, 290, 2688, 27262, 13, 198, 198, 464, 3290))),
         Preset("gpt2-medium", "openai-community/gpt2-medium", None, _pretrained(1024, 24, 16)),
         Preset("gpt2-large", "openai-community/gpt2-large", None, _pretrained(1280, 36, 20)),
         Preset("gpt2-xl", "openai-community/gpt2-xl", None, _pretrained(1600, 48, 25)),
         Preset("distilgpt2", "distilbert/distilgpt2", None, _pretrained(768, 6, 12)),
     )
 }
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Where a preset or repo id lives on the Hub, and what is known about that exact revision."""
+
+    repo_id: str
+    revision: str | None
+    pinned: dict = field(default_factory=dict)  # file -> (size, sha256)
+    known_greedy: tuple | None = None  # (prompt ids, greedy ids)
+
+
+def hub_source(name: str, revision: str | None = None) -> HubSource:
+    """A preset's repo and pinned commit (with its known hashes and answers), or a plain repo id.
+
+    The pinned facts hold only at the pinned commit, so another ``revision`` drops them.
+    """
+    preset = PRESETS.get(name)
+    if preset is None:
+        return HubSource(name, revision)
+    if revision not in (None, preset.revision):
+        return HubSource(preset.repo_id, revision)
+    return HubSource(preset.repo_id, preset.revision, preset.pinned, preset.known_greedy)

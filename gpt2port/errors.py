@@ -49,3 +49,51 @@ class TokenizerError(Gpt2portError):
     """Tokenizer files that are missing or do not agree with each other."""
 
     exit_code = 5
+
+
+class VerificationError(Gpt2portError):
+    """Our logits or greedy tokens disagree with the reference beyond the stated tolerance."""
+
+    exit_code = 6
+
+
+class DownloadError(Gpt2portError):
+    """Fetching from the Hub failed; the subclasses say why."""
+
+    exit_code = 10
+
+
+class OfflineError(DownloadError):
+    """Offline, and the files are not in the cache."""
+
+    exit_code = 11
+
+
+class NotFoundError(DownloadError):
+    """The repository, revision or file does not exist (or is private and no token was sent)."""
+
+    exit_code = 12
+
+
+class AccessError(DownloadError):
+    """The repository is gated or private and the token does not grant access."""
+
+    exit_code = 13
+
+
+class NetworkError(DownloadError):
+    """The connection failed, dropped, or timed out."""
+
+    exit_code = 14
+
+
+class IntegrityError(DownloadError):
+    """A downloaded file's size or sha256 differs from the Hub's or the pinned one."""
+
+    exit_code = 15
+
+
+class DiskFullError(DownloadError):
+    """The disk (or the file-size limit) ran out while writing."""
+
+    exit_code = 16

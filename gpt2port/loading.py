@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,20 +11,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import PRESETS
-from .errors import CheckpointError, ConfigError
+from .config import PRESETS, hub_source
+from .errors import CheckpointError, ConfigError, NetworkError
 from .formats import huggingface
 from .formats.table import to_model
 from .model import GPTModel
 from .readers import read_json, read_weights_file
 
-# Weights files of a Hugging Face folder, in order of preference.
-WEIGHTS_FILES = (
-    "model.safetensors.index.json",
-    "model.safetensors",
-    "pytorch_model.bin.index.json",
-    "pytorch_model.bin",
-)
+REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+COMMIT = re.compile(r"[0-9a-f]{40}")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "f32": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "f16": torch.float16,
@@ -55,12 +51,12 @@ def find_weights(folder: Path) -> Path:
     Raises:
         CheckpointError: listing what the folder has instead.
     """
-    for name in WEIGHTS_FILES:
+    for name in huggingface.WEIGHTS_FILES:
         if (folder / name).is_file():
             return folder / name
     present = ", ".join(sorted(path.name for path in folder.iterdir())) or "nothing"
-    raise CheckpointError(f"{folder}: no weights file ({', '.join(WEIGHTS_FILES)}); "
-                          f"the folder has {present}")
+    raise CheckpointError(f"{folder}: no weights file "
+                          f"({', '.join(huggingface.WEIGHTS_FILES)}); the folder has {present}")
 
 
 def open_checkpoint(path: Path) -> Checkpoint:
@@ -138,23 +134,41 @@ def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | 
     return model.eval()
 
 
-def resolve(name_or_path: str | Path, *, revision: str | None = None) -> Path:
-    """A local path as is; a preset or Hub repo id -> its downloaded snapshot folder."""
+def resolve(name_or_path: str | Path, *, revision: str | None = None,
+            cache_dir: str | Path | None = None, offline: bool = False) -> Path:
+    """A local path as is; a preset or Hub repo id -> its snapshot folder in the Hub cache.
+
+    A preset pinned to a commit that is already cached resolves with no network request.
+    """
     path = Path(name_or_path)
     if path.exists():
         return path
-    from .hub import download  # imported here: a local load needs no network stack
-
     name = str(name_or_path)
-    preset = PRESETS.get(name)
-    if preset is not None:
-        return download(preset.repo_id, revision=revision or preset.revision)
-    return download(name, revision=revision)
+    if name not in PRESETS and not REPO_ID.fullmatch(name):
+        raise CheckpointError(f"{name}: no such file or folder, and not a preset or Hub repo id",
+                              hint=f"presets: {', '.join(PRESETS)}")
+    from . import hub  # imported here: a local load needs no network stack
+
+    source = hub_source(name, revision)
+    if source.revision and COMMIT.fullmatch(source.revision):
+        cached = hub.cached_snapshot(source.repo_id, revision=source.revision,
+                                     cache_dir=cache_dir)
+        if cached is not None:
+            return cached
+    try:
+        return hub.download(source.repo_id, revision=source.revision, cache_dir=cache_dir,
+                            pinned=source.pinned, offline=offline)
+    except NetworkError:
+        cached = hub.cached_snapshot(source.repo_id, revision=source.revision,
+                                     cache_dir=cache_dir)
+        if cached is None:
+            raise
+        return cached
 
 
 def load_pretrained(name_or_path: str | Path, *, revision: str | None = None,
-                    dtype: torch.dtype | str | None = None,
-                    device: torch.device | str = "cpu") -> GPTModel:
+                    dtype: torch.dtype | str | None = None, device: torch.device | str = "cpu",
+                    cache_dir: str | Path | None = None) -> GPTModel:
     """GPT-2 weights from a preset (``"gpt2"``), a Hub repo id, a folder or a file, in eval mode.
 
     Raises:
@@ -162,5 +176,5 @@ def load_pretrained(name_or_path: str | Path, *, revision: str | None = None,
         ConfigError: for a config.json this model cannot implement.
         DownloadError: when the Hub cannot be reached or refuses.
     """
-    return model_from_checkpoint(open_checkpoint(resolve(name_or_path, revision=revision)),
-                                 dtype=dtype, device=device)
+    folder = resolve(name_or_path, revision=revision, cache_dir=cache_dir)
+    return model_from_checkpoint(open_checkpoint(folder), dtype=dtype, device=device)

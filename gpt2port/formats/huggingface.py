@@ -9,6 +9,13 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .table import Chain, MappingTable, Split, Transpose, rule
 
+# Weights files of a Hugging Face folder, in order of preference.
+WEIGHTS_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
 BLOCK = "transformer_blocks.{}"
 CONV1D = Transpose()
 PACKED_QKV_WEIGHT = Chain(Transpose(), Split(3, dim=0))

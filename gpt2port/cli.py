@@ -1,0 +1,157 @@
+"""The ``gpt2port`` command: parses, calls the Python API, prints. Errors end in their exit code."""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import sys
+from pathlib import Path
+
+from .config import PRESETS, hub_source
+from .errors import Gpt2portError, VerificationError
+
+EXAMPLES = """\
+examples:
+  gpt2port download                       # openai-community/gpt2 at its pinned commit
+  gpt2port download gpt2-medium --cache-dir ./hub-cache
+  gpt2port download someone/gpt2-finetune --revision main
+  gpt2port verify gpt2 --reference numpy
+  gpt2port generate gpt2 "The dog" --max-new-tokens 30 --temperature 0.8 --top-k 40 --seed 1
+  gpt2port inspect ./my-checkpoint-folder
+
+exit codes: 0 ok, 2 usage, 3 config, 4 checkpoint, 5 tokenizer, 6 verification failed,
+  10 download, 11 offline and not cached, 12 not found, 13 access denied, 14 network,
+  15 integrity (hash or size), 16 disk full
+"""
+
+
+def _source_options(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
+    parser.add_argument("model", nargs="?" if default else None, default=default,
+                        help=f"a preset ({', '.join(PRESETS)}), a Hub repo id, or a local "
+                        "folder or file" + (f" (default: {default})" if default else ""))
+    parser.add_argument("--revision", help="branch, tag or commit (presets pin a commit)")
+    parser.add_argument("--cache-dir", type=Path, help="huggingface_hub cache folder")
+    parser.add_argument("--offline", action="store_true", help="use the cache only")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt2port", description="The open GPT-2 weights in a from-scratch model, verified.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    download = commands.add_parser("download", help="fetch, check, load and verify a model",
+                                   epilog=EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    _source_options(download, default="gpt2")
+    download.add_argument("--force", action="store_true",
+                          help="download afresh, even what is cached")
+    download.add_argument("--reference", choices=("auto", "transformers", "numpy"),
+                          default="auto", help="what to verify against (auto: transformers "
+                          "when installed, else the NumPy reference)")
+
+    verify = commands.add_parser("verify", help="compare a model's logits with a reference")
+    _source_options(verify)
+    verify.add_argument("--reference", choices=("auto", "transformers", "numpy"), default="auto")
+
+    generate = commands.add_parser("generate", help="continue a prompt, printing as it goes")
+    _source_options(generate)
+    generate.add_argument("prompt")
+    generate.add_argument("--max-new-tokens", type=int, default=50)
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
+    generate.add_argument("--top-k", type=int)
+    generate.add_argument("--top-p", type=float)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
+    generate.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+
+    inspect = commands.add_parser("inspect", help="list the checkpoint's tensors and mapping")
+    _source_options(inspect)
+    return parser
+
+
+def _folder(args: argparse.Namespace) -> Path:
+    from .loading import resolve
+
+    return resolve(args.model, revision=args.revision, cache_dir=args.cache_dir,
+                   offline=args.offline)
+
+
+def _verify(args: argparse.Namespace, folder: Path) -> None:
+    from .loading import load_pretrained
+    from .verification import verify
+
+    known = hub_source(args.model, args.revision).known_greedy
+    model = load_pretrained(folder, dtype="float32")
+    result = verify(model, folder, reference=args.reference, known_greedy=known)
+    print(result.report())
+    if not result.passed:
+        raise VerificationError(f"{args.model}: the loaded model disagrees with the reference",
+                                hint="report this with the figures above")
+
+
+def run_download(args: argparse.Namespace) -> None:
+    from .hub import download
+
+    source = hub_source(args.model, args.revision)
+    folder = download(source.repo_id, revision=source.revision, cache_dir=args.cache_dir,
+                      force=args.force, offline=args.offline, pinned=source.pinned)
+    print(f"files in {folder} (each checked against the Hub's size and hash):")
+    for path in sorted(folder.iterdir()):
+        print(f"  {path.name:32} {path.stat().st_size:>14,} bytes")
+    _verify(args, folder)
+
+
+def run_verify(args: argparse.Namespace) -> None:
+    _verify(args, _folder(args))
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from .generation import stream
+    from .loading import load_pretrained
+    from .tokenizer import load_tokenizer
+
+    folder = _folder(args)
+    tokenizer_folder = folder if (folder / "merges.txt").is_file() else None
+    tokenizer = load_tokenizer(tokenizer_folder)
+    model = load_pretrained(folder, dtype=args.dtype, device=args.device)
+    ids = torch.tensor([tokenizer.encode(args.prompt)], device=args.device)
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    sys.stdout.write(args.prompt)
+    for token in stream(model, ids, args.max_new_tokens, temperature=args.temperature,
+                        top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+        sys.stdout.write(text.decode(tokenizer.decode_single_token_bytes(int(token[0, 0]))))
+        sys.stdout.flush()
+    sys.stdout.write(text.decode(b"", final=True) + "\n")
+
+
+def run_inspect(args: argparse.Namespace) -> None:
+    from .inspection import describe
+    from .loading import open_checkpoint
+
+    print(describe(open_checkpoint(_folder(args))))
+
+
+COMMANDS = {"download": run_download, "verify": run_verify, "generate": run_generate,
+            "inspect": run_inspect}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except Gpt2portError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        if error.hint:
+            print(f"hint: {error.hint}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def console_script() -> None:
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Downloads from the Hugging Face Hub through huggingface_hub, every file checked by hash.
+
+huggingface_hub brings the cache, resume, progress bars, ``HF_TOKEN`` and ``HF_ENDPOINT``; this
+module chooses the files, checks each against the Hub's own hash (and a preset's pinned one), and
+turns every failure into one of the package's errors.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import HfApi, constants, errors, hf_hub_download
+
+from .errors import (AccessError, DiskFullError, DownloadError, IntegrityError, NetworkError,
+                     NotFoundError, OfflineError)
+from .formats.huggingface import WEIGHTS_FILES
+from .readers import read_json
+
+CONFIG = "config.json"
+TOKENIZER = ("vocab.json", "merges.txt")
+OPTIONAL = ("generation_config.json",)
+TOKEN_HINT = ("if the repository is private or gated, accept its terms on the Hub and set "
+              "HF_TOKEN (or run `hf auth login`)")
+
+
+def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
+             force: bool = False, offline: bool = False, pinned: dict | None = None) -> Path:
+    """Fetch what a GPT-2 load needs into the huggingface_hub cache; return the snapshot folder.
+
+    Every file is checked against the Hub's size and hash (sha256 for LFS files, the git blob id
+    for the others) and against ``pinned`` {file: (size, sha256)}; a file that fails is removed
+    from the cache. With ``force`` everything is fetched afresh, and a failed file once more.
+
+    Raises:
+        OfflineError, NotFoundError, AccessError, NetworkError, IntegrityError, DiskFullError.
+    """
+    pinned = pinned or {}
+    if offline or constants.is_offline_mode():
+        folder = cached_snapshot(repo_id, revision=revision, cache_dir=cache_dir)
+        if folder is None:
+            raise OfflineError(f"{repo_id}: not in the cache, and offline mode is on",
+                               hint="run once with network access, or drop --offline")
+        for name in pinned:
+            _check_pinned(folder / name, *pinned[name])
+        return folder
+    with hub_errors(repo_id):
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+    siblings = {sibling.rfilename: sibling for sibling in info.siblings or ()}
+    weights = next((name for name in WEIGHTS_FILES if name in siblings), None)
+    if CONFIG not in siblings or weights is None:
+        raise NotFoundError(f"{repo_id}@{info.sha}: no {CONFIG} or weights file on the Hub "
+                            f"(looked for {', '.join(WEIGHTS_FILES)})",
+                            hint="is this a GPT-2 model repository?")
+    names = [CONFIG, weights, *(n for n in TOKENIZER + OPTIONAL if n in siblings)]
+    paths = {name: _fetch(repo_id, info.sha, siblings[name], cache_dir, force, pinned.get(name))
+             for name in names}
+    if weights.endswith(".index.json"):
+        shards = sorted(set(read_json(paths[weights]).get("weight_map", {}).values()))
+        for shard in shards:
+            if shard not in siblings:
+                raise NotFoundError(f"{repo_id}: shard {shard!r} named in {weights} is not on "
+                                    "the Hub")
+            _fetch(repo_id, info.sha, siblings[shard], cache_dir, force, pinned.get(shard))
+    return paths[CONFIG].parent
+
+
+def cached_snapshot(repo_id: str, *, revision: str | None = None,
+                    cache_dir: str | Path | None = None) -> Path | None:
+    """The cached snapshot folder if it holds a config and complete weights; no network call."""
+    def cached(name: str) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir,
+                                        local_files_only=True))
+        except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled):
+            return None
+
+    config = cached(CONFIG)
+    weights = next((path for path in map(cached, WEIGHTS_FILES) if path is not None), None)
+    if config is None or weights is None:
+        return None
+    if weights.name.endswith(".index.json"):
+        shards = set(read_json(weights).get("weight_map", {}).values())
+        if any(cached(shard) is None for shard in shards):
+            return None
+    return config.parent
+
+
+def _fetch(repo_id: str, commit: str, sibling, cache_dir, force: bool,
+           pinned: tuple[int, str] | None) -> Path:
+    """Download one file (or take it from the cache) and check it; retry once under ``force``."""
+    name = sibling.rfilename
+    for attempt in range(2 if force else 1):
+        with hub_errors(repo_id, name):
+            path = Path(hf_hub_download(repo_id, name, revision=commit, cache_dir=cache_dir,
+                                        force_download=force))
+        try:
+            _check_against_hub(path, sibling)
+            if pinned:
+                _check_pinned(path, *pinned)
+            return path
+        except IntegrityError:
+            _remove_from_cache(path)
+            if attempt == (1 if force else 0):
+                raise
+    raise AssertionError("unreachable")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(2**24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_blob_id(path: Path) -> str:
+    """The id git gives a file's content: sha1 of ``blob <size>\\0<bytes>``."""
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _check_against_hub(path: Path, sibling) -> None:
+    name, size = sibling.rfilename, path.stat().st_size
+    lfs = sibling.lfs
+    expected_size = lfs.size if lfs else sibling.size
+    if expected_size is not None and size != expected_size:
+        raise IntegrityError(f"{name}: {size} bytes, the Hub says {expected_size}",
+                             hint="the download was cut short; run again (add --force)")
+    if lfs:
+        found = file_sha256(path)
+        if found != lfs.sha256:
+            raise IntegrityError(f"{name}: sha256 {found} differs from the Hub's {lfs.sha256}; "
+                                 "the file was removed from the cache",
+                                 hint="run again with --force to download it afresh")
+    elif sibling.blob_id and git_blob_id(path) != sibling.blob_id:
+        raise IntegrityError(f"{name}: content differs from the Hub's git blob "
+                             f"{sibling.blob_id}; the file was removed from the cache",
+                             hint="run again with --force to download it afresh")
+
+
+def _check_pinned(path: Path, size: int, sha256: str) -> None:
+    found_size = path.stat().st_size
+    if found_size != size:
+        _remove_from_cache(path)
+        raise IntegrityError(f"{path.name}: {found_size} bytes, the official release has {size}; "
+                             "the file was removed from the cache",
+                             hint="run again with --force to download it afresh")
+    found = file_sha256(path)
+    if found != sha256:
+        _remove_from_cache(path)
+        raise IntegrityError(f"{path.name}: sha256 {found} is not the official release's "
+                             f"{sha256}; the file was removed from the cache",
+                             hint="run again with --force to download it afresh")
+
+
+def _remove_from_cache(path: Path) -> None:
+    """Remove a snapshot entry and the blob it points to."""
+    blob = path.resolve()
+    for each in {blob, path}:
+        try:
+            os.unlink(each)
+        except FileNotFoundError:
+            pass
+
+
+@contextmanager
+def hub_errors(repo_id: str, filename: str | None = None) -> Iterator[None]:
+    """Turn huggingface_hub's and the HTTP library's exceptions into the package's errors."""
+    what = f"{repo_id}/{filename}" if filename else repo_id
+    try:
+        yield
+    except errors.GatedRepoError:
+        raise AccessError(f"{what}: the repository is gated", hint=TOKEN_HINT) from None
+    except errors.RevisionNotFoundError:
+        raise NotFoundError(f"{what}: no such revision",
+                            hint="check --revision (a branch, tag or full commit id)") from None
+    except errors.RepositoryNotFoundError:
+        raise NotFoundError(f"{what}: repository not found, or private", hint=TOKEN_HINT) from None
+    except errors.RemoteEntryNotFoundError:
+        raise NotFoundError(f"{what}: no such file in the repository") from None
+    except errors.HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status in (401, 403):
+            raise AccessError(f"{what}: the Hub refused access (HTTP {status})",
+                              hint=TOKEN_HINT) from None
+        raise NetworkError(f"{what}: the Hub answered HTTP {status}",
+                           hint="try again later") from None
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as error:
+        raise _unreachable(what, error) from None
+    except httpx2.TimeoutException:
+        raise NetworkError(f"{what}: the server did not answer in time",
+                           hint="try again; HF_HUB_DOWNLOAD_TIMEOUT and HF_HUB_ETAG_TIMEOUT set "
+                           "the time limits in seconds") from None
+    except httpx2.HTTPError as error:
+        raise NetworkError(f"{what}: the connection failed ({type(error).__name__}: {error})",
+                           hint="check the network (or HF_ENDPOINT) and run again; "
+                           "completed files are kept") from None
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise DiskFullError(f"{what}: no space left to write the download ({error.strerror})",
+                                hint="free some space or point --cache-dir (or HF_HOME) at a "
+                                "larger disk") from None
+        if "Consistency check failed" in str(error):
+            raise NetworkError(f"{what}: the download ended early", hint="run again") from None
+        raise DownloadError(f"{what}: {error}") from None
+    except ValueError as error:  # huggingface_hub's "Force download failed" wraps the cause
+        if error.__cause__ is not None:
+            with hub_errors(repo_id, filename):
+                raise error.__cause__ from None
+        raise
+
+
+def _unreachable(what: str, error: Exception) -> DownloadError:
+    cause = error.__cause__
+    if isinstance(cause, (errors.OfflineModeIsEnabled,)) or constants.is_offline_mode():
+        return OfflineError(f"{what}: not in the cache, and offline mode is on",
+                            hint="run once with network access, or unset HF_HUB_OFFLINE")
+    if isinstance(cause, httpx2.TimeoutException):
+        return NetworkError(f"{what}: the Hub did not answer in time, and the file is not cached",
+                            hint="try again; HF_HUB_ETAG_TIMEOUT sets the limit in seconds")
+    return NetworkError(f"{what}: the Hub cannot be reached, and the file is not cached",
+                        hint="check the network (or HF_ENDPOINT), or use a cached model")

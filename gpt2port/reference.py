@@ -1,0 +1,83 @@
+"""An independent GPT-2 forward pass in NumPy, on a Hugging Face folder's original tensors.
+
+It reads the files with the safetensors library (not gpt2port's reader), keeps the Hub's names and
+Conv1D [in, out] layout, and shares no code with the model or the mapping, so agreeing with it
+checks them. In the spirit of picoGPT: one line per step, shapes in comments.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .formats.huggingface import WEIGHTS_FILES
+
+
+def read_original_tensors(folder: Path) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors as float32 arrays, names without the ``transformer.`` prefix."""
+    folder = Path(folder)
+    weights = next(folder / name for name in WEIGHTS_FILES if (folder / name).is_file())
+    files = [weights]
+    if weights.name.endswith(".index.json"):
+        weight_map = json.loads(weights.read_text())["weight_map"]
+        files = [folder / shard for shard in sorted(set(weight_map.values()))]
+    arrays = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+        else:
+            import torch
+
+            load_file = (lambda path: torch.load(path, map_location="cpu", weights_only=True))
+        for name, tensor in load_file(file).items():
+            arrays[name.removeprefix("transformer.")] = tensor.float().numpy()
+    return arrays
+
+
+def gelu(x):  # GPT-2's tanh approximation
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def softmax(x):
+    exponentials = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return exponentials / np.sum(exponentials, axis=-1, keepdims=True)
+
+
+def layer_norm(x, gain, bias, epsilon):  # [T, D] -> [T, D]
+    mean = np.mean(x, axis=-1, keepdims=True)
+    variance = np.var(x, axis=-1, keepdims=True)
+    return gain * (x - mean) / np.sqrt(variance + epsilon) + bias
+
+
+def attention(x, params, prefix, heads):  # [T, D] -> [T, D]
+    tokens, width = x.shape
+    qkv = x @ params[f"{prefix}.c_attn.weight"] + params[f"{prefix}.c_attn.bias"]  # [T, 3D]
+    q, k, v = (part.reshape(tokens, heads, -1).transpose(1, 0, 2)
+               for part in np.split(qkv, 3, axis=-1))  # 3 x [H, T, Dh]
+    scores = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])  # [H, T, T]
+    scores = scores + np.triu(np.full((tokens, tokens), -1e10, dtype=x.dtype), k=1)
+    context = (softmax(scores) @ v).transpose(1, 0, 2).reshape(tokens, width)  # [T, D]
+    return context @ params[f"{prefix}.c_proj.weight"] + params[f"{prefix}.c_proj.bias"]
+
+
+def forward(params: dict[str, np.ndarray], hparams: dict, ids: list[int]) -> np.ndarray:
+    """Logits [T, V] for one sequence of token ids."""
+    epsilon, heads = hparams.get("layer_norm_epsilon", 1e-5), hparams.get("n_head", 12)
+    x = params["wte.weight"][ids] + params["wpe.weight"][: len(ids)]  # [T, D]
+    for i in range(hparams.get("n_layer", 12)):
+        h = f"h.{i}"
+        normed = layer_norm(x, params[f"{h}.ln_1.weight"], params[f"{h}.ln_1.bias"], epsilon)
+        x = x + attention(normed, params, f"{h}.attn", heads)  # [T, D]
+        normed = layer_norm(x, params[f"{h}.ln_2.weight"], params[f"{h}.ln_2.bias"], epsilon)
+        hidden = gelu(normed @ params[f"{h}.mlp.c_fc.weight"] + params[f"{h}.mlp.c_fc.bias"])
+        x = x + hidden @ params[f"{h}.mlp.c_proj.weight"] + params[f"{h}.mlp.c_proj.bias"]
+    x = layer_norm(x, params["ln_f.weight"], params["ln_f.bias"], epsilon)  # [T, D]
+    return x @ params.get("lm_head.weight", params["wte.weight"]).T  # [T, V]
+
+
+def reference_logits(folder: Path, ids: list[int]) -> np.ndarray:
+    """Logits [T, V] of the checkpoint in ``folder``, computed from its files alone."""
+    hparams = json.loads((Path(folder) / "config.json").read_text())
+    return forward(read_original_tensors(folder), hparams, ids)

@@ -1,0 +1,106 @@
+"""Proof that a loaded model computes what the checkpoint means: our logits against a reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .generation import generate
+from .model import GPTModel
+
+# "The dog was found in a field near the town of": the fixed prompt every check runs.
+PROMPT = (464, 3290, 373, 1043, 287, 257, 2214, 1474, 262, 16246, 286, 2688)
+RELATIVE_TOLERANCE = 1e-4  # of the largest reference logit (at least 1): fp32 rounding, not bugs
+
+
+@dataclass
+class Verification:
+    """The figures of one check; ``passed`` when all of them hold."""
+
+    reference: str
+    max_abs_diff: float
+    tolerance: float
+    argmax_agreement: float
+    greedy_expected: list[int] | None = None
+    greedy_found: list[int] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return (self.max_abs_diff <= self.tolerance and self.argmax_agreement == 1.0
+                and self.greedy_found == self.greedy_expected)
+
+    def report(self) -> str:
+        verdict = (lambda ok: "OK" if ok else "NOT OK")
+        lines = [
+            f"reference: {self.reference}",
+            f"max abs diff of logits: {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}) "
+            f"{verdict(self.max_abs_diff <= self.tolerance)}",
+            f"argmax agreement: {self.argmax_agreement:.0%} "
+            f"{verdict(self.argmax_agreement == 1.0)}",
+        ]
+        if self.greedy_expected is not None:
+            lines.append(f"known greedy answer ({len(self.greedy_expected)} tokens): "
+                         f"{verdict(self.greedy_found == self.greedy_expected)}")
+            if self.greedy_found != self.greedy_expected:
+                lines.append(f"  expected {self.greedy_expected}\n  found    {self.greedy_found}")
+        lines.append("PASSED" if self.passed else "FAILED")
+        return "\n".join(lines)
+
+
+def prompt_for(config: dict) -> list[int]:
+    """The fixed prompt, folded into a small test vocabulary and context if need be."""
+    return [token % config["vocab_size"] for token in PROMPT][: config["context_length"]]
+
+
+def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def choose_reference(reference: str) -> str:
+    """``auto`` is transformers when it is installed, else the NumPy reference."""
+    if reference != "auto":
+        return reference
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return "numpy"
+    return "transformers"
+
+
+def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
+           known_greedy: tuple | None = None) -> Verification:
+    """Compare ``model`` (loaded from ``folder``) with a reference reading of the same files.
+
+    ``known_greedy`` = (prompt ids, expected ids) adds a greedy-decoding check.
+    """
+    from .reference import reference_logits
+
+    reference = choose_reference(reference)
+    ids = prompt_for(model.config)
+    expected = (transformers_logits if reference == "transformers" else reference_logits)(
+        Path(folder), ids)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        ours = model(torch.tensor([ids], device=device))[0]
+    ours = ours.float().cpu().numpy()
+    name = "transformers GPT2LMHeadModel" if reference == "transformers" else (
+        "gpt2port.reference (NumPy, the checkpoint's own tensors)")
+    result = Verification(
+        reference=name,
+        max_abs_diff=float(np.abs(ours - expected).max()),
+        tolerance=RELATIVE_TOLERANCE * max(1.0, float(np.abs(expected).max())),
+        argmax_agreement=float((ours.argmax(-1) == expected.argmax(-1)).mean()),
+    )
+    if known_greedy is not None:
+        prompt, answer = known_greedy
+        found = generate(model, torch.tensor([list(prompt)], device=device),
+                         len(answer) - len(prompt))
+        result.greedy_expected, result.greedy_found = list(answer), found[0].tolist()
+    return result
