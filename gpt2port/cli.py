@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import PRESETS, hub_source
-from .errors import Gpt2portError, VerificationError
+from .errors import Gpt2portError, TokenizerError, VerificationError
 
 EXAMPLES = """\
 examples:
@@ -118,6 +118,11 @@ def run_generate(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(tokenizer_folder)
     model = load_pretrained(folder, dtype=args.dtype, device=args.device)
     ids = torch.tensor([tokenizer.encode(args.prompt)], device=args.device)
+    vocabulary = model.config["vocab_size"]
+    if ids.numel() and int(ids.max()) >= vocabulary:
+        raise TokenizerError(f"the prompt encodes to id {int(ids.max())}, but {args.model} has a "
+                             f"vocabulary of {vocabulary}",
+                             hint="the model needs its own vocab.json and merges.txt beside it")
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
     for token in stream(model, ids, args.max_new_tokens, temperature=args.temperature,

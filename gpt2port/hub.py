@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import HfApi, constants, errors, hf_hub_download
+from huggingface_hub import HfApi, constants, errors, hf_hub_download, try_to_load_from_cache
 
 from .errors import (AccessError, DiskFullError, DownloadError, IntegrityError, NetworkError,
                      NotFoundError, OfflineError)
@@ -58,7 +58,8 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
                             f"(looked for {', '.join(WEIGHTS_FILES)})",
                             hint="is this a GPT-2 model repository?")
     names = [CONFIG, weights, *(n for n in TOKENIZER + OPTIONAL if n in siblings)]
-    paths = {name: _fetch(repo_id, info.sha, siblings[name], cache_dir, force, pinned.get(name))
+    revision = revision or "main"  # by name, so the cache records the ref for offline use
+    paths = {name: _fetch(repo_id, revision, siblings[name], cache_dir, force, pinned.get(name))
              for name in names}
     if weights.endswith(".index.json"):
         shards = sorted(set(read_json(paths[weights]).get("weight_map", {}).values()))
@@ -66,7 +67,7 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
             if shard not in siblings:
                 raise NotFoundError(f"{repo_id}: shard {shard!r} named in {weights} is not on "
                                     "the Hub")
-            _fetch(repo_id, info.sha, siblings[shard], cache_dir, force, pinned.get(shard))
+            _fetch(repo_id, revision, siblings[shard], cache_dir, force, pinned.get(shard))
     return paths[CONFIG].parent
 
 
@@ -74,11 +75,8 @@ def cached_snapshot(repo_id: str, *, revision: str | None = None,
                     cache_dir: str | Path | None = None) -> Path | None:
     """The cached snapshot folder if it holds a config and complete weights; no network call."""
     def cached(name: str) -> Path | None:
-        try:
-            return Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir,
-                                        local_files_only=True))
-        except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled):
-            return None
+        found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision)
+        return Path(found) if isinstance(found, str) else None
 
     config = cached(CONFIG)
     weights = next((path for path in map(cached, WEIGHTS_FILES) if path is not None), None)
@@ -91,13 +89,13 @@ def cached_snapshot(repo_id: str, *, revision: str | None = None,
     return config.parent
 
 
-def _fetch(repo_id: str, commit: str, sibling, cache_dir, force: bool,
+def _fetch(repo_id: str, revision: str, sibling, cache_dir, force: bool,
            pinned: tuple[int, str] | None) -> Path:
     """Download one file (or take it from the cache) and check it; retry once under ``force``."""
     name = sibling.rfilename
     for attempt in range(2 if force else 1):
         with hub_errors(repo_id, name):
-            path = Path(hf_hub_download(repo_id, name, revision=commit, cache_dir=cache_dir,
+            path = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir,
                                         force_download=force))
         try:
             _check_against_hub(path, sibling)

@@ -51,10 +51,10 @@ def write_hub_layout(model: GPT2LMHeadModel, folder: Path) -> Path:
     return folder
 
 
-def write_layout(layout: str, folder: Path, seed: int = 0) -> Path:
+def write_layout(layout: str, folder: Path, seed: int = 0, **config) -> Path:
     """Write a checkpoint of a random reference model in ``layout`` into ``folder``."""
     untied = layout == "untied_head"
-    model = reference_model(seed, tie_word_embeddings=not untied)
+    model = reference_model(seed, tie_word_embeddings=not untied, **config)
     if layout == "hub":
         write_hub_layout(model, folder)
     elif layout in ("prefixed", "untied_head"):

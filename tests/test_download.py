@@ -1,0 +1,244 @@
+"""``gpt2port`` end to end against the stand-in Hub: download, verify, generate, and each failure."""
+
+import hashlib
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from checkpoints import write_layout
+from gpt2port.config import PRESETS
+from gpt2port.tokenizer import BUNDLED
+from stand_in_hub import StandInHub
+
+REPO = "test-org/tiny-gpt2"
+GPT2 = PRESETS["gpt2"]
+
+
+def with_tokenizer(folder):
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(BUNDLED / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("repo") / "tiny"
+    return with_tokenizer(write_layout("hub", folder, vocab_size=50257, eos_token_id=50256,
+                                       bos_token_id=50256))
+
+
+@pytest.fixture
+def hub(tiny_repo):
+    with StandInHub() as hub:
+        hub.add_repo(REPO, tiny_repo)
+        yield hub
+
+
+@pytest.fixture
+def env(hub, tmp_path):
+    return {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home"),
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_ETAG_TIMEOUT": "5",
+            "HF_HUB_DOWNLOAD_TIMEOUT": "5"}
+
+
+def gpt2port(*args, env, limit_file_size=None, timeout=300):
+    """Run the CLI in a fresh process, as a user would."""
+    def limit():
+        if limit_file_size is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
+    return subprocess.run([sys.executable, "-m", "gpt2port", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout, preexec_fn=limit)
+
+
+def cache_files(env):
+    return sorted(p for p in (os.path.join(r, f) for r, _, fs in os.walk(env["HF_HOME"])
+                              for f in fs))
+
+
+def assert_nothing_corrupt_in_cache(env):
+    for path in cache_files(env):
+        assert not path.endswith(".incomplete"), path
+        name = os.path.basename(path)
+        if "/blobs/" in path and len(name) == 64:  # LFS blobs are named by their sha256
+            with open(path, "rb") as file:
+                assert hashlib.sha256(file.read()).hexdigest() == name, path
+
+
+def test_download_verify_generate_inspect(hub, env):
+    done = gpt2port("download", REPO, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "reference: transformers GPT2LMHeadModel" in done.stdout
+    assert "argmax agreement: 100% OK" in done.stdout and "PASSED" in done.stdout
+
+    verified = gpt2port("verify", REPO, "--reference", "numpy", "--offline", env=env)
+    assert verified.returncode == 0, verified.stderr
+    assert "gpt2port.reference (NumPy" in verified.stdout and "PASSED" in verified.stdout
+
+    generated = gpt2port("generate", REPO, "The dog", "--max-new-tokens", "5", "--offline",
+                         env=env)
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout.startswith("The dog") and len(generated.stdout) > len("The dog\n")
+
+    inspected = gpt2port("inspect", REPO, "--offline", env=env)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "h.0.attn.bias" in inspected.stdout and "(ignored buffer)" in inspected.stdout
+    assert ("-> transformer_blocks.0.attention.query_projection.weight, "
+            "transformer_blocks.0.attention.key_projection.weight") in inspected.stdout
+
+
+def test_full_size_hub_layout_download(full_size_hub_folder, hub, env):
+    hub.add_repo("test-org/gpt2-124m-shape", with_tokenizer(full_size_hub_folder))
+    done = gpt2port("download", "test-org/gpt2-124m-shape", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "model.safetensors" in done.stdout and "PASSED" in done.stdout
+
+
+def test_sharded_and_pickle_repositories(hub, env, tmp_path):
+    for layout in ("sharded", "pytorch_bin"):
+        hub.add_repo(f"test-org/{layout}", write_layout(layout, tmp_path / layout))
+        done = gpt2port("download", f"test-org/{layout}", "--reference", "numpy", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "PASSED" in done.stdout
+
+
+def test_cached_preset_loads_without_a_network_request(hub, env, tiny_repo):
+    hub.add_repo(GPT2.repo_id, tiny_repo, commit=GPT2.revision)
+    fill_cache = ("from huggingface_hub import hf_hub_download\n"
+                  f"for name in ('config.json', 'model.safetensors'):\n"
+                  f"    hf_hub_download({GPT2.repo_id!r}, name, revision={GPT2.revision!r})")
+    subprocess.run([sys.executable, "-c", fill_cache], env=env, check=True)
+    hub.requests.clear()
+    loaded = subprocess.run([sys.executable, "-c", "import gpt2port; gpt2port.load_pretrained("
+                             "'gpt2'); print('loaded')"], env=env, capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    assert hub.requests == []
+
+
+def test_preset_refuses_a_file_that_is_not_the_official_release(hub, env, tiny_repo):
+    hub.add_repo(GPT2.repo_id, tiny_repo, commit=GPT2.revision)
+    done = gpt2port("download", "gpt2", env=env)
+    assert done.returncode == 15, done.stderr
+    assert "the official release has 548105171" in done.stderr
+    assert not [p for p in cache_files(env) if p.endswith("model.safetensors")]
+    assert_nothing_corrupt_in_cache(env)
+
+
+def test_corrupted_bytes_of_the_right_size(hub, env):
+    hub.faults.corrupt = True
+    done = gpt2port("download", REPO, env=env)
+    assert done.returncode == 15, done.stderr
+    assert "differs from the Hub's" in done.stderr and "--force" in done.stderr
+    assert_nothing_corrupt_in_cache(env)
+
+    again = gpt2port("download", REPO, "--force", env=env)
+    assert again.returncode == 15  # still corrupt after the one fresh try
+    hub.faults.corrupt = False
+    fixed = gpt2port("download", REPO, "--force", env=env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert_nothing_corrupt_in_cache(env)
+
+
+def test_a_drop_mid_file_is_resumed(hub, env):
+    hub.faults.drop_after, hub.faults.drops = 100_000, 1
+    done = gpt2port("download", REPO, "--reference", "numpy", env=env)
+    assert done.returncode == 0, done.stderr
+    assert hub.faults.drops == 0
+    assert_nothing_corrupt_in_cache(env)
+
+
+def test_a_connection_that_keeps_dropping(hub, env):
+    hub.faults.drop_after, hub.faults.drops = 100_000, 1000
+    done = gpt2port("download", REPO, env=env)
+    assert done.returncode == 14, done.stderr
+    assert "connection failed" in done.stderr and "Traceback" not in done.stderr
+    assert_nothing_corrupt_in_cache(env)
+
+
+def test_a_server_too_slow_is_given_up_in_bounded_time(hub, env):
+    hub.faults.delay = 3.0
+    started = time.monotonic()
+    done = gpt2port("download", REPO, env={**env, "HF_HUB_DOWNLOAD_TIMEOUT": "1"})
+    assert done.returncode == 14, done.stderr
+    assert "did not answer in time" in done.stderr
+    assert time.monotonic() - started < 120
+    assert_nothing_corrupt_in_cache(env)
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["test-org/no-such-model"], 12, "repository not found, or private"),
+    ([REPO, "--revision", "v9"], 12, "no such revision"),
+])
+def test_not_found(hub, env, args, code, message):
+    done = gpt2port("download", *args, env=env)
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr and "hint:" in done.stderr
+
+
+def test_shard_missing_on_the_hub(hub, env, tmp_path):
+    folder = write_layout("sharded", tmp_path / "sharded")
+    shard = sorted(folder.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    hub.add_repo("test-org/sharded", folder)
+    done = gpt2port("download", "test-org/sharded", env=env)
+    assert done.returncode == 12, done.stderr
+    assert f"shard {shard.name!r} named in model.safetensors.index.json is not on the Hub" in (
+        done.stderr)
+
+
+def test_gated_and_private_repositories(hub, env, tiny_repo):
+    hub.add_repo("test-org/gated", tiny_repo, token="secret", gated=True)
+    hub.add_repo("test-org/private", tiny_repo, token="secret")
+    gated = gpt2port("download", "test-org/gated", env=env)
+    assert gated.returncode == 13, gated.stderr
+    assert "gated" in gated.stderr and "HF_TOKEN" in gated.stderr
+    private = gpt2port("download", "test-org/private", env=env)
+    assert private.returncode == 12 and "HF_TOKEN" in private.stderr
+    allowed = gpt2port("download", "test-org/private", "--reference", "numpy",
+                       env={**env, "HF_TOKEN": "secret"})
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_offline(hub, env):
+    not_cached = gpt2port("download", REPO, "--offline", env=env)
+    assert not_cached.returncode == 11 and "not in the cache" in not_cached.stderr
+    by_environment = gpt2port("verify", REPO, env={**env, "HF_HUB_OFFLINE": "1"})
+    assert by_environment.returncode == 11, by_environment.stderr
+
+    assert gpt2port("download", REPO, "--reference", "numpy", env=env).returncode == 0
+    hub.requests.clear()
+    cached = gpt2port("download", REPO, "--offline", "--reference", "numpy", env=env)
+    assert cached.returncode == 0, cached.stderr
+    assert hub.requests == []
+
+
+def test_hub_unreachable(env):
+    closed = {**env, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    done = gpt2port("download", REPO, env=closed)
+    assert done.returncode == 14, done.stderr
+    assert "connection failed" in done.stderr or "cannot be reached" in done.stderr
+
+
+def test_disk_full(hub, env):
+    done = gpt2port("download", REPO, env=env, limit_file_size=200_000)
+    assert done.returncode == 16, done.stderr
+    assert "no space left" in done.stderr
+    assert_nothing_corrupt_in_cache(env)
+
+
+def test_generate_refuses_a_tokenizer_bigger_than_the_vocabulary(hub, env, tmp_path):
+    hub.add_repo("test-org/small-vocabulary", with_tokenizer(write_layout("hub", tmp_path / "s")))
+    done = gpt2port("generate", "test-org/small-vocabulary", "The dog", env=env)
+    assert done.returncode == 5, done.stderr
+    assert "has a vocabulary of 512" in done.stderr
+
+
+def test_help_shows_examples_and_exit_codes():
+    done = subprocess.run([sys.executable, "-m", "gpt2port", "--help"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0
+    assert "examples:" in done.stdout and "15 integrity" in done.stdout
