@@ -13,7 +13,7 @@ from .errors import Gpt2portError, TokenizerError, VerificationError
 EXAMPLES = """\
 examples:
   gpt2port download                       # openai-community/gpt2 at its pinned commit
-  gpt2port download gpt2-medium --cache-dir ./hub-cache
+  gpt2port download gpt2-medium --output ./gpt2-medium
   gpt2port download someone/gpt2-finetune --revision main
   gpt2port verify gpt2 --reference numpy
   gpt2port generate gpt2 "The dog" --max-new-tokens 30 --temperature 0.8 --top-k 40 --seed 1
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                                    epilog=EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     _source_options(download, default="gpt2")
+    download.add_argument("--output", type=Path, help="also write the verified model here in "
+                          "gpt2port's own layout (model.safetensors + tokenizer files)")
     download.add_argument("--force", action="store_true",
                           help="download afresh, even what is cached")
     download.add_argument("--reference", choices=("auto", "transformers", "numpy"),
@@ -77,7 +79,8 @@ def _folder(args: argparse.Namespace) -> Path:
                    offline=args.offline)
 
 
-def _verify(args: argparse.Namespace, folder: Path) -> None:
+def _verify(args: argparse.Namespace, folder: Path):
+    """Load ``folder`` and check it against the reference; return the verified model."""
     from .loading import load_pretrained
     from .verification import verify
 
@@ -88,6 +91,7 @@ def _verify(args: argparse.Namespace, folder: Path) -> None:
     if not result.passed:
         raise VerificationError(f"{args.model}: the loaded model disagrees with the reference",
                                 hint="report this with the figures above")
+    return model
 
 
 def run_download(args: argparse.Namespace) -> None:
@@ -99,7 +103,12 @@ def run_download(args: argparse.Namespace) -> None:
     print(f"files in {folder} (each checked against the Hub's size and hash):")
     for path in sorted(folder.iterdir()):
         print(f"  {path.name:32} {path.stat().st_size:>14,} bytes")
-    _verify(args, folder)
+    model = _verify(args, folder)
+    if args.output is not None:
+        from .formats import native
+
+        written = native.save(model, args.output, tokenizer_from=folder)
+        print(f"wrote {written} (gpt2port's names; load it with load_pretrained)")
 
 
 def run_verify(args: argparse.Namespace) -> None:

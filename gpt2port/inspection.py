@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from .formats import huggingface
 from .loading import Checkpoint
 
 
 def describe(checkpoint: Checkpoint) -> str:
     """One line per source tensor: name, shape, dtype -> model names, transform."""
-    table, tensors = huggingface.TABLE, checkpoint.tensors
+    table, tensors = checkpoint.table, checkpoint.tensors
     destinations = {}
     for each in table.expand(checkpoint.config["number_of_layers"]):
         for source in each.source:
@@ -24,6 +23,6 @@ def describe(checkpoint: Checkpoint) -> str:
         else:
             where = "(ignored buffer)" if table.is_ignored(name) else "(not in the table)"
         lines.append(f"  {name:{width}}  {shape:>14}  {str(tensor.dtype)[6:]:8} {where}")
-    if "lm_head.weight" not in tensors:
+    if table.source_name("output_head.weight") not in tensors:
         lines.append("  output_head.weight is tied to token_embedding_table.weight")
     return "\n".join(lines)

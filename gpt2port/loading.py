@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .config import PRESETS, hub_source
 from .errors import CheckpointError, ConfigError, NetworkError
-from .formats import huggingface
-from .formats.table import to_model
-from .model import GPTModel
-from .readers import read_json, read_weights_file
+from .formats import huggingface, native
+from .formats.table import MappingTable, to_model
+from .model import GPTModel, empty_model
+from .readers import read_json, read_safetensors, read_weights_file
 
 REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -29,11 +26,12 @@ DTYPES = {
 
 @dataclass
 class Checkpoint:
-    """A checkpoint's tensors under their own names, and the model config it implies."""
+    """A checkpoint's tensors under their own names, its format's table, and the model config."""
 
     origin: str
     tensors: dict[str, torch.Tensor]
     config: dict
+    table: MappingTable
 
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -60,21 +58,30 @@ def find_weights(folder: Path) -> Path:
 
 
 def open_checkpoint(path: Path) -> Checkpoint:
-    """Read a Hugging Face folder, or one weights file with ``config.json`` beside it."""
+    """Read a folder or one weights file: gpt2port's native layout, or Hugging Face's with the
+    ``config.json`` beside it."""
     path = Path(path)
     weights = find_weights(path) if path.is_dir() else path
+    metadata = {}
+    if weights.suffix == ".safetensors":
+        tensors, metadata = read_safetensors(weights)
+    else:
+        tensors = read_weights_file(weights)
+    if native.CONFIG_KEY in metadata:
+        config = native.config_from_metadata(metadata, origin=str(weights))
+        return Checkpoint(str(weights), tensors, config, native.table(config))
     config_path = weights.parent / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{weights}: no config.json beside it",
                               hint="put the model's config.json in the same folder")
     config = huggingface.config_to_model(read_json(config_path), origin=str(config_path))
-    tensors = huggingface.TABLE.strip_prefix(read_weights_file(weights))
-    return Checkpoint(str(weights), tensors, config)
+    table = huggingface.TABLE
+    return Checkpoint(str(weights), table.strip_prefix(tensors), config, table)
 
 
 def _decide_tying(checkpoint: Checkpoint) -> dict:
     """Tie the output head when the checkpoint has none, or one equal to the embedding."""
-    table, tensors = huggingface.TABLE, checkpoint.tensors
+    table, tensors = checkpoint.table, checkpoint.tensors
     head = table.source_name("output_head.weight")
     embedding = tensors.get(table.source_name("token_embedding_table.weight"))
     if head not in tensors:
@@ -84,29 +91,6 @@ def _decide_tying(checkpoint: Checkpoint) -> dict:
     if same:
         del tensors[head]
     return {**checkpoint.config, "tie_output_head": same}
-
-
-@contextmanager
-def _without_initialisation() -> Iterator[None]:
-    """Skip the random init of linear and embedding layers: every weight is assigned after.
-
-    (On the meta device ``normal_`` alone costs 1.3 s the first time, importing torch's Python
-    meta kernels.)
-    """
-    saved = {layer: layer.reset_parameters for layer in (nn.Linear, nn.Embedding)}
-    try:
-        for layer in saved:
-            layer.reset_parameters = lambda self: None
-        yield
-    finally:
-        for layer, method in saved.items():
-            layer.reset_parameters = method
-
-
-def empty_model(config: dict) -> GPTModel:
-    """The model's structure on the meta device: shapes only, no memory, no initialisation."""
-    with torch.device("meta"), _without_initialisation():
-        return GPTModel(config)
 
 
 def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | None = None,
@@ -123,7 +107,7 @@ def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | 
     expected = model.state_dict()
     if config["tie_output_head"]:
         del expected["output_head.weight"]
-    state = to_model(huggingface.TABLE, checkpoint.tensors, expected, model.config,
+    state = to_model(checkpoint.table, checkpoint.tensors, expected, model.config,
                      origin=checkpoint.origin)
     dtype = parse_dtype(dtype) or state["token_embedding_table.weight"].dtype
     state = {name: tensor.to(device=device, dtype=dtype) for name, tensor in state.items()}

@@ -25,15 +25,19 @@ def read_original_tensors(folder: Path) -> dict[str, np.ndarray]:
         files = [folder / shard for shard in sorted(set(weight_map.values()))]
     arrays = {}
     for file in files:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-        else:
-            import torch
-
-            load_file = (lambda path: torch.load(path, map_location="cpu", weights_only=True))
-        for name, tensor in load_file(file).items():
+        for name, tensor in _load(file).items():
             arrays[name.removeprefix("transformer.")] = tensor.float().numpy()
     return arrays
+
+
+def _load(file: Path) -> dict:
+    """One file's tensors, read by the safetensors library or torch (weights only)."""
+    import torch
+    from safetensors.torch import load_file
+
+    if file.suffix == ".safetensors":
+        return load_file(file)
+    return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def gelu(x):  # GPT-2's tanh approximation

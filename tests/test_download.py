@@ -242,3 +242,14 @@ def test_help_shows_examples_and_exit_codes():
                           text=True)
     assert done.returncode == 0
     assert "examples:" in done.stdout and "15 integrity" in done.stdout
+
+
+def test_output_writes_a_native_checkpoint_that_loads_back(hub, env, tmp_path):
+    done = gpt2port("download", REPO, "--reference", "numpy", "--output", str(tmp_path / "out"),
+                    env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "merges.txt", "model.safetensors", "vocab.json"]
+    again = gpt2port("generate", str(tmp_path / "out"), "The dog", "--max-new-tokens", "3",
+                     env=env)
+    assert again.returncode == 0, again.stderr

@@ -191,7 +191,7 @@ def from_model(table: MappingTable, model_state: Mapping[str, torch.Tensor],
     converted = {}
     for each in applicable_rules(table, model_state, number_of_layers):
         outputs = each.transform.from_model([model_state[name] for name in each.target])
-        converted.update(zip(each.source, outputs))
+        converted.update(zip(each.source, outputs, strict=True))
     return converted
 
 
@@ -211,7 +211,7 @@ def to_model(table: MappingTable, source: Mapping[str, torch.Tensor],
     for each in rules:
         shapes = each.transform.from_model_shapes(
             [tuple(model_state[name].shape) for name in each.target])
-        expected.update(zip(each.source, shapes))
+        expected.update(zip(each.source, shapes, strict=True))
     problems = [f"missing tensor {name!r}, expected shape {list(expected[name])}"
                 for name in sorted(expected) if name not in source]
     problems += [f"unexpected tensor {name!r} with shape {list(source[name].shape)}"
@@ -228,5 +228,6 @@ def to_model(table: MappingTable, source: Mapping[str, torch.Tensor],
         raise MappingError(origin, problems, config)
     converted = {}
     for each in rules:
-        converted.update(zip(each.target, each.transform.to_model([source[n] for n in each.source])))
+        tensors = each.transform.to_model([source[name] for name in each.source])
+        converted.update(zip(each.target, tensors, strict=True))
     return converted
