@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .formats.table import MappingTable
 from .loading import Checkpoint
 
 
@@ -26,3 +27,15 @@ def describe(checkpoint: Checkpoint) -> str:
     if table.source_name("output_head.weight") not in tensors:
         lines.append("  output_head.weight is tied to token_embedding_table.weight")
     return "\n".join(lines)
+
+
+def table_markdown(table: MappingTable) -> str:
+    """A format's name table as Markdown, for docs/ (``{}`` is the block index)."""
+    rows = ["| checkpoint name | model name(s) | transform |", "|---|---|---|"]
+    for each in table.rules:
+        target = "<br>".join(f"`{name}`" for name in each.target)
+        rows.append(f"| `{', '.join(each.source)}` | {target} | {each.transform.description} |")
+    ignored = ", ".join(f"`{name}`" for name in table.ignored) or "none"
+    prefixes = ", ".join(f"`{prefix}`" for prefix in table.optional_prefixes) or "none"
+    return "\n".join(rows + ["", f"Ignored (buffers without weights): {ignored}.",
+                             f"Optional prefixes, stripped on reading: {prefixes}.", ""])

@@ -1,0 +1,20 @@
+"""The docs say what the code does: generated tables match, README's commands are CI's."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_mapping_docs_are_generated_from_the_tables():
+    spec = importlib.util.spec_from_file_location(
+        "write_mapping_docs", ROOT / "scripts" / "write_mapping_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "mapping.md").read_text() == module.mapping_docs(), (
+        "run: python scripts/write_mapping_docs.py")
+
+
+def test_ci_runs_the_test_command_the_readme_gives():
+    readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
+    assert "python -m pytest -q" in readme and "python -m pytest -q" in ci
