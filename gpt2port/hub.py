@@ -25,6 +25,7 @@ from .readers import read_json
 CONFIG = "config.json"
 TOKENIZER = ("vocab.json", "merges.txt")
 OPTIONAL = ("generation_config.json",)
+FORCE_HINT = "run again with --force to download it afresh"
 TOKEN_HINT = ("if the repository is private or gated, accept its terms on the Hub and set "
               "HF_TOKEN (or run `hf auth login`)")
 
@@ -47,7 +48,11 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
             raise OfflineError(f"{repo_id}: not in the cache, and offline mode is on",
                                hint="run once with network access, or drop --offline")
         for name in pinned:
-            _check_pinned(folder / name, *pinned[name])
+            try:
+                _check(folder / name, None, pinned[name])
+            except IntegrityError:
+                _remove_from_cache(folder / name)
+                raise
         return folder
     with hub_errors(repo_id):
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
@@ -93,20 +98,19 @@ def _fetch(repo_id: str, revision: str, sibling, cache_dir, force: bool,
            pinned: tuple[int, str] | None) -> Path:
     """Download one file (or take it from the cache) and check it; retry once under ``force``."""
     name = sibling.rfilename
-    for attempt in range(2 if force else 1):
+    tries_left = 2 if force else 1
+    while True:
+        tries_left -= 1
         with hub_errors(repo_id, name):
             path = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir,
                                         force_download=force))
         try:
-            _check_against_hub(path, sibling)
-            if pinned:
-                _check_pinned(path, *pinned)
+            _check(path, sibling, pinned)
             return path
         except IntegrityError:
             _remove_from_cache(path)
-            if attempt == (1 if force else 0):
+            if not tries_left:
                 raise
-    raise AssertionError("unreachable")
 
 
 def file_sha256(path: Path) -> str:
@@ -123,38 +127,37 @@ def git_blob_id(path: Path) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _check_against_hub(path: Path, sibling) -> None:
-    name, size = sibling.rfilename, path.stat().st_size
-    lfs = sibling.lfs
-    expected_size = lfs.size if lfs else sibling.size
-    if expected_size is not None and size != expected_size:
-        raise IntegrityError(f"{name}: {size} bytes, the Hub says {expected_size}",
-                             hint="the download was cut short; run again (add --force)")
-    if lfs:
-        found = file_sha256(path)
-        if found != lfs.sha256:
-            raise IntegrityError(f"{name}: sha256 {found} differs from the Hub's {lfs.sha256}; "
-                                 "the file was removed from the cache",
-                                 hint="run again with --force to download it afresh")
-    elif sibling.blob_id and git_blob_id(path) != sibling.blob_id:
+def _check(path: Path, sibling, pinned: tuple[int, str] | None) -> None:
+    """Size and sha256 against the Hub's listing (``sibling``) and the pinned (size, sha256);
+    for a non-LFS file the git blob id. Hashes the file once.
+
+    Raises:
+        IntegrityError: naming the file, whose value it failed, expected and found.
+    """
+    name, size = path.name, path.stat().st_size
+    expectations = []
+    if sibling is not None:
+        lfs = sibling.lfs
+        expectations.append(("the Hub's", lfs.size if lfs else sibling.size,
+                             lfs.sha256 if lfs else None))
+    if pinned:
+        expectations.append(("the official release's", *pinned))
+    found_sha256 = None
+    for whose, expected_size, expected_sha256 in expectations:
+        if expected_size is not None and size != expected_size:
+            raise IntegrityError(f"{name}: {size} bytes, {whose[:-2]} has {expected_size}; "
+                                 "the file was removed from the cache", hint=FORCE_HINT)
+        if expected_sha256:
+            found_sha256 = found_sha256 or file_sha256(path)
+            if found_sha256 != expected_sha256:
+                raise IntegrityError(f"{name}: sha256 {found_sha256} differs from {whose} "
+                                     f"{expected_sha256}; the file was removed from the cache",
+                                     hint=FORCE_HINT)
+    if sibling is not None and not sibling.lfs and sibling.blob_id and (
+            git_blob_id(path) != sibling.blob_id):
         raise IntegrityError(f"{name}: content differs from the Hub's git blob "
                              f"{sibling.blob_id}; the file was removed from the cache",
-                             hint="run again with --force to download it afresh")
-
-
-def _check_pinned(path: Path, size: int, sha256: str) -> None:
-    found_size = path.stat().st_size
-    if found_size != size:
-        _remove_from_cache(path)
-        raise IntegrityError(f"{path.name}: {found_size} bytes, the official release has {size}; "
-                             "the file was removed from the cache",
-                             hint="run again with --force to download it afresh")
-    found = file_sha256(path)
-    if found != sha256:
-        _remove_from_cache(path)
-        raise IntegrityError(f"{path.name}: sha256 {found} is not the official release's "
-                             f"{sha256}; the file was removed from the cache",
-                             hint="run again with --force to download it afresh")
+                             hint=FORCE_HINT)
 
 
 def _remove_from_cache(path: Path) -> None:

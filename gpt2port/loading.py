@@ -79,18 +79,21 @@ def open_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(str(weights), table.strip_prefix(tensors), config, table)
 
 
-def _decide_tying(checkpoint: Checkpoint) -> dict:
-    """Tie the output head when the checkpoint has none, or one equal to the embedding."""
+def _decide_tying(checkpoint: Checkpoint) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Tie the output head when the checkpoint has none, or one equal to the embedding.
+
+    Returns the config and the tensors to map (without a head that is only a copy).
+    """
     table, tensors = checkpoint.table, checkpoint.tensors
     head = table.source_name("output_head.weight")
     embedding = tensors.get(table.source_name("token_embedding_table.weight"))
     if head not in tensors:
-        return {**checkpoint.config, "tie_output_head": True}
+        return {**checkpoint.config, "tie_output_head": True}, tensors
     same = (embedding is not None and tensors[head].shape == embedding.shape
             and torch.equal(tensors[head], embedding))
     if same:
-        del tensors[head]
-    return {**checkpoint.config, "tie_output_head": same}
+        tensors = {name: tensor for name, tensor in tensors.items() if name != head}
+    return {**checkpoint.config, "tie_output_head": same}, tensors
 
 
 def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | None = None,
@@ -102,13 +105,12 @@ def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | 
     Raises:
         MappingError: listing every tensor that does not fit.
     """
-    config = _decide_tying(checkpoint)
+    config, tensors = _decide_tying(checkpoint)
     model = empty_model(config)
     expected = model.state_dict()
     if config["tie_output_head"]:
         del expected["output_head.weight"]
-    state = to_model(checkpoint.table, checkpoint.tensors, expected, model.config,
-                     origin=checkpoint.origin)
+    state = to_model(checkpoint.table, tensors, expected, model.config, origin=checkpoint.origin)
     dtype = parse_dtype(dtype) or state["token_embedding_table.weight"].dtype
     state = {name: tensor.to(device=device, dtype=dtype) for name, tensor in state.items()}
     if config["tie_output_head"]:
