@@ -1,0 +1,62 @@
+"""The verification itself: its NumPy reference against transformers, and that it can fail."""
+
+import pytest
+import torch
+from huggingface_hub import try_to_load_from_cache
+
+from checkpoints import LAYOUTS, load_reference, write_layout
+from gpt2port import generate, load_pretrained
+from gpt2port.config import PRESETS
+from gpt2port.reference import reference_logits
+from gpt2port.verification import prompt_for, verify
+
+GPT2 = PRESETS["gpt2"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_numpy_reference_agrees_with_transformers(layout, tmp_path):
+    folder = write_layout(layout, tmp_path / layout)
+    ids = list(range(1, 30))
+    with torch.no_grad():
+        expected = load_reference(folder)(torch.tensor([ids])).logits[0].numpy()
+    assert abs(reference_logits(folder, ids) - expected).max() <= 1e-5
+
+
+@pytest.mark.parametrize("reference", ["transformers", "numpy"])
+def test_a_faithful_load_passes(tiny_hub_folder, reference):
+    model = load_pretrained(tiny_hub_folder)
+    result = verify(model, tiny_hub_folder, reference=reference)
+    assert result.passed and result.max_abs_diff <= 1e-5, result.report()
+
+
+def test_a_wrong_weight_fails(tiny_hub_folder):
+    model = load_pretrained(tiny_hub_folder)
+    with torch.no_grad():  # a query/key mix-up, as a wrong split would make
+        attention = model.transformer_blocks[0].attention
+        attention.query_projection.weight, attention.key_projection.weight = (
+            attention.key_projection.weight, attention.query_projection.weight)
+    result = verify(model, tiny_hub_folder, reference="numpy")
+    assert not result.passed and "NOT OK" in result.report() and "FAILED" in result.report()
+
+
+def test_a_wrong_known_answer_fails(tiny_hub_folder):
+    model = load_pretrained(tiny_hub_folder)
+    prompt = prompt_for(model.config)[:2]
+    right = generate(model, torch.tensor([prompt]), 5)[0].tolist()
+    assert verify(model, tiny_hub_folder, known_greedy=(prompt, right)).passed
+    wrong = right[:-1] + [(right[-1] + 1) % model.config["vocab_size"]]
+    result = verify(model, tiny_hub_folder, known_greedy=(prompt, wrong))
+    assert not result.passed and "known greedy answer (7 tokens): NOT OK" in result.report()
+
+
+REAL_WEIGHTS = try_to_load_from_cache(GPT2.repo_id, "model.safetensors", revision=GPT2.revision)
+
+
+@pytest.mark.skipif(not isinstance(REAL_WEIGHTS, str),
+                    reason="the real openai-community/gpt2 weights are not in the Hugging Face "
+                    "cache (this machine has no route to the Hub); run `gpt2port download gpt2`")
+def test_real_gpt2_gives_the_known_greedy_answer():
+    model = load_pretrained("gpt2")
+    prompt, answer = GPT2.known_greedy
+    assert generate(model, torch.tensor([prompt]), len(answer) - len(prompt))[0].tolist() == list(
+        answer)
