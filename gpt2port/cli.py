@@ -17,6 +17,7 @@ examples:
   gpt2port download someone/gpt2-finetune --revision main
   gpt2port verify gpt2 --reference numpy
   gpt2port generate gpt2 "The dog" --max-new-tokens 30 --temperature 0.8 --top-k 40 --seed 1
+  gpt2port convert gpt2 ./gpt2-hf --to hf --dtype f16
   gpt2port inspect ./my-checkpoint-folder
 
 exit codes: 0 ok, 2 usage, 3 config, 4 checkpoint, 5 tokenizer, 6 verification failed,
@@ -67,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     generate.add_argument("--device", default="cpu", help="cpu, cuda, mps")
 
+    convert = commands.add_parser("convert", help="write a checkpoint in another format")
+    _source_options(convert)
+    convert.add_argument("destination", type=Path, help="a new folder (written only when done)")
+    convert.add_argument("--to", required=True, choices=("hf", "native"))
+    convert.add_argument("--dtype", choices=("f32", "f16", "bf16"),
+                         help="default: the source's own")
+
     inspect = commands.add_parser("inspect", help="list the checkpoint's tensors and mapping")
     _source_options(inspect)
     return parser
@@ -79,8 +87,8 @@ def _folder(args: argparse.Namespace) -> Path:
                    offline=args.offline)
 
 
-def _verify(args: argparse.Namespace, folder: Path):
-    """Load ``folder`` and check it against the reference; return the verified model."""
+def _verify(args: argparse.Namespace, folder: Path) -> None:
+    """Load ``folder`` and check it against the reference."""
     from .loading import load_pretrained
     from .verification import verify
 
@@ -91,7 +99,6 @@ def _verify(args: argparse.Namespace, folder: Path):
     if not result.passed:
         raise VerificationError(f"{args.model}: the loaded model disagrees with the reference",
                                 hint="report this with the figures above")
-    return model
 
 
 def run_download(args: argparse.Namespace) -> None:
@@ -103,12 +110,12 @@ def run_download(args: argparse.Namespace) -> None:
     print(f"files in {folder} (each checked against the Hub's size and hash):")
     for path in sorted(folder.iterdir()):
         print(f"  {path.name:32} {path.stat().st_size:>14,} bytes")
-    model = _verify(args, folder)
+    _verify(args, folder)
     if args.output is not None:
-        from .formats import native
+        from .conversion import convert
 
-        written = native.save(model, args.output, tokenizer_from=folder)
-        print(f"wrote {written} (gpt2port's names; load it with load_pretrained)")
+        written = convert(folder, args.output, to="native")
+        print(f"wrote {written} (gpt2port's own layout; load it with load_pretrained)")
 
 
 def run_verify(args: argparse.Namespace) -> None:
@@ -141,6 +148,14 @@ def run_generate(args: argparse.Namespace) -> None:
     sys.stdout.write(text.decode(b"", final=True) + "\n")
 
 
+def run_convert(args: argparse.Namespace) -> None:
+    from .conversion import convert
+
+    written = convert(args.model, args.destination, to=args.to, dtype=args.dtype,
+                      revision=args.revision)
+    print(f"wrote {written} ({args.to}): " + ", ".join(sorted(p.name for p in written.iterdir())))
+
+
 def run_inspect(args: argparse.Namespace) -> None:
     from .inspection import describe
     from .loading import open_checkpoint
@@ -149,7 +164,7 @@ def run_inspect(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"download": run_download, "verify": run_verify, "generate": run_generate,
-            "inspect": run_inspect}
+            "convert": run_convert, "inspect": run_inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

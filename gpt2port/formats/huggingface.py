@@ -6,8 +6,14 @@ query, key and value projections side by side.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
 from ..errors import ConfigError
-from .table import Chain, MappingTable, Split, Transpose, rule
+from ..model import GPTModel
+from .table import Chain, MappingTable, Split, Transpose, from_model, rule
 
 # Weights files of a Hugging Face folder, in order of preference.
 WEIGHTS_FILES = (
@@ -110,3 +116,18 @@ def config_from_model(config: dict) -> dict:
         "bos_token_id": 50256,
         "eos_token_id": 50256,
     }
+
+
+def save(model: GPTModel, folder: Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` in the Hub's layout (no prefix; a tied
+    head is left out, as on the Hub) for ``GPT2LMHeadModel.from_pretrained``."""
+    state = model.state_dict()
+    if model.config["tie_output_head"]:
+        state = {name: t for name, t in state.items() if name != "output_head.weight"}
+    tensors = from_model(TABLE, state, model.config["number_of_layers"])
+    folder = Path(folder)
+    (folder / "config.json").write_text(json.dumps(config_from_model(model.config), indent=2))
+    path = folder / "model.safetensors"
+    save_file({name: t.contiguous() for name, t in tensors.items()}, path,
+              metadata={"format": "pt"})
+    return path

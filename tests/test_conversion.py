@@ -1,0 +1,85 @@
+"""``convert`` between Hugging Face and native layouts, proved by transformers' own reader."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from checkpoints import load_reference, write_layout
+from gpt2port import CheckpointError, load_pretrained
+from gpt2port.conversion import WRITERS, convert
+from gpt2port.formats import huggingface
+
+IDS = torch.arange(1, 41).view(2, 20)
+
+
+def hub_tensors(folder):
+    """The weights of a Hugging Face folder without prefix and buffers, as the Hub names them."""
+    tensors = huggingface.TABLE.strip_prefix(load_file(folder / "model.safetensors"))
+    return {name: t for name, t in tensors.items() if not huggingface.TABLE.is_ignored(name)}
+
+
+@pytest.mark.parametrize("layout", ["hub", "untied_head", "explicit_tied_head"])
+def test_transformers_reads_the_export_bit_identically(layout, tmp_path):
+    source = write_layout(layout, tmp_path / layout)
+    exported = convert(source, tmp_path / "exported", to="hf")
+    with torch.no_grad():
+        original = load_reference(source)(IDS).logits
+        again = load_reference(exported)(IDS).logits
+    assert torch.equal(original, again)
+
+
+@pytest.mark.parametrize("layout", ["hub", "untied_head"])
+def test_hf_to_native_to_hf_is_bit_exact(layout, tmp_path):
+    source = write_layout(layout, tmp_path / layout)
+    native = convert(source, tmp_path / "native", to="native")
+    back = convert(native, tmp_path / "back", to="hf")
+    before, after = hub_tensors(source), hub_tensors(back)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_native_to_hf_to_native_is_bit_exact(tmp_path):
+    native = convert(write_layout("hub", tmp_path / "hub"), tmp_path / "native", to="native")
+    again = convert(convert(native, tmp_path / "hf", to="hf"), tmp_path / "native2", to="native")
+    assert load_file(native / "model.safetensors").keys() == load_file(
+        again / "model.safetensors").keys()
+    for name, tensor in load_file(native / "model.safetensors").items():
+        assert torch.equal(tensor, load_file(again / "model.safetensors")[name])
+
+
+def test_dtype_conversion(tmp_path):
+    out = convert(write_layout("hub", tmp_path / "hub"), tmp_path / "f16", to="hf", dtype="f16")
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.float16}
+    assert {p.dtype for p in load_pretrained(out).parameters()} == {torch.float16}
+
+
+def test_an_existing_destination_is_not_overwritten(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="already exists and is not empty"):
+        convert(write_layout("hub", tmp_path / "hub"), tmp_path / "taken", to="hf")
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
+
+
+def test_a_write_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
+    def fails_after_a_file(model, folder):
+        (folder / "config.json").write_text("{}")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setitem(WRITERS, "hf", fails_after_a_file)
+    with pytest.raises(OSError):
+        convert(write_layout("hub", tmp_path / "hub"), tmp_path / "out", to="hf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]
+
+
+def test_convert_command(tmp_path):
+    source = write_layout("sharded", tmp_path / "sharded")
+    done = subprocess.run([sys.executable, "-m", "gpt2port", "convert", str(source),
+                           str(tmp_path / "out"), "--to", "hf"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "config.json, model.safetensors" in done.stdout
+    with torch.no_grad():
+        assert torch.equal(load_reference(source)(IDS).logits,
+                           load_reference(tmp_path / "out")(IDS).logits)
