@@ -36,6 +36,7 @@ def test_hf_to_native_to_hf_is_bit_exact(layout, tmp_path):
     source = write_layout(layout, tmp_path / layout)
     native = convert(source, tmp_path / "native", to="native")
     back = convert(native, tmp_path / "back", to="hf")
+    assert load_pretrained(native).config == load_pretrained(source).config
     before, after = hub_tensors(source), hub_tensors(back)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)

@@ -69,15 +69,3 @@ def test_full_size_hub_layout_matches_transformers(full_size_hub_folder):
     prompt = torch.tensor([[464, 3290]])
     assert generate(model, prompt, 18).tolist() == reference_greedy(reference, prompt, 18).tolist()
 
-
-@pytest.mark.parametrize("layout", ["hub", "untied_head"])
-def test_native_layout_round_trip_is_exact(layout, tmp_path):
-    from gpt2port.formats import native
-
-    model = load_pretrained(write_layout(layout, tmp_path / layout))
-    native.save(model, tmp_path / "native")
-    again = load_pretrained(tmp_path / "native")
-    assert again.config == model.config
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                 again.state_dict().values()))
-    assert sorted(p.name for p in (tmp_path / "native").iterdir()) == ["model.safetensors"]
