@@ -71,9 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="write a checkpoint in another format")
     _source_options(convert)
     convert.add_argument("destination", type=Path, help="a new folder (written only when done)")
-    convert.add_argument("--to", required=True, choices=("hf", "native"))
-    convert.add_argument("--dtype", choices=("f32", "f16", "bf16"),
-                         help="default: the source's own")
+    convert.add_argument("--to", required=True, choices=("hf", "native", "gguf"))
+    convert.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"),
+                         help="default: the source's own (q8_0: GGUF only)")
 
     inspect = commands.add_parser("inspect", help="list the checkpoint's tensors and mapping")
     _source_options(inspect)

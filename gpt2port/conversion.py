@@ -7,10 +7,12 @@ from pathlib import Path
 import torch
 
 from .files import copy_tokenizer, write_folder
-from .formats import huggingface, native
+from .errors import ConfigError
+from .formats import gguf, huggingface, native
 from .loading import model_from_checkpoint, open_checkpoint, resolve
 
-WRITERS = {"hf": huggingface.save, "native": native.save}  # --to name -> writer(model, folder)
+WRITERS = {"hf": huggingface.save, "native": native.save, "gguf": gguf.save}
+QUANTIZATIONS = ("f32", "f16", "q8_0")  # what gguf.save writes; other formats take a torch dtype
 
 
 def convert(source: str | Path, destination: str | Path, *, to: str,
@@ -20,13 +22,19 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
 
     The folder appears only when complete.
     """
+    if dtype == "q8_0" and to != "gguf":
+        raise ConfigError("q8_0 is a GGUF quantization", hint="use --to gguf, or f32/f16/bf16")
     folder = resolve(source, revision=revision)
-    model = model_from_checkpoint(open_checkpoint(folder), dtype=dtype)
     tokenizer = folder if folder.is_dir() else folder.parent
+    options = {}
+    if to == "gguf":  # quantized by the writer, from an f32 model
+        options = {"quantization": dtype or "f32", "tokenizer": tokenizer}
+        dtype = "f32"
+    model = model_from_checkpoint(open_checkpoint(folder), dtype=dtype)
     write = WRITERS[to]
 
     def fill(output: Path) -> None:
-        write(model, output)
+        write(model, output, **options)
         copy_tokenizer(tokenizer, output)
 
     return write_folder(Path(destination), fill)

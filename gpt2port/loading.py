@@ -10,7 +10,7 @@ import torch
 
 from .config import PRESETS, hub_source
 from .errors import CheckpointError, ConfigError, NetworkError
-from .formats import huggingface, native
+from .formats import gguf, huggingface, native
 from .formats.table import MappingTable, to_model
 from .model import GPTModel, empty_model
 from .readers import read_json, read_safetensors, read_weights_file
@@ -49,19 +49,23 @@ def find_weights(folder: Path) -> Path:
     Raises:
         CheckpointError: listing what the folder has instead.
     """
-    for name in huggingface.WEIGHTS_FILES:
+    candidates = (*huggingface.WEIGHTS_FILES, gguf.FILENAME)
+    for name in candidates:
         if (folder / name).is_file():
             return folder / name
     present = ", ".join(sorted(path.name for path in folder.iterdir())) or "nothing"
-    raise CheckpointError(f"{folder}: no weights file "
-                          f"({', '.join(huggingface.WEIGHTS_FILES)}); the folder has {present}")
+    raise CheckpointError(f"{folder}: no weights file ({', '.join(candidates)}); "
+                          f"the folder has {present}")
 
 
 def open_checkpoint(path: Path) -> Checkpoint:
-    """Read a folder or one weights file: gpt2port's native layout, or Hugging Face's with the
-    ``config.json`` beside it."""
+    """Read a folder or one weights file: GGUF, gpt2port's native layout, or Hugging Face's with
+    the ``config.json`` beside it."""
     path = Path(path)
     weights = find_weights(path) if path.is_dir() else path
+    if weights.suffix == ".gguf":
+        tensors, config = gguf.read(weights)
+        return Checkpoint(str(weights), tensors, config, gguf.TABLE)
     metadata = {}
     if weights.suffix == ".safetensors":
         tensors, metadata = read_safetensors(weights)

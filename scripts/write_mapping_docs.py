@@ -5,7 +5,7 @@
 
 from pathlib import Path
 
-from gpt2port.formats import huggingface
+from gpt2port.formats import gguf, huggingface
 from gpt2port.inspection import table_markdown
 
 HEADER = """# Mapping tables
@@ -18,8 +18,14 @@ a test fails when this file and the tables disagree. `{}` stands for the block i
 """
 
 
+GGUF = """
+## GGUF for llama.cpp, arch `gpt2` (`gpt2port/formats/gguf.py`)
+
+"""
+
+
 def mapping_docs() -> str:
-    return HEADER + table_markdown(huggingface.TABLE)
+    return HEADER + table_markdown(huggingface.TABLE) + GGUF + table_markdown(gguf.TABLE)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,101 @@
+"""GGUF export and import, checked with the gguf package's own reader and writer."""
+
+import shutil
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from checkpoints import write_layout
+from gpt2port import ConfigError, load_pretrained
+from gpt2port.conversion import convert
+from gpt2port.tokenizer import BUNDLED
+
+IDS = torch.arange(1, 30).view(1, 29)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    folder = write_layout("hub", tmp_path_factory.mktemp("gguf") / "hub", vocab_size=50257,
+                          eos_token_id=50256, bos_token_id=50256)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(BUNDLED / name, folder / name)
+    return folder
+
+
+def field(reader, key):
+    found = reader.fields[key]
+    value = found.parts[found.data[0]]
+    return bytes(value).decode() if found.types[0] == gguf.GGUFValueType.STRING else value[0]
+
+
+def test_export_as_the_gguf_package_reads_it(source, tmp_path):
+    reader = gguf.GGUFReader(convert(source, tmp_path / "out", to="gguf") / "model.gguf")
+    assert field(reader, "general.architecture") == "gpt2"
+    assert [field(reader, f"gpt2.{key}") for key in (
+        "block_count", "context_length", "embedding_length", "feed_forward_length",
+        "attention.head_count")] == [2, 64, 64, 256, 4]
+    assert abs(field(reader, "gpt2.attention.layer_norm_epsilon") - 1e-5) < 1e-9
+    assert field(reader, "tokenizer.ggml.model") == "gpt2"
+    assert len(reader.fields["tokenizer.ggml.tokens"].data) == 50257
+    assert field(reader, "tokenizer.ggml.eos_token_id") == 50256
+    names = {tensor.name for tensor in reader.tensors}
+    per_block = {f"blk.{i}.{part}.{kind}" for i in range(2) for kind in ("weight", "bias")
+                 for part in ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up",
+                              "ffn_down")}
+    assert names == per_block | {"token_embd.weight", "position_embd.weight", "output.weight",
+                                 "output_norm.weight", "output_norm.bias"}
+    hub = load_file(source / "model.safetensors")
+    tensors = {tensor.name: np.array(tensor.data) for tensor in reader.tensors}
+    assert np.array_equal(tensors["blk.1.attn_qkv.weight"], hub["h.1.attn.c_attn.weight"].T)
+    assert np.array_equal(tensors["output.weight"], hub["wte.weight"])
+
+
+def test_round_trips_are_bit_exact_in_f32(source, tmp_path):
+    back = convert(convert(source, tmp_path / "gguf", to="gguf"), tmp_path / "hf", to="hf")
+    before, after = load_file(source / "model.safetensors"), load_file(back / "model.safetensors")
+    assert all(torch.equal(before[name], after[name]) for name in after)
+    again = convert(back, tmp_path / "gguf2", to="gguf")
+    first = gguf.GGUFReader(tmp_path / "gguf" / "model.gguf").tensors
+    second = {t.name: t for t in gguf.GGUFReader(again / "model.gguf").tensors}
+    assert all(np.array_equal(t.data, second[t.name].data) for t in first)
+
+
+@pytest.mark.parametrize("quantization, kind, bound", [
+    ("f16", gguf.GGMLQuantizationType.F16, 0.01), ("q8_0", gguf.GGMLQuantizationType.Q8_0, 0.1)])
+def test_f16_and_q8_0(source, tmp_path, quantization, kind, bound):
+    out = convert(source, tmp_path / quantization, to="gguf", dtype=quantization)
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(out / "model.gguf").tensors}
+    assert types["blk.0.ffn_up.weight"] == kind and types["blk.0.ffn_up.bias"] == (
+        gguf.GGMLQuantizationType.F32)
+    exact, rounded = load_pretrained(source), load_pretrained(out)
+    with torch.no_grad():
+        expected = exact(IDS)
+        assert (rounded(IDS) - expected).abs().max() <= bound * expected.abs().max()
+
+
+def test_a_missing_output_weight_is_tied(source, tmp_path):
+    exported = gguf.GGUFReader(convert(source, tmp_path / "out", to="gguf") / "model.gguf")
+    writer = gguf.GGUFWriter(str(tmp_path / "no-output.gguf"), "gpt2")
+    for key, value in (("block_count", 2), ("context_length", 64), ("embedding_length", 64),
+                       ("head_count", 4)):
+        getattr(writer, f"add_{key}")(value)
+    writer.add_layer_norm_eps(1e-5)
+    for tensor in exported.tensors:
+        if tensor.name != "output.weight":
+            writer.add_tensor(tensor.name, np.array(tensor.data))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    model = load_pretrained(tmp_path / "no-output.gguf")
+    assert model.output_head.weight is model.token_embedding_table.weight
+    with torch.no_grad():
+        assert torch.equal(model(IDS), load_pretrained(source)(IDS))
+
+
+def test_q8_0_is_for_gguf_only(source, tmp_path):
+    with pytest.raises(ConfigError, match="q8_0 is a GGUF quantization"):
+        convert(source, tmp_path / "out", to="hf", dtype="q8_0")
