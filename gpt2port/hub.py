@@ -132,25 +132,25 @@ def _check(path: Path, sibling, pinned: tuple[int, str] | None) -> None:
     for a non-LFS file the git blob id. Hashes the file once.
 
     Raises:
-        IntegrityError: naming the file, whose value it failed, expected and found.
+        IntegrityError: naming the file, which source it disagrees with, expected and found.
     """
     name, size = path.name, path.stat().st_size
     expectations = []
     if sibling is not None:
         lfs = sibling.lfs
-        expectations.append(("the Hub's", lfs.size if lfs else sibling.size,
+        expectations.append(("the Hub", lfs.size if lfs else sibling.size,
                              lfs.sha256 if lfs else None))
     if pinned:
-        expectations.append(("the official release's", *pinned))
+        expectations.append(("the official release", *pinned))
     found_sha256 = None
-    for whose, expected_size, expected_sha256 in expectations:
+    for source, expected_size, expected_sha256 in expectations:
         if expected_size is not None and size != expected_size:
-            raise IntegrityError(f"{name}: {size} bytes, {whose[:-2]} has {expected_size}; "
+            raise IntegrityError(f"{name}: {size} bytes, {source} has {expected_size}; "
                                  "the file was removed from the cache", hint=FORCE_HINT)
         if expected_sha256:
             found_sha256 = found_sha256 or file_sha256(path)
             if found_sha256 != expected_sha256:
-                raise IntegrityError(f"{name}: sha256 {found_sha256} differs from {whose} "
+                raise IntegrityError(f"{name}: sha256 {found_sha256} differs from {source}'s "
                                      f"{expected_sha256}; the file was removed from the cache",
                                      hint=FORCE_HINT)
     if sibling is not None and not sibling.lfs and sibling.blob_id and (
