@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 from .config import PRESETS, hub_source
-from .errors import Gpt2portError, TokenizerError, VerificationError
+from .errors import Gpt2portError, OfflineError, TokenizerError, VerificationError
 
 EXAMPLES = """\
 examples:
   gpt2port download                       # openai-community/gpt2 at its pinned commit
   gpt2port download gpt2-medium --output ./gpt2-medium
+  gpt2port download 124M --source openai   # OpenAI's original TF checkpoint
   gpt2port download someone/gpt2-finetune --revision main
   gpt2port verify gpt2 --reference numpy
   gpt2port generate gpt2 "The dog" --max-new-tokens 30 --temperature 0.8 --top-k 40 --seed 1
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                                    epilog=EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     _source_options(download, default="gpt2")
+    download.add_argument("--source", choices=("hub", "openai"), default="hub",
+                          help="the Hugging Face Hub, or OpenAI's storage of the original TF "
+                          "checkpoints (model: a size 124M/355M/774M/1558M or a preset)")
     download.add_argument("--output", type=Path, help="also write the verified model here in "
                           "gpt2port's own layout (model.safetensors + tokenizer files)")
     download.add_argument("--force", action="store_true",
@@ -71,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="write a checkpoint in another format")
     _source_options(convert)
     convert.add_argument("destination", type=Path, help="a new folder (written only when done)")
-    convert.add_argument("--to", required=True, choices=("hf", "native", "gguf"))
+    convert.add_argument("--to", required=True, choices=("hf", "openai", "native", "gguf"))
     convert.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"),
                          help="default: the source's own (q8_0: GGUF only)")
 
@@ -87,12 +91,11 @@ def _folder(args: argparse.Namespace) -> Path:
                    offline=args.offline)
 
 
-def _verify(args: argparse.Namespace, folder: Path) -> None:
-    """Load ``folder`` and check it against the reference."""
+def _verify(args: argparse.Namespace, folder: Path, known: tuple | None = None) -> None:
+    """Load ``folder`` and check it against the reference (and the known answer, if any)."""
     from .loading import load_pretrained
     from .verification import verify
 
-    known = hub_source(args.model, args.revision).known_greedy
     model = load_pretrained(folder, dtype="float32")
     result = verify(model, folder, reference=args.reference, known_greedy=known)
     print(result.report())
@@ -102,15 +105,21 @@ def _verify(args: argparse.Namespace, folder: Path) -> None:
 
 
 def run_download(args: argparse.Namespace) -> None:
-    from .hub import download
+    if args.source == "openai":
+        folder, known = _download_release(args), PRESETS["gpt2"].known_greedy
+        print(f"files in {folder} (sizes checked; tensors' CRC-32C checked on reading):")
+        known = known if folder.name == "124M" else None  # the same weights as the gpt2 preset
+    else:
+        from .hub import download
 
-    source = hub_source(args.model, args.revision)
-    folder = download(source.repo_id, revision=source.revision, cache_dir=args.cache_dir,
-                      force=args.force, offline=args.offline, pinned=source.pinned)
-    print(f"files in {folder} (each checked against the Hub's size and hash):")
+        source = hub_source(args.model, args.revision)
+        folder = download(source.repo_id, revision=source.revision, cache_dir=args.cache_dir,
+                          force=args.force, offline=args.offline, pinned=source.pinned)
+        known = source.known_greedy
+        print(f"files in {folder} (each checked against the Hub's size and hash):")
     for path in sorted(folder.iterdir()):
         print(f"  {path.name:32} {path.stat().st_size:>14,} bytes")
-    _verify(args, folder)
+    _verify(args, folder, known)
     if args.output is not None:
         from .conversion import convert
 
@@ -118,8 +127,22 @@ def run_download(args: argparse.Namespace) -> None:
         print(f"wrote {written} (gpt2port's own layout; load it with load_pretrained)")
 
 
+def _download_release(args: argparse.Namespace) -> Path:
+    from .formats.openai import PRESET_SIZES, RELEASE_FILES
+    from .releases import default_folder, download_release
+
+    size = PRESET_SIZES.get(args.model, args.model)
+    folder = args.cache_dir / "openai" / size if args.cache_dir else default_folder(size)
+    missing = [name for name in RELEASE_FILES if not (folder / name).is_file()]
+    if args.offline and missing:
+        raise OfflineError(f"{folder}: OpenAI's {size} release is not downloaded "
+                           f"(missing {', '.join(missing)})", hint="run once without --offline")
+    return download_release(size, folder=folder, force=args.force) if missing or args.force \
+        else folder
+
+
 def run_verify(args: argparse.Namespace) -> None:
-    _verify(args, _folder(args))
+    _verify(args, _folder(args), hub_source(args.model, args.revision).known_greedy)
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -127,10 +150,10 @@ def run_generate(args: argparse.Namespace) -> None:
 
     from .generation import stream
     from .loading import load_pretrained
-    from .tokenizer import load_tokenizer
+    from .tokenizer import load_tokenizer, tokenizer_files
 
     folder = _folder(args)
-    tokenizer_folder = folder if (folder / "merges.txt").is_file() else None
+    tokenizer_folder = folder if folder.is_dir() and tokenizer_files(folder) else None
     tokenizer = load_tokenizer(tokenizer_folder)
     model = load_pretrained(folder, dtype=args.dtype, device=args.device)
     ids = torch.tensor([tokenizer.encode(args.prompt)], device=args.device)

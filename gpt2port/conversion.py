@@ -6,12 +6,13 @@ from pathlib import Path
 
 import torch
 
-from .files import copy_tokenizer, write_folder
 from .errors import ConfigError
-from .formats import gguf, huggingface, native
+from .files import copy_tokenizer, write_folder
+from .formats import gguf, huggingface, native, openai
 from .loading import model_from_checkpoint, open_checkpoint, resolve
 
-WRITERS = {"hf": huggingface.save, "native": native.save, "gguf": gguf.save}
+WRITERS = {"hf": huggingface.save, "openai": openai.save, "native": native.save,
+           "gguf": gguf.save}
 QUANTIZATIONS = ("f32", "f16", "q8_0")  # what gguf.save writes; other formats take a torch dtype
 
 
@@ -35,6 +36,7 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
 
     def fill(output: Path) -> None:
         write(model, output, **options)
-        copy_tokenizer(tokenizer, output)
+        copy_tokenizer(tokenizer, output,
+                       openai.TOKENIZER_FILES if to == "openai" else ("vocab.json", "merges.txt"))
 
     return write_folder(Path(destination), fill)

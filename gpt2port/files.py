@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import CheckpointError
+from .tokenizer import tokenizer_files
 
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
 def write_folder(destination: Path, fill: Callable[[Path], object]) -> Path:
@@ -34,8 +34,9 @@ def write_folder(destination: Path, fill: Callable[[Path], object]) -> Path:
     return destination
 
 
-def copy_tokenizer(source: Path | None, folder: Path) -> None:
-    """Copy vocab.json and merges.txt from ``source`` when it has them."""
-    for name in TOKENIZER_FILES:
-        if source is not None and (Path(source) / name).is_file():
-            shutil.copyfile(Path(source) / name, Path(folder) / name)
+def copy_tokenizer(source: Path | None, folder: Path,
+                   names: tuple[str, str] = ("vocab.json", "merges.txt")) -> None:
+    """Copy the tokenizer files from ``source``, when it has them, under ``names``."""
+    found = tokenizer_files(source) if source is not None else None
+    for path, name in zip(found or (), names):
+        shutil.copyfile(path, Path(folder) / name)

@@ -10,7 +10,7 @@ import torch
 
 from .config import PRESETS, hub_source
 from .errors import CheckpointError, ConfigError, NetworkError
-from .formats import gguf, huggingface, native
+from .formats import gguf, huggingface, native, openai
 from .formats.table import MappingTable, to_model
 from .model import GPTModel, empty_model
 from .readers import read_json, read_safetensors, read_weights_file
@@ -59,9 +59,12 @@ def find_weights(folder: Path) -> Path:
 
 
 def open_checkpoint(path: Path) -> Checkpoint:
-    """Read a folder or one weights file: GGUF, gpt2port's native layout, or Hugging Face's with
-    the ``config.json`` beside it."""
+    """Read a folder or one weights file: OpenAI's TF checkpoint, GGUF, gpt2port's native layout,
+    or Hugging Face's with the ``config.json`` beside it."""
     path = Path(path)
+    if path.is_dir() and openai.is_checkpoint(path):
+        tensors, config = openai.read(path)
+        return Checkpoint(str(path / openai.PREFIX), tensors, config, openai.TABLE)
     weights = find_weights(path) if path.is_dir() else path
     if weights.suffix == ".gguf":
         tensors, config = gguf.read(weights)
@@ -89,9 +92,9 @@ def _decide_tying(checkpoint: Checkpoint) -> tuple[dict, dict[str, torch.Tensor]
     Returns the config and the tensors to map (without a head that is only a copy).
     """
     table, tensors = checkpoint.table, checkpoint.tensors
-    head = table.source_name("output_head.weight")
+    head = table.source_name("output_head.weight")  # None: the format always ties
     embedding = tensors.get(table.source_name("token_embedding_table.weight"))
-    if head not in tensors:
+    if head is None or head not in tensors:
         return {**checkpoint.config, "tie_output_head": True}, tensors
     same = (embedding is not None and tensors[head].shape == embedding.shape
             and torch.equal(tensors[head], embedding))

@@ -1,13 +1,15 @@
-"""An independent GPT-2 forward pass in NumPy, on a Hugging Face folder's original tensors.
+"""An independent GPT-2 forward pass in NumPy, on a checkpoint folder's original tensors.
 
-It reads the files with the safetensors library (not gpt2port's reader), keeps the Hub's names and
-Conv1D [in, out] layout, and shares no code with the model or the mapping, so agreeing with it
-checks them. In the spirit of picoGPT: one line per step, shapes in comments.
+It reads Hugging Face files with the safetensors library (not gpt2port's reader) and OpenAI's TF
+checkpoint with the tensor-bundle reader (itself checked against TensorFlow), keeps the Conv1D
+[in, out] layout, and shares no code with the model or the mapping, so agreeing with it checks
+them. In the spirit of picoGPT: one line per step, shapes in comments.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,10 @@ from .formats.huggingface import WEIGHTS_FILES
 
 
 def read_original_tensors(folder: Path) -> dict[str, np.ndarray]:
-    """The checkpoint's tensors as float32 arrays, names without the ``transformer.`` prefix."""
+    """The checkpoint's tensors as float32 arrays, in Hugging Face's names without prefix."""
     folder = Path(folder)
+    if (folder / "hparams.json").is_file():
+        return read_openai_tensors(folder)
     weights = next(folder / name for name in WEIGHTS_FILES if (folder / name).is_file())
     files = [weights]
     if weights.name.endswith(".index.json"):
@@ -27,6 +31,20 @@ def read_original_tensors(folder: Path) -> dict[str, np.ndarray]:
     for file in files:
         for name, tensor in _load(file).items():
             arrays[name.removeprefix("transformer.")] = tensor.float().numpy()
+    return arrays
+
+
+def read_openai_tensors(folder: Path) -> dict[str, np.ndarray]:
+    """OpenAI's ``model/h0/ln_1/g`` [1, D]... as ``h.0.ln_1.weight`` [D], as picoGPT reads them."""
+    from .tensor_bundle import read_bundle
+
+    arrays = {}
+    for name, tensor in read_bundle(Path(folder) / "model.ckpt").items():
+        name = re.sub(r"^h(\d+)/", r"h.\1/", name.removeprefix("model/"))  # h.0/ln_1/g
+        name = re.sub(r"/[wg]$", "/weight", re.sub(r"/b$", "/bias", name)).replace("/", ".")
+        name = name if name.endswith(("weight", "bias")) else f"{name}.weight"  # wte, wpe
+        array = tensor.float().numpy()
+        arrays[name] = array[0] if array.ndim == 3 else array  # Conv1D's leading axis of 1
     return arrays
 
 
@@ -83,5 +101,7 @@ def forward(params: dict[str, np.ndarray], hparams: dict, ids: list[int]) -> np.
 
 def reference_logits(folder: Path, ids: list[int]) -> np.ndarray:
     """Logits [T, V] of the checkpoint in ``folder``, computed from its files alone."""
-    hparams = json.loads((Path(folder) / "config.json").read_text())
+    folder = Path(folder)
+    hparams = json.loads((folder / "config.json").read_text() if (folder / "config.json").is_file()
+                         else (folder / "hparams.json").read_text())
     return forward(read_original_tensors(folder), hparams, ids)

@@ -14,6 +14,8 @@ END_OF_TEXT = "<|endoftext|>"
 END_OF_TEXT_ID = 50256
 # GPT-2's pre-tokenizer: contractions, letters, digits, punctuation runs, whitespace.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# (vocabulary, merges) file names: Hugging Face's, then OpenAI's release's (the same contents).
+FILE_NAMES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 BUNDLED = resources.files("gpt2port") / "data"  # OpenAI's encoder.json and vocab.bpe, MIT
 
 
@@ -50,10 +52,19 @@ def mergeable_ranks(vocab: dict[str, int], merges: list[str], origin: str) -> di
     return ranks
 
 
+def tokenizer_files(folder: str | Path) -> tuple[Path, Path] | None:
+    """The (vocabulary, merges) files in ``folder`` under either naming, or None."""
+    for vocab, merges in FILE_NAMES:
+        if (Path(folder) / vocab).is_file() and (Path(folder) / merges).is_file():
+            return Path(folder) / vocab, Path(folder) / merges
+    return None
+
+
 def load_tokenizer(folder: str | Path | None = None) -> tiktoken.Encoding:
-    """The GPT-2 ``Encoding`` from ``folder``'s vocab.json and merges.txt (default: bundled)."""
+    """The GPT-2 ``Encoding`` from ``folder``'s vocab.json and merges.txt (or OpenAI's
+    encoder.json and vocab.bpe); default: the bundled files."""
     root = Path(folder) if folder is not None else BUNDLED
-    vocab_path, merges_path = root / "vocab.json", root / "merges.txt"
+    vocab_path, merges_path = tokenizer_files(root) or (root / "vocab.json", root / "merges.txt")
     try:
         merges_text = merges_path.read_text(encoding="utf-8")
     except OSError as error:

@@ -63,10 +63,13 @@ def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
-def choose_reference(reference: str) -> str:
-    """``auto`` is transformers when it is installed, else the NumPy reference."""
+def choose_reference(reference: str, folder: Path) -> str:
+    """``auto`` is transformers when it is installed and reads the folder (not OpenAI's TF
+    checkpoint, which transformers 5 no longer reads), else the NumPy reference."""
     if reference != "auto":
         return reference
+    if (Path(folder) / "hparams.json").is_file():
+        return "numpy"
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -82,7 +85,7 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
     """
     from .reference import reference_logits
 
-    reference = choose_reference(reference)
+    reference = choose_reference(reference, folder)
     ids = prompt_for(model.config)
     expected = (transformers_logits if reference == "transformers" else reference_logits)(
         Path(folder), ids)

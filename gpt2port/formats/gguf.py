@@ -14,6 +14,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..model import GPTModel
+from ..tokenizer import tokenizer_files
 from .huggingface import BLOCK, QKV
 from .table import MappingTable, Split, from_model, rule
 
@@ -78,8 +79,9 @@ def save(model: GPTModel, folder: Path, *, quantization: str = "f32",
     writer.add_layer_norm_eps(config["layer_norm_epsilon"])
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quantization])
-    if tokenizer is not None and (Path(tokenizer) / "vocab.json").is_file():
-        _add_tokenizer(writer, gguf, Path(tokenizer), config["vocab_size"])
+    files = tokenizer_files(tokenizer) if tokenizer is not None else None
+    if files is not None:
+        _add_tokenizer(writer, gguf, *files, config["vocab_size"])
     for name, tensor in tensors.items():
         array = tensor.detach().float().contiguous().numpy()
         if array.ndim == 2 and quantization == "f16":
@@ -96,12 +98,12 @@ def save(model: GPTModel, folder: Path, *, quantization: str = "f32",
     return path
 
 
-def _add_tokenizer(writer, gguf, folder: Path, vocab_size: int) -> None:
-    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+def _add_tokenizer(writer, gguf, vocab_path: Path, merges_path: Path, vocab_size: int) -> None:
+    vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
     if len(vocab) != vocab_size:
         return  # a tokenizer of another size cannot describe this model's ids
     tokens = sorted(vocab, key=vocab.get)
-    merges = [line for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges = [line for line in merges_path.read_text(encoding="utf-8").splitlines()
               if line and not line.startswith("#version")]
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)

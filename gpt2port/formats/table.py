@@ -168,12 +168,12 @@ class MappingTable:
             stripped[name] = tensor
         return stripped
 
-    def source_name(self, target: str) -> str:
-        """The checkpoint name that a single-tensor model name comes from."""
+    def source_name(self, target: str) -> str | None:
+        """The checkpoint name that a single-tensor model name comes from (None: no such rule)."""
         for each in self.rules:
             if each.target == (target,) and len(each.source) == 1:
                 return each.source[0]
-        raise KeyError(target)
+        return None
 
 
 def applicable_rules(table: MappingTable, model_state: Mapping[str, torch.Tensor],
