@@ -326,7 +326,7 @@ def _tensor(path: Path, name: str, raw: bytes, data_files: list[Path], mapped: l
         raise CheckpointError(
             f"{data_files[shard]}: tensor {name!r} fails its checksum (stored crc32c "
             f"{unmask(entry[6]):#010x}, computed {computed:#010x})",
-            hint="the data file is corrupted; download it again")
+            hint="the data file is corrupted; download it again (--force)")
     if not size:
         return torch.empty(shape, dtype=dtype)
     flat = torch.frombuffer(data, dtype=torch.uint8, count=size, offset=offset)

@@ -1,5 +1,6 @@
 """``convert`` between Hugging Face and native layouts, proved by transformers' own reader."""
 
+import itertools
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from checkpoints import load_reference, write_layout
 from gpt2port import CheckpointError, load_pretrained
 from gpt2port.conversion import WRITERS, convert
 from gpt2port.formats import huggingface
+from gpt2port.loading import open_checkpoint
 
 IDS = torch.arange(1, 41).view(2, 20)
 
@@ -84,3 +86,17 @@ def test_convert_command(tmp_path):
     with torch.no_grad():
         assert torch.equal(load_reference(source)(IDS).logits,
                            load_reference(tmp_path / "out")(IDS).logits)
+
+
+FORMATS = ("hf", "openai", "native", "gguf")
+
+
+@pytest.mark.parametrize(("home", "there"), list(itertools.permutations(FORMATS, 2)))
+def test_every_round_trip_is_bit_exact_in_f32(home, there, tmp_path):
+    start = convert(write_layout("hub", tmp_path / "hub"), tmp_path / "a", to=home)
+    back = convert(convert(start, tmp_path / "b", to=there), tmp_path / "a2", to=home)
+    before, after = open_checkpoint(start).tensors, open_checkpoint(back).tensors
+    assert before.keys() == after.keys()
+    for name, tensor in before.items():
+        assert tensor.dtype == after[name].dtype == torch.float32
+        assert torch.equal(tensor, after[name]), name

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from checkpoints import write_layout
-from gpt2port import ConfigError, load_pretrained
+from gpt2port import ConfigError, generate, load_pretrained
 from gpt2port.conversion import convert
 from gpt2port.tokenizer import BUNDLED
 
@@ -99,3 +99,31 @@ def test_a_missing_output_weight_is_tied(source, tmp_path):
 def test_q8_0_is_for_gguf_only(source, tmp_path):
     with pytest.raises(ConfigError, match="q8_0 is a GGUF quantization"):
         convert(source, tmp_path / "out", to="hf", dtype="q8_0")
+
+
+def test_llama_cpp_runs_the_export_as_gpt2port_does(full_size_hub_folder, tmp_path):
+    """llama.cpp itself (through llama-cpp-python) on the f32 export of a 124M-shape model."""
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (.ci/run builds it from source; "
+        "this test says so when that build failed)")
+    from gpt2port.formats import gguf as gguf_format
+    from gpt2port.verification import PROMPT
+
+    model = load_pretrained(full_size_hub_folder)
+    (tmp_path / "out").mkdir()
+    path = gguf_format.save(model, tmp_path / "out", tokenizer=BUNDLED)
+    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, n_threads=2, verbose=False)
+    llm.eval(list(PROMPT))
+    theirs = np.array(llm.scores[: len(PROMPT)])
+    with torch.no_grad():
+        ours = model(torch.tensor([PROMPT]))[0].numpy()
+    # llama.cpp's GELU reads an fp16 table, so logits agree to ~1e-3 here, not to fp32 rounding
+    assert np.abs(theirs - ours).max() < 5e-3 * max(1.0, np.abs(ours).max())
+    assert (theirs.argmax(-1) == ours.argmax(-1)).all()
+    llm.reset()
+    tokens = []
+    for token in llm.generate(list(PROMPT), temp=0.0, top_k=1):
+        tokens.append(token)
+        if len(tokens) == 20:
+            break
+    assert tokens == generate(model, torch.tensor([PROMPT]), 20)[0, len(PROMPT):].tolist()

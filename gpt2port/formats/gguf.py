@@ -138,7 +138,9 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"{path}: GGUF architecture is {field('general.architecture')!r}, "
                               "not 'gpt2'")
     config = {ours: field(f"gpt2.{key}") for key, ours in CONFIG_KEYS}
-    config["layer_norm_epsilon"] = float(config["layer_norm_epsilon"])
+    # stored as float32: take the shortest decimal that is that float32 (1e-05, not 9.99999974e-06)
+    config["layer_norm_epsilon"] = float(np.format_float_scientific(
+        np.float32(config["layer_norm_epsilon"]), unique=True))
     tensors = {}
     for tensor in reader.tensors:
         data = tensor.data

@@ -20,9 +20,10 @@ PREFIX = "model.ckpt"
 CONV1D = Chain(Squeeze(0), Transpose())
 PACKED_QKV_WEIGHT = Chain(Squeeze(0), Transpose(), Split(3, dim=0))
 TOKENIZER_FILES = ("encoder.json", "vocab.bpe")  # = Hugging Face's vocab.json, merges.txt
-# Every file of a release in OpenAI's storage, in the order they are fetched.
+# The files of a release in OpenAI's storage that loading needs, in the order they are fetched
+# (model.ckpt.meta, TF's graph definition, is left out: no reader here needs it).
 RELEASE_FILES = ("checkpoint", "encoder.json", "hparams.json", "vocab.bpe",
-                 f"{PREFIX}.index", f"{PREFIX}.meta", f"{PREFIX}.data-00000-of-00001")
+                 f"{PREFIX}.index", f"{PREFIX}.data-00000-of-00001")
 SIZES = ("124M", "355M", "774M", "1558M")
 PRESET_SIZES = {"gpt2": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
 
