@@ -5,7 +5,7 @@
 
 from pathlib import Path
 
-from gpt2port.formats import gguf, huggingface
+from gpt2port.formats import gguf, huggingface, openai
 from gpt2port.inspection import table_markdown
 
 HEADER = """# Mapping tables
@@ -24,8 +24,15 @@ GGUF = """
 """
 
 
+OPENAI = """
+## OpenAI's TF checkpoint (`gpt2port/formats/openai.py`)
+
+"""
+
+
 def mapping_docs() -> str:
-    return HEADER + table_markdown(huggingface.TABLE) + GGUF + table_markdown(gguf.TABLE)
+    return (HEADER + table_markdown(huggingface.TABLE) + OPENAI + table_markdown(openai.TABLE)
+            + GGUF + table_markdown(gguf.TABLE))
 
 
 if __name__ == "__main__":

@@ -1,3 +1,7 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow, a test reference, is chatty
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
