@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-k", type=int)
     generate.add_argument("--top-p", type=float)
     generate.add_argument("--seed", type=int)
+    generate.add_argument("--stop-at-eos", action="store_true",
+                          help="stop at <|endoftext|> instead of going on to --max-new-tokens")
     generate.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     generate.add_argument("--device", default="cpu", help="cpu, cuda, mps")
 
@@ -150,13 +152,14 @@ def run_generate(args: argparse.Namespace) -> None:
 
     from .generation import stream
     from .loading import load_pretrained
-    from .tokenizer import load_tokenizer, tokenizer_files
+    from .tokenizer import END_OF_TEXT_ID, load_tokenizer, tokenizer_files
 
     folder = _folder(args)
     tokenizer_folder = folder if folder.is_dir() and tokenizer_files(folder) else None
     tokenizer = load_tokenizer(tokenizer_folder)
     model = load_pretrained(folder, dtype=args.dtype, device=args.device)
-    ids = torch.tensor([tokenizer.encode(args.prompt)], device=args.device)
+    # an empty prompt starts from <|endoftext|>, as GPT-2's unconditional samples do
+    ids = torch.tensor([tokenizer.encode(args.prompt) or [END_OF_TEXT_ID]], device=args.device)
     vocabulary = model.config["vocab_size"]
     if ids.numel() and int(ids.max()) >= vocabulary:
         raise TokenizerError(f"the prompt encodes to id {int(ids.max())}, but {args.model} has a "
@@ -165,7 +168,8 @@ def run_generate(args: argparse.Namespace) -> None:
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
     for token in stream(model, ids, args.max_new_tokens, temperature=args.temperature,
-                        top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+                        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                        stop_at_eos=args.stop_at_eos):
         sys.stdout.write(text.decode(tokenizer.decode_single_token_bytes(int(token[0, 0]))))
         sys.stdout.flush()
     sys.stdout.write(text.decode(b"", final=True) + "\n")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .model import GPTModel
+from .model import GPTModel, KVCache
 from .tokenizer import END_OF_TEXT_ID
 
 
@@ -27,27 +27,91 @@ def next_token(logits: torch.Tensor, *, temperature: float, top_k: int | None,
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 
 
+def pad_left(prompts: list[list[int]], *, device: torch.device | str = "cpu"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths -> ids (B, T) padded on the left, and their mask (B, T)."""
+    if not prompts or not all(prompts):
+        raise ValueError("every prompt needs at least one token")
+    width = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, device=device)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
 @torch.inference_mode()
 def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-           seed: int | None = None, stop_at_eos: bool = False) -> Iterator[torch.Tensor]:
-    """Yield each new column of ids (B, 1) as soon as it is chosen."""
+           seed: int | None = None, stop_at_eos: bool = False,
+           attention_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """Yield each new column of ids (B, 1) as soon as it is chosen.
+
+    Keys and values go to a preallocated cache, so each step runs the model on one token. Past
+    the context length the window slides and is recomputed, as GPT-2's absolute positions need.
+    ``attention_mask`` (B, T) marks left padding (see ``pad_left``). With ``stop_at_eos`` a row
+    that has produced <|endoftext|> keeps producing it until every row has.
+    """
     generator = None
     if seed is not None:
         generator = torch.Generator(device=token_ids.device).manual_seed(seed)
     context = model.config["context_length"]
-    for _ in range(max_new_tokens):
-        logits = model(token_ids[:, -context:])[:, -1, :]  # (B, V)
+    batch, prompt_length = token_ids.shape
+    total = prompt_length + max_new_tokens
+    ids = torch.empty(batch, total, dtype=torch.long, device=token_ids.device)
+    ids[:, :prompt_length] = token_ids
+    mask = None
+    if attention_mask is not None:
+        mask = torch.ones(batch, total, dtype=torch.long, device=token_ids.device)
+        mask[:, :prompt_length] = attention_mask
+    cache = KVCache(model, batch, min(context, total))
+
+    def run_window(end: int) -> torch.Tensor:  # the last ``context`` ids up to ``end``, afresh
+        begin = max(0, end - context)
+        cache.length = 0
+        window_mask = mask[:, begin:end] if mask is not None else None
+        return model(ids[:, begin:end], cache=cache, attention_mask=window_mask,
+                     last_only=True)[:, -1]
+
+    logits = run_window(prompt_length)  # (B, V)
+    finished = torch.zeros(batch, 1, dtype=torch.bool, device=token_ids.device)
+    for step in range(max_new_tokens):
         chosen = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                             generator=generator)  # (B, 1)
-        token_ids = torch.cat([token_ids, chosen], dim=1)
+        if stop_at_eos:
+            chosen = chosen.masked_fill(finished, END_OF_TEXT_ID)
+            finished |= chosen == END_OF_TEXT_ID
         yield chosen
-        if stop_at_eos and bool((chosen == END_OF_TEXT_ID).all()):
+        end = prompt_length + step + 1
+        if step + 1 == max_new_tokens or (stop_at_eos and bool(finished.all())):
             return
+        ids[:, end - 1:end] = chosen
+        if cache.length == cache.capacity:  # the window is full: slide it
+            logits = run_window(end)
+        else:
+            step_mask = mask[:, :end] if mask is not None else None
+            logits = model(chosen, cache=cache, attention_mask=step_mask, last_only=True)[:, -1]
 
 
-def generate(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, **options
-             ) -> torch.Tensor:
-    """The prompt ids (B, T) followed by up to ``max_new_tokens`` new ones; see ``stream``."""
-    new = list(stream(model, token_ids, max_new_tokens, **options))
-    return torch.cat([token_ids, *new], dim=1)
+def generate(model: GPTModel, token_ids: torch.Tensor | list[list[int]], max_new_tokens: int,
+             **options) -> torch.Tensor | list[list[int]]:
+    """The prompt ids (B, T) followed by up to ``max_new_tokens`` new ones; see ``stream`` for
+    the options (temperature, top_k, top_p, seed, stop_at_eos).
+
+    Prompts of different lengths may come as a list of id lists; each comes back as a list with
+    its new ids (up to and including <|endoftext|> with ``stop_at_eos``).
+    """
+    if isinstance(token_ids, torch.Tensor):
+        new = list(stream(model, token_ids, max_new_tokens, **options))
+        return torch.cat([token_ids, *new], dim=1)
+    device = next(model.parameters()).device
+    ids, mask = pad_left(token_ids, device=device)
+    new = torch.cat(list(stream(model, ids, max_new_tokens, attention_mask=mask, **options))
+                    or [ids[:, :0]], dim=1).tolist()
+    results = []
+    for prompt, continuation in zip(token_ids, new, strict=True):
+        if options.get("stop_at_eos") and END_OF_TEXT_ID in continuation:
+            continuation = continuation[:continuation.index(END_OF_TEXT_ID) + 1]
+        results.append(list(prompt) + continuation)
+    return results

@@ -47,13 +47,17 @@ class MultiHeadAttention(nn.Module):
         batch, tokens, _ = x.shape
         return x.view(batch, tokens, self.number_of_heads, self.head_dimension).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (B, 1, T, S) says which of the S keys each query sees; None means causal."""
         batch, tokens, width = x.shape  # (B, T, D)
         queries = self.split_heads(self.query_projection(x))  # (B, H, T, Dh)
         keys = self.split_heads(self.key_projection(x))  # (B, H, T, Dh)
         values = self.split_heads(self.value_projection(x))  # (B, H, T, Dh)
+        if cache is not None:  # append to the preallocated cache, attend to all of it
+            keys, values = cache.store(layer, keys, values)  # (B, H, S, Dh), S = cached + T
         context = F.scaled_dot_product_attention(
-            queries, keys, values, is_causal=True,
+            queries, keys, values, attn_mask=mask, is_causal=mask is None and tokens > 1,
             dropout_p=self.dropout_rate if self.training else 0.0,
         )  # (B, H, T, Dh)
         context = context.transpose(1, 2).reshape(batch, tokens, width)  # (B, T, D)
@@ -87,8 +91,10 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(width)
         self.residual_dropout = nn.Dropout(config["dropout_rate"])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.residual_dropout(self.attention(self.attention_norm(x)))  # (B, T, D)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        attended = self.attention(self.attention_norm(x), cache, layer, mask)
+        x = x + self.residual_dropout(attended)  # (B, T, D)
         return x + self.residual_dropout(self.feed_forward(self.feed_forward_norm(x)))  # (B, T, D)
 
 
@@ -103,8 +109,8 @@ class GPTModel(nn.Module):
         self.token_embedding_table = nn.Embedding(config["vocab_size"], width)
         self.position_embedding_table = nn.Embedding(config["context_length"], width)
         self.dropout_embedding = nn.Dropout(config["dropout_rate"])
-        self.transformer_blocks = nn.Sequential(
-            *(TransformerBlock(config) for _ in range(config["number_of_layers"]))
+        self.transformer_blocks = nn.ModuleList(
+            TransformerBlock(config) for _ in range(config["number_of_layers"])
         )
         self.layer_norm = LayerNorm(width, config["layer_norm_epsilon"])
         self.output_head = nn.Linear(width, config["vocab_size"], bias=False)
@@ -115,17 +121,82 @@ class GPTModel(nn.Module):
         if self.config["tie_output_head"]:
             self.output_head.weight = self.token_embedding_table.weight
 
-    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, token_ids: torch.Tensor, *, cache: KVCache | None = None,
+                attention_mask: torch.Tensor | None = None, last_only: bool = False
+                ) -> torch.Tensor:
+        """Logits (B, T, V), or (B, 1, V) for the last position only.
+
+        ``cache`` holds the keys and values of earlier tokens and receives these ones.
+        ``attention_mask`` (B, cached + T), 1 for tokens and 0 for padding, lets prompts of
+        different lengths share a batch (padded on the left).
+        """
         batch, tokens = token_ids.shape  # (B, T)
-        if tokens > self.config["context_length"]:
-            raise ValueError(
-                f"{tokens} tokens exceed the context length of {self.config['context_length']}"
-            )
-        positions = torch.arange(tokens, device=token_ids.device)  # (T,)
+        start = cache.length if cache is not None else 0
+        if start + tokens > self.config["context_length"]:
+            raise ValueError(f"{start + tokens} tokens exceed the context length of "
+                             f"{self.config['context_length']}")
+        positions = torch.arange(start, start + tokens, device=token_ids.device)  # (T,)
+        mask = None
+        if attention_mask is not None:
+            real = attention_mask.bool()  # (B, S)
+            positions = (real.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # (B, T)
+            mask = _attention_mask(real, start, tokens)
+        elif start and tokens > 1:
+            mask = _attention_mask(None, start, tokens, device=token_ids.device)
         x = self.token_embedding_table(token_ids) + self.position_embedding_table(positions)
         x = self.dropout_embedding(x)  # (B, T, D)
-        x = self.transformer_blocks(x)  # (B, T, D)
+        for layer, block in enumerate(self.transformer_blocks):
+            x = block(x, cache, layer, mask)  # (B, T, D)
+        if cache is not None:
+            cache.length += tokens
+        if last_only:
+            x = x[:, -1:]  # (B, 1, D)
         return self.output_head(self.layer_norm(x))  # (B, T, V)
+
+
+def _attention_mask(real: torch.Tensor | None, start: int, tokens: int,
+                    device: torch.device | None = None) -> torch.Tensor:
+    """(B or 1, 1, T, S) booleans: query t (at position start + t) sees key s <= start + t that
+    is not padding. Padding queries see the keys before them, so no row is empty."""
+    keys = start + tokens
+    device = real.device if real is not None else device
+    causal = torch.ones(tokens, keys, dtype=torch.bool, device=device).tril(start)  # (T, S)
+    if real is None:
+        return causal[None, None]
+    is_token = real[:, :keys]  # (B, S)
+    query_is_token = is_token[:, start:]  # (B, T)
+    allowed = is_token[:, None, :] | ~query_is_token[:, :, None]  # (B, T, S)
+    return (causal[None] & allowed)[:, None]
+
+
+class KVCache:
+    """Keys and values of every block, preallocated for ``capacity`` tokens so that a decoding
+    step writes in place instead of concatenating: two tensors (L, B, H, capacity, Dh)."""
+
+    def __init__(self, model: GPTModel, batch_size: int, capacity: int | None = None):
+        config = model.config
+        capacity = capacity or config["context_length"]
+        heads = config["number_of_heads"]
+        shape = (config["number_of_layers"], batch_size, heads, capacity,
+                 config["embedding_dimension"] // heads)
+        weight = model.token_embedding_table.weight
+        self.keys = torch.empty(shape, dtype=weight.dtype, device=weight.device)
+        self.values = torch.empty_like(self.keys)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's (B, H, T, Dh) keys and values after the cached ones; return all."""
+        end = self.length + keys.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"the cache holds {self.capacity} tokens; {end} were given")
+        self.keys[layer, :, :, self.length:end] = keys
+        self.values[layer, :, :, self.length:end] = values
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
 @contextmanager

@@ -1,0 +1,109 @@
+"""Generation with the preallocated KV cache, batched prompts and dtypes, against transformers."""
+
+import pytest
+import torch
+
+from checkpoints import reference_model, write_hub_layout
+from gpt2port import generate, load_pretrained
+from gpt2port.generation import stream
+from gpt2port.model import KVCache
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """(gpt2port's model, transformers' model) on the same tiny random weights (context 64)."""
+    reference = reference_model(seed=3)
+    folder = write_hub_layout(reference, tmp_path_factory.mktemp("generation") / "tiny")
+    return load_pretrained(folder), reference
+
+
+def reference_greedy(reference, prompt, new_tokens):
+    ids = torch.tensor([prompt])
+    return reference.generate(ids, max_new_tokens=new_tokens, do_sample=False,
+                              attention_mask=torch.ones_like(ids),
+                              pad_token_id=0)[0].tolist()
+
+
+def test_cached_steps_give_transformers_logits_at_every_position(pair):
+    ours, reference = pair
+    ids = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = reference(ids).logits
+        cache = KVCache(ours, batch_size=2, capacity=40)
+        first = ours(ids[:, :25], cache=cache)  # a prompt, then one token at a time
+        steps = [ours(ids[:, t:t + 1], cache=cache) for t in range(25, 40)]
+    found = torch.cat([first, *steps], dim=1)
+    assert (found - expected).abs().max() < 1e-5
+
+
+def test_chunked_prefill_with_a_cache(pair):
+    ours, reference = pair
+    ids = torch.randint(0, 512, (1, 30), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cache = KVCache(ours, batch_size=1)
+        found = torch.cat([ours(ids[:, :10], cache=cache), ours(ids[:, 10:], cache=cache)], 1)
+        assert (found - reference(ids).logits).abs().max() < 1e-5
+
+
+def test_prompts_of_different_lengths_each_get_their_own_greedy_answer(pair):
+    ours, reference = pair
+    prompts = [[5, 17, 300, 42, 9, 101, 7], [8], [400, 3, 3, 3]]
+    found = generate(ours, prompts, 12)
+    for prompt, row in zip(prompts, found, strict=True):
+        assert row == reference_greedy(reference, prompt, 12)
+
+
+def test_past_the_context_the_window_slides_as_a_full_recomputation_would(pair):
+    ours, reference = pair
+    ids = torch.randint(0, 512, (1, 58), generator=torch.Generator().manual_seed(2))
+    found = generate(ours, ids, 12)[0].tolist()
+    expected = ids[0].tolist()
+    with torch.no_grad():
+        for _ in range(12):  # transformers on the last 64 tokens, no cache
+            window = torch.tensor([expected[-64:]])
+            expected.append(int(reference(window).logits[0, -1].argmax()))
+    assert found == expected
+
+
+def test_sampling_is_seeded_and_respects_top_k(pair):
+    ours, reference = pair
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    first = generate(ours, prompt, 15, temperature=1.0, top_k=5, seed=7)
+    assert torch.equal(first, generate(ours, prompt, 15, temperature=1.0, top_k=5, seed=7))
+    assert not torch.equal(first, generate(ours, prompt, 15, temperature=1.0, top_k=5, seed=8))
+    with torch.no_grad():
+        for t in range(4, 19):  # each sampled token is among transformers' 5 best
+            best = reference(first[:, :t]).logits[0, -1].topk(5).indices.tolist()
+            assert int(first[0, t]) in best
+    assert torch.equal(generate(ours, prompt, 10, temperature=1.0, top_k=1, seed=1),
+                       generate(ours, prompt, 10))
+
+
+def test_stop_at_eos_ends_each_row_at_its_end_of_text(pair, monkeypatch):
+    ours, _ = pair
+    import gpt2port.generation as generation
+
+    greedy = generate(ours, [[1, 2, 3]], 10)[0]
+    monkeypatch.setattr(generation, "END_OF_TEXT_ID", greedy[5])  # the 3rd new token
+    found = generation.generate(ours, [[1, 2, 3], [9, 9]], 10, stop_at_eos=True)
+    assert found[0] == greedy[:6]
+    streamed = list(stream(ours, torch.tensor([[1, 2, 3]]), 10, stop_at_eos=True))
+    assert len(streamed) == 3
+
+
+@pytest.mark.parametrize(("dtype", "bound"), [(torch.bfloat16, 0.1), (torch.float16, 0.02)])
+def test_half_precision_stays_close_to_transformers_fp32(pair, tmp_path, dtype, bound):
+    _, reference = pair
+    folder = write_hub_layout(reference, tmp_path / "tiny")
+    model = load_pretrained(folder, dtype=dtype)
+    ids = torch.randint(0, 512, (2, 30), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = reference(ids).logits
+        found = model(ids).float()
+        cache = KVCache(model, batch_size=2)
+        stepped = torch.cat([model(ids[:, :20], cache=cache),
+                             model(ids[:, 20:], cache=cache)], 1).float()
+    scale = expected.abs().max()
+    assert (found - expected).abs().max() < bound * scale
+    assert (stepped - expected).abs().max() < bound * scale
+    assert cache.keys.dtype == dtype
