@@ -1,7 +1,7 @@
 """Conversion times for the 124M shape: ``gpt2port convert`` to every format, next to llama.cpp's
 own ``convert_hf_to_gguf.py`` in the same run (each a fresh process, warm page cache).
 
-    python scripts/benchmark_convert.py [--llama-cpp DIR]
+    python benchmarks/convert.py [--llama-cpp DIR]
 
 DIR is a llama.cpp checkout (or the ``vendor/llama.cpp`` of llama-cpp-python's sdist). Its
 converter is run twice: on the Hub's own layout, where it stops at the causal-mask buffers, and
@@ -11,7 +11,6 @@ on gpt2port's Hugging Face export of the same weights.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmark_load import write_full_size_folder
+from checkpoint import write_full_size_folder
 
 CONVERSIONS = (("gguf", "f32"), ("gguf", "f16"), ("gguf", "q8_0"), ("hf", None),
                ("openai", None), ("native", None))
@@ -37,13 +36,6 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     source = write_full_size_folder(work / "hub")
-    config = json.loads((source / "config.json").read_text())
-    (source / "config.json").write_text(json.dumps(
-        {**config, "architectures": ["GPT2LMHeadModel"]}))  # as on the Hub
-    tokenizer = Path(__file__).resolve().parents[1] / "gpt2port" / "data"
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(tokenizer / name, source / name)
-    (source / "model.safetensors").read_bytes()  # warm the page cache
     print(f"source: 124M-shape checkpoint in the Hub's layout, {source}")
     print(f"{'conversion':52} {'seconds':>8}  result")
     for to, dtype in CONVERSIONS:

@@ -1,0 +1,225 @@
+"""gpt2port next to transformers (and llama.cpp where llama-cpp-python is installed), same
+checkpoint, same run, ratios printed.
+
+    python benchmarks/compare.py [--write-docs]
+
+Every measurement runs in a fresh Python process per implementation, so none benefits from
+another's imports, allocations or warm caches. The checkpoint is the 124M shape in the Hub's
+exact layout (``checkpoint.py``), read from a warm page cache. ``--write-docs`` rewrites
+``docs/benchmarks.md`` and its chart (the chart needs matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from checkpoint import ROOT, write_full_size_folder
+
+THREADS = os.cpu_count()
+PROMPT = [464, 3290]  # "The dog"
+NEW_TOKENS = 64
+
+LOAD = r"""
+import json, resource, sys, time
+start = time.perf_counter()
+import torch
+folder, implementation = sys.argv[1], sys.argv[2]
+if implementation == "gpt2port":
+    from gpt2port import load_pretrained
+    model = load_pretrained(folder)
+    logits = lambda ids: model(ids)
+else:
+    from transformers import GPT2LMHeadModel
+    model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+    logits = lambda ids: model(ids).logits
+loaded = time.perf_counter()
+with torch.inference_mode():
+    logits(torch.tensor([[464, 3290]]))
+print(json.dumps({"start_to_first_logits_s": time.perf_counter() - start,
+                  "start_to_model_s": loaded - start,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+SPEED = r"""
+import json, sys, time
+import torch
+folder, implementation, new_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+prompt = torch.tensor([[464, 3290]])
+
+def best(run, repeats):
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+if implementation == "gpt2port":
+    from gpt2port import generate, load_pretrained
+    load = lambda dtype: load_pretrained(folder, dtype=dtype)
+    forward = lambda model, ids: model(ids)
+    decode = lambda model: generate(model, prompt, new_tokens)
+else:
+    from transformers import GPT2LMHeadModel
+    load = lambda dtype: GPT2LMHeadModel.from_pretrained(folder, dtype=dtype).eval()
+    forward = lambda model, ids: model(ids).logits
+    decode = lambda model: model.generate(
+        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+results = {}
+with torch.inference_mode():
+    model = load(torch.float32)
+    for batch, tokens in ((1, 1024), (8, 128)):
+        ids = torch.randint(0, 50257, (batch, tokens), generator=torch.Generator().manual_seed(0))
+        results[f"forward_{batch}x{tokens}_s"] = best(lambda: forward(model, ids), 3)
+    for dtype in ("float32", "bfloat16", "float16"):
+        model = load(getattr(torch, dtype))
+        results[f"decode_{dtype}_tokens_per_s"] = new_tokens / best(lambda: decode(model), 3)
+print(json.dumps(results))
+"""
+
+LLAMA = r"""
+import json, sys, time
+from llama_cpp import Llama
+path, new_tokens, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+llm = Llama(path, n_ctx=256, n_threads=threads, verbose=False)
+def run():
+    llm.reset()
+    count = 0
+    for _ in llm.generate([464, 3290], temp=0.0, top_k=1):
+        count += 1
+        if count == new_tokens:
+            break
+run()
+times = []
+for _ in range(3):
+    start = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - start)
+print(json.dumps({"decode_tokens_per_s": new_tokens / min(times)}))
+"""
+
+
+def child(code: str, *args) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median_of(code: str, runs: int, *args) -> dict:
+    results = [child(code, *args) for _ in range(runs)]
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def llama_cpp(folder: Path, work: Path) -> dict:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return {}
+    results = {}
+    for dtype in ("f32", "f16"):
+        out = work / f"gguf-{dtype}"
+        subprocess.run([sys.executable, "-m", "gpt2port", "convert", str(folder), str(out),
+                        "--to", "gguf", "--dtype", dtype], check=True, capture_output=True)
+        speed = child(LLAMA, out / "model.gguf", NEW_TOKENS, THREADS)
+        results[f"decode_{dtype}_tokens_per_s"] = speed["decode_tokens_per_s"]
+    return results
+
+
+ROWS = (  # (key, label, unit, lower is better)
+    ("start_to_first_logits_s", "process start to first logits", "s", True),
+    ("start_to_model_s", "process start to usable model", "s", True),
+    ("peak_rss_mib", "peak RSS", "MiB", True),
+    ("forward_1x1024_s", "forward [1, 1024], fp32", "s", True),
+    ("forward_8x128_s", "forward [8, 128], fp32", "s", True),
+    ("decode_float32_tokens_per_s", "greedy decode, batch 1, fp32", "tok/s", False),
+    ("decode_bfloat16_tokens_per_s", "greedy decode, batch 1, bf16", "tok/s", False),
+    ("decode_float16_tokens_per_s", "greedy decode, batch 1, fp16", "tok/s", False),
+)
+
+
+def table(ours: dict, theirs: dict, llama: dict) -> list[str]:
+    lines = ["| measure | gpt2port | transformers | ratio |", "|---|---|---|---|"]
+    for key, label, unit, _ in ROWS:
+        lines.append(f"| {label} ({unit}) | {ours[key]:.3f} | {theirs[key]:.3f} | "
+                     f"{ours[key] / theirs[key]:.2f}x |")
+    bf16 = ours["decode_bfloat16_tokens_per_s"] / theirs["decode_float32_tokens_per_s"]
+    fp16 = ours["decode_float16_tokens_per_s"] / theirs["decode_float32_tokens_per_s"]
+    lines.append(f"| gpt2port bf16 / fp16 decode vs transformers fp32 | | | "
+                 f"{bf16:.2f}x / {fp16:.2f}x |")
+    for key, value in llama.items():
+        dtype = key.split("_")[1]
+        lines.append(f"| llama.cpp decode on gpt2port's GGUF {dtype} (tok/s) | "
+                     f"| | {value:.1f} |")
+    return lines
+
+
+def machine() -> str:
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return (f"{model}, {THREADS} cores, Linux {platform.release()}, Python "
+            f"{platform.python_version()}, torch {torch.__version__}")
+
+
+def chart(ours: dict, theirs: dict, llama: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = ["fp32", "bf16", "fp16"]
+    keys = [f"decode_{d}_tokens_per_s" for d in ("float32", "bfloat16", "float16")]
+    figure, axis = plt.subplots(figsize=(7, 3.6))
+    x = range(len(labels))
+    axis.bar([i - 0.2 for i in x], [ours[k] for k in keys], 0.4, label="gpt2port")
+    axis.bar([i + 0.2 for i in x], [theirs[k] for k in keys], 0.4, label="transformers")
+    if llama:
+        axis.axhline(llama.get("decode_f32_tokens_per_s", 0), ls="--", c="gray",
+                     label="llama.cpp f32")
+        axis.axhline(llama.get("decode_f16_tokens_per_s", 0), ls=":", c="black",
+                     label="llama.cpp f16")
+    axis.set_xticks(list(x), labels)
+    axis.set_ylabel("greedy decode, tokens/s (batch 1)")
+    axis.set_title("GPT-2 124M shape on CPU")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp())
+    folder = write_full_size_folder(work / "gpt2-124m")
+    results = {}
+    for implementation in ("gpt2port", "transformers"):
+        results[implementation] = {**median_of(LOAD, 5, folder, implementation),
+                                   **child(SPEED, folder, implementation, NEW_TOKENS)}
+    llama = llama_cpp(folder, work)
+    lines = table(results["gpt2port"], results["transformers"], llama)
+    print(f"machine: {machine()}\n" + "\n".join(lines))
+    if args.write_docs:
+        docs = ROOT / "docs" / "benchmarks.md"
+        intro = docs.read_text().split("<!-- results -->")[0] if docs.exists() else ""
+        docs.write_text(intro + "<!-- results -->\n\nMachine: " + machine() + "\n\n"
+                        + "\n".join(lines) + "\n\n![decode speed](benchmarks.png)\n")
+        chart(results["gpt2port"], results["transformers"], llama, docs.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
