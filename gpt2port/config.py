@@ -22,6 +22,7 @@ OPTIONAL_KEYS = {
     "tie_output_head": False,  # output head shares its weight with the token embedding table
 }
 
+LARGEST_SIZE = 2**24  # per size: GPT-2 XL's largest is 50,257; beyond this tensor sizes overflow
 _POSITIVE_INTEGERS = (
     "vocab_size",
     "context_length",
@@ -48,6 +49,8 @@ def validate_config(config: dict) -> dict:
         value = complete.get(key)
         if key in complete and (type(value) is not int or value <= 0):
             problems.append(f"{key} must be a positive integer, got {value!r}")
+        elif key in complete and value > LARGEST_SIZE:
+            problems.append(f"{key}={value} is absurd (at most {LARGEST_SIZE:,})")
     width, heads = complete.get("embedding_dimension"), complete.get("number_of_heads")
     if type(width) is int and type(heads) is int and width > 0 and heads > 0 and width % heads:
         problems.append(f"number_of_heads={heads} does not divide embedding_dimension={width}")

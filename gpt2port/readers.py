@@ -127,8 +127,11 @@ def read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{path}: refused to unpickle: it holds objects other than tensors ({first_line})",
             hint="only load pickles from sources you trust; prefer a .safetensors file") from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+    except Exception as error:  # torch.load's parser raises many types on damaged files
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
+                              f"({type(error).__name__}: {first_line})",
+                              hint="the file is truncated or damaged; download it again") from None
     if not isinstance(state, dict) or not all(
             isinstance(key, str) and isinstance(value, torch.Tensor)
             for key, value in state.items()):

@@ -122,9 +122,16 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """
     gguf = _gguf()
     try:
-        reader = gguf.GGUFReader(str(path))
-    except (ValueError, OSError) as error:
-        raise CheckpointError(f"{path}: not a readable GGUF file ({error})") from None
+        return _read(gguf, Path(path))
+    except CheckpointError:
+        raise
+    except Exception as error:  # the gguf package's parser raises many types on damaged files
+        raise CheckpointError(f"{path}: not a readable GGUF file ({type(error).__name__}: "
+                              f"{error})", hint="the file is truncated or damaged") from None
+
+
+def _read(gguf, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    reader = gguf.GGUFReader(str(path))
 
     def field(key: str):
         found = reader.fields.get(key)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from ..config import validate_config
 from ..errors import ConfigError
 from ..model import GPTModel
 from .table import Chain, MappingTable, Split, Transpose, from_model, rule
@@ -97,8 +98,14 @@ def config_to_model(hf_config: dict, *, origin: str) -> dict:
         raise ConfigError(f"{origin}: " + "; ".join(problems),
                           hint="gpt2port loads the GPT-2 architecture only")
     config = {ours: hf_config.get(theirs, default) for theirs, ours, default in CONFIG_KEYS}
-    config["layer_norm_epsilon"] = float(config["layer_norm_epsilon"])
-    return {**config, "qkv_bias": True}
+    epsilon = config["layer_norm_epsilon"]
+    if isinstance(epsilon, int) and not isinstance(epsilon, bool):
+        config["layer_norm_epsilon"] = float(epsilon)  # an integer in JSON, e.g. 1
+    try:
+        return validate_config({**config, "qkv_bias": True})
+    except ConfigError as error:
+        raise ConfigError(f"{origin}: {error.message}",
+                          hint="config.json's sizes must be positive integers") from None
 
 
 def config_from_model(config: dict) -> dict:

@@ -21,8 +21,9 @@ FILENAME = "model.safetensors"
 
 def table(config: dict) -> MappingTable:
     """The identity mapping: every tensor of this config's model under its own name."""
-    return MappingTable("native", tuple(rule(name, name)
-                                        for name in empty_model(config).state_dict()))
+    names = empty_model({**config, "number_of_layers": 1}).state_dict()
+    templates = [name.replace("transformer_blocks.0.", "transformer_blocks.{}.") for name in names]
+    return MappingTable("native", tuple(rule(name, name) for name in templates))
 
 
 def config_from_metadata(metadata: dict[str, str], *, origin: str) -> dict:

@@ -168,6 +168,14 @@ class MappingTable:
             stripped[name] = tensor
         return stripped
 
+    def block_count(self, names) -> int:
+        """How many blocks the checkpoint's names cover (highest block index + 1)."""
+        patterns = [re.compile(re.escape(template).replace(r"\{\}", r"(\d+)") + r"\Z")
+                    for each in self.rules for template in each.source if "{}" in template]
+        indices = [int(found[1]) for name in names for pattern in patterns
+                   if (found := pattern.match(name))]
+        return max(indices, default=-1) + 1
+
     def source_name(self, target: str) -> str | None:
         """The checkpoint name that a single-tensor model name comes from (None: no such rule)."""
         for each in self.rules:
