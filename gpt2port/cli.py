@@ -119,7 +119,7 @@ def run_download(args: argparse.Namespace) -> None:
                           force=args.force, offline=args.offline, pinned=source.pinned)
         known = source.known_greedy
         print(f"files in {folder} (each checked against the Hub's size and hash):")
-    for path in sorted(folder.iterdir()):
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
         print(f"  {path.name:32} {path.stat().st_size:>14,} bytes")
     _verify(args, folder, known)
     if args.output is not None:

@@ -24,14 +24,34 @@ def write_folder(destination: Path, fill: Callable[[Path], object]) -> Path:
         raise CheckpointError(f"{destination}: already exists and is not empty",
                               hint="choose a new output folder, or remove this one")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial",
-                                    dir=destination.parent))
+    remove_stale_partials(destination)
+    partial = Path(tempfile.mkdtemp(prefix=f".{destination.name}.{os.getpid()}.",
+                                    suffix=".partial", dir=destination.parent))
     try:
         fill(partial)
         os.replace(partial, destination)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return destination
+
+
+def remove_stale_partials(destination: Path) -> None:
+    """Remove the temporary folders of killed writes to ``destination``: those whose process
+    (its id is in the name) is no longer running."""
+    for partial in destination.parent.glob(f".{destination.name}.*.partial"):
+        pid = partial.name[len(destination.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _is_running(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def copy_tokenizer(source: Path | None, folder: Path,

@@ -15,7 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
+from filelock import Timeout
 from huggingface_hub import HfApi, constants, errors, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.utils import WeakFileLock
 
 from .errors import (AccessError, DiskFullError, DownloadError, IntegrityError, NetworkError,
                      NotFoundError, OfflineError)
@@ -54,6 +57,7 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
                 _remove_from_cache(folder / name)
                 raise
         return folder
+    remove_stale_partials(repo_id, cache_dir)
     with hub_errors(repo_id):
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
     siblings = {sibling.rfilename: sibling for sibling in info.siblings or ()}
@@ -74,6 +78,26 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
                                     "the Hub")
             _fetch(repo_id, revision, siblings[shard], cache_dir, force, pinned.get(shard))
     return paths[CONFIG].parent
+
+
+def remove_stale_partials(repo_id: str, cache_dir: str | Path | None = None) -> list[Path]:
+    """Delete the ``.incomplete`` files that killed downloads left in the repo's cache.
+
+    huggingface_hub names them ``<etag>.<random>.incomplete`` and holds ``.locks/.../<etag>.lock``
+    while it writes one, so a file whose lock can be taken at once belongs to no live download.
+    """
+    root = Path(cache_dir or constants.HF_HUB_CACHE)
+    folder = repo_folder_name(repo_id=repo_id, repo_type="model")
+    removed = []
+    for path in sorted((root / folder / "blobs").glob("*.incomplete")):
+        lock = root / ".locks" / folder / f"{path.name.split('.')[0]}.lock"
+        try:
+            with WeakFileLock(lock, timeout=0.1):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        except (Timeout, OSError):
+            continue  # another process is downloading it right now
+    return removed
 
 
 def cached_snapshot(repo_id: str, *, revision: str | None = None,

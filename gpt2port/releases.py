@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from filelock import FileLock
+
 from .errors import AccessError, ConfigError, DiskFullError, NetworkError, NotFoundError
 from .formats.openai import RELEASE_FILES, SIZES
 
@@ -46,13 +48,14 @@ def download_release(size: str = "124M", *, folder: str | Path | None = None,
     folder = Path(folder) if folder is not None else default_folder(size)
     folder.mkdir(parents=True, exist_ok=True)
     base = os.environ.get(ENDPOINT_VARIABLE, STORAGE).rstrip("/")
-    for name in RELEASE_FILES:
-        path = folder / name
-        if force:
-            path.unlink(missing_ok=True)
-            path.with_name(name + ".partial").unlink(missing_ok=True)
-        if not path.is_file():
-            fetch(f"{base}/{size}/{name}", path)
+    with FileLock(folder / ".lock"):  # a second process waits, then finds the files complete
+        for name in RELEASE_FILES:
+            path = folder / name
+            if force:
+                path.unlink(missing_ok=True)
+                path.with_name(name + ".partial").unlink(missing_ok=True)
+            if not path.is_file():
+                fetch(f"{base}/{size}/{name}", path)
     return folder
 
 

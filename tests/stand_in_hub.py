@@ -56,6 +56,7 @@ class Faults:
     drops: int = 0  # how many LFS GETs are dropped before the rest succeed
     corrupt: bool = False  # LFS GET: flip bytes, keep the size
     delay: float = 0.0  # LFS GET: seconds to wait before the body
+    stall_after: int | None = None  # LFS GET: send this many bytes, then nothing for 60 s
     status: dict[str, int] = field(default_factory=dict)  # path substring -> HTTP status
 
 
@@ -197,10 +198,22 @@ class StandInHub:
                     data = data[start:]
                 if body and hub.faults.delay:
                     time.sleep(hub.faults.delay)
+                if body and hub.faults.stall_after is not None:
+                    return self.stall(status, data, headers)
                 if body and hub.faults.drops > 0 and hub.faults.drop_after is not None:
                     hub.faults.drops -= 1
                     return self.drop(status, data, headers)
                 self.answer(status, data, headers, body)
+
+            def stall(self, status: int, data: bytes, headers: dict):
+                self.send_response(status)
+                for key, value in {**headers, "Content-Length": str(len(data))}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data[: hub.faults.stall_after])
+                self.wfile.flush()
+                time.sleep(60)
+                self.close_connection = True
 
             def drop(self, status: int, data: bytes, headers: dict):
                 self.send_response(status)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -58,6 +59,8 @@ class StandInStorage:
                     headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
                 data = data[start:]
                 faults = storage.faults
+                if faults.delay:
+                    time.sleep(faults.delay)
                 if faults.drops > 0 and faults.drop_after is not None and ".data-" in self.path:
                     faults.drops -= 1
                     return self.reply(status, data, headers, cut=faults.drop_after)

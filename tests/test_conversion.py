@@ -3,6 +3,7 @@
 import itertools
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -100,3 +101,23 @@ def test_every_round_trip_is_bit_exact_in_f32(home, there, tmp_path):
     for name, tensor in before.items():
         assert tensor.dtype == after[name].dtype == torch.float32
         assert torch.equal(tensor, after[name]), name
+
+
+def test_a_killed_conversion_leaves_no_output_and_the_next_one_cleans_up(
+        full_size_hub_folder, tmp_path):
+    destination = tmp_path / "out"
+    command = [sys.executable, "-m", "gpt2port", "convert", str(full_size_hub_folder),
+               str(destination), "--to", "hf"]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    partials = []
+    while time.monotonic() < deadline and not any(p.iterdir() for p in partials):
+        partials = list(tmp_path.glob(".out.*.partial"))  # mid-write: a file has appeared
+        time.sleep(0.02)
+    run.kill()  # SIGKILL
+    run.wait()
+    assert partials and partials[0].exists()  # killed mid-write, its temporary folder left
+    assert not destination.exists()  # nothing under the final name
+    convert(full_size_hub_folder, destination, to="native")
+    assert load_pretrained(destination).config["number_of_layers"] == 12
+    assert not list(tmp_path.glob(".out.*.partial"))  # the killed run's folder is gone

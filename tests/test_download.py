@@ -253,3 +253,43 @@ def test_output_writes_a_native_checkpoint_that_loads_back(hub, env, tmp_path):
     again = gpt2port("generate", str(tmp_path / "out"), "The dog", "--max-new-tokens", "3",
                      env=env)
     assert again.returncode == 0, again.stderr
+
+
+def incomplete_files(env):
+    return [path for path in cache_files(env) if path.endswith(".incomplete")]
+
+
+def test_a_killed_download_is_never_taken_for_complete_and_is_cleaned_up(hub, env):
+    hub.faults.stall_after = 50_000
+    run = subprocess.Popen([sys.executable, "-m", "gpt2port", "download", REPO], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not incomplete_files(env) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    run.kill()  # SIGKILL: no cleanup code of ours or huggingface_hub's runs
+    run.wait()
+    stale = incomplete_files(env)
+    assert stale, "the stalled download should have left its partial file"
+    hub.faults.stall_after = None
+    offline = gpt2port("download", REPO, "--offline", env=env)
+    assert offline.returncode == 11, offline.stderr  # the partial file is not a cached model
+    done = gpt2port("download", REPO, env=env)
+    assert done.returncode == 0, done.stderr
+    assert not incomplete_files(env)  # the stale partial file was removed
+    assert_nothing_corrupt_in_cache(env)
+
+
+def test_two_processes_downloading_at_once_both_succeed_with_one_copy(hub, env):
+    hub.faults.delay = 1.0  # both are in flight at the same time
+    command = [sys.executable, "-m", "gpt2port", "download", REPO]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        assert "PASSED" in out
+    blobs = [path for path in cache_files(env) if "/blobs/" in path]
+    snapshot = [path for path in cache_files(env) if "/snapshots/" in path]
+    assert len(blobs) == len(snapshot)  # one blob per file: nothing stored twice
+    assert_nothing_corrupt_in_cache(env)

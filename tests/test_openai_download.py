@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -43,7 +45,8 @@ def test_download_checks_and_verifies(storage, env, tmp_path, release):
     assert done.returncode == 0, done.stderr
     assert "PASSED" in done.stdout
     folder = tmp_path / "cache" / "openai" / "355M"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(RELEASE_FILES)
+    files = sorted(p.name for p in folder.iterdir() if p.name != ".lock")
+    assert files == sorted(RELEASE_FILES)
     for name in RELEASE_FILES:
         assert (folder / name).read_bytes() == (release / name).read_bytes()
     again = gpt2port("download", "355M", "--source", "openai", "--offline", env=env)
@@ -71,6 +74,21 @@ def test_the_124m_release_is_checked_against_the_known_answer(env):
     done = gpt2port("download", "124M", "--source", "openai", env=env)
     assert done.returncode == 6, done.stdout + done.stderr
     assert "known greedy answer (20 tokens): NOT OK" in done.stdout
+
+
+def test_two_processes_downloading_at_once_both_succeed(storage, env, tmp_path, release):
+    storage.faults.delay = 0.5  # so that the two overlap
+    command = [sys.executable, "-m", "gpt2port", "download", "355M", "--source", "openai"]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        assert "PASSED" in out
+    folder = tmp_path / "cache" / "openai" / "355M"
+    assert sorted(p.name for p in folder.iterdir() if p.name != ".lock") == sorted(RELEASE_FILES)
+    assert (folder / DATA).read_bytes() == (release / DATA).read_bytes()
+    assert sum(path.endswith(DATA) for path, _ in storage.requests) == 1  # fetched once
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
