@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, DiskFullError
 from .tokenizer import tokenizer_files
 
 
@@ -30,9 +32,26 @@ def write_folder(destination: Path, fill: Callable[[Path], object]) -> Path:
     try:
         fill(partial)
         os.replace(partial, destination)
+    except Exception as error:
+        if _is_disk_full(error):
+            raise DiskFullError(f"{destination}: no space left to write it ({error})",
+                                hint="free some space, or write to another disk") from None
+        raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return destination
+
+
+# What a full disk (or the file-size limit) looks like from the writers: errno, safetensors'
+# Rust error text, numpy's short write.
+_DISK_FULL = re.compile(r"os error (27|28|122)|No space left|File too large|requested and \d+ "
+                        r"written")
+
+
+def _is_disk_full(error: Exception) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return True
+    return bool(_DISK_FULL.search(str(error)))
 
 
 def remove_stale_partials(destination: Path) -> None:

@@ -1,6 +1,7 @@
 """``convert`` between Hugging Face and native layouts, proved by transformers' own reader."""
 
 import itertools
+import resource
 import subprocess
 import sys
 import time
@@ -121,3 +122,18 @@ def test_a_killed_conversion_leaves_no_output_and_the_next_one_cleans_up(
     convert(full_size_hub_folder, destination, to="native")
     assert load_pretrained(destination).config["number_of_layers"] == 12
     assert not list(tmp_path.glob(".out.*.partial"))  # the killed run's folder is gone
+
+
+@pytest.mark.parametrize("to", ["hf", "openai", "native", "gguf"])
+def test_a_full_disk_gives_our_error_and_no_output(to, tmp_path):
+    source = write_layout("hub", tmp_path / "hub", n_embd=128)  # ~1.6 MB of weights
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    done = subprocess.run([sys.executable, "-m", "gpt2port", "convert", str(source),
+                           str(tmp_path / "out"), "--to", to], capture_output=True, text=True,
+                          preexec_fn=small_disk)
+    assert done.returncode == 16, done.stderr
+    assert "no space left" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]  # no output, no partial folder
