@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from checkpoints import load_reference, write_layout
 from gpt2port import CheckpointError, load_pretrained
+from gpt2port.errors import DiskFullError
 from gpt2port.conversion import WRITERS, convert
 from gpt2port.formats import huggingface
 from gpt2port.loading import open_checkpoint
@@ -74,7 +75,7 @@ def test_a_write_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
         (folder / "config.json").write_text("{}")
         raise OSError(28, "No space left on device")
     monkeypatch.setitem(WRITERS, "hf", fails_after_a_file)
-    with pytest.raises(OSError):
+    with pytest.raises(DiskFullError, match="out: no space left"):
         convert(write_layout("hub", tmp_path / "hub"), tmp_path / "out", to="hf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]
 
