@@ -1,8 +1,7 @@
 """gpt2port: the open GPT-2 weights in a from-scratch model you can read, train and trust."""
 
 from .config import GPT_CONFIG_124M, PRESETS, validate_config
-from .errors import (CheckpointError, ConfigError, Gpt2portError, MappingError,
-                     TokenizerError)
+from .errors import CheckpointError, ConfigError, Gpt2portError, MappingError, TokenizerError
 from .generation import generate
 from .loading import load_pretrained
 from .model import GPTModel

@@ -14,7 +14,6 @@ from .errors import CheckpointError, DiskFullError
 from .tokenizer import tokenizer_files
 
 
-
 def write_folder(destination: Path, fill: Callable[[Path], object]) -> Path:
     """``fill(folder)`` a temporary folder beside ``destination``, then rename it into place.
 

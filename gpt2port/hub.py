@@ -20,8 +20,15 @@ from huggingface_hub import HfApi, constants, errors, hf_hub_download, try_to_lo
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import WeakFileLock
 
-from .errors import (AccessError, DiskFullError, DownloadError, IntegrityError, NetworkError,
-                     NotFoundError, OfflineError)
+from .errors import (
+    AccessError,
+    DiskFullError,
+    DownloadError,
+    IntegrityError,
+    NetworkError,
+    NotFoundError,
+    OfflineError,
+)
 from .formats.huggingface import WEIGHTS_FILES
 from .readers import read_json
 

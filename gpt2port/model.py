@@ -130,7 +130,7 @@ class GPTModel(nn.Module):
         ``attention_mask`` (B, cached + T), 1 for tokens and 0 for padding, lets prompts of
         different lengths share a batch (padded on the left).
         """
-        batch, tokens = token_ids.shape  # (B, T)
+        tokens = token_ids.shape[1]  # token_ids: (B, T)
         start = cache.length if cache is not None else 0
         if start + tokens > self.config["context_length"]:
             raise ValueError(f"{start + tokens} tokens exceed the context length of "

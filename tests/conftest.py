@@ -4,9 +4,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow, a test referen
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-
 from checkpoints import reference_model, write_hub_layout
+from transformers import GPT2Config, GPT2LMHeadModel
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ import os
 
 import pytest
 import torch
+from checkpoints import edit_config, hub_state_dict, reference_model, write_layout
 from safetensors.torch import save_file
 
-from checkpoints import edit_config, hub_state_dict, reference_model, write_layout
 from gpt2port import CheckpointError, ConfigError, MappingError, load_pretrained
 
 

@@ -8,12 +8,12 @@ import time
 
 import pytest
 import torch
+from checkpoints import load_reference, write_layout
 from safetensors.torch import load_file
 
-from checkpoints import load_reference, write_layout
 from gpt2port import CheckpointError, load_pretrained
-from gpt2port.errors import DiskFullError
 from gpt2port.conversion import WRITERS, convert
+from gpt2port.errors import DiskFullError
 from gpt2port.formats import huggingface
 from gpt2port.loading import open_checkpoint
 

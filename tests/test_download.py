@@ -9,11 +9,11 @@ import sys
 import time
 
 import pytest
-
 from checkpoints import write_layout
+from stand_in_hub import StandInHub
+
 from gpt2port.config import PRESETS
 from gpt2port.tokenizer import BUNDLED
-from stand_in_hub import StandInHub
 
 REPO = "test-org/tiny-gpt2"
 GPT2 = PRESETS["gpt2"]

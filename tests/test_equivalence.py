@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from checkpoints import LAYOUTS, TINY, load_reference, write_layout
+
 from gpt2port import generate, load_pretrained
 
 FULL_SIZE_PARAMETERS = 124_439_808

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from checkpoints import reference_model, write_hub_layout
+
 from gpt2port import generate, load_pretrained
 from gpt2port.generation import stream
 from gpt2port.model import KVCache

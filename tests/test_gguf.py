@@ -6,9 +6,9 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from checkpoints import write_layout
 from safetensors.torch import load_file
 
-from checkpoints import write_layout
 from gpt2port import ConfigError, generate, load_pretrained
 from gpt2port.conversion import convert
 from gpt2port.tokenizer import BUNDLED

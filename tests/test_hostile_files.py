@@ -11,10 +11,10 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from checkpoints import write_layout
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from checkpoints import write_layout
 from gpt2port import Gpt2portError, load_pretrained
 from gpt2port.conversion import convert
 from gpt2port.loading import model_from_checkpoint, open_checkpoint

@@ -1,8 +1,8 @@
 """The Hugging Face name table, in both directions, against transformers' own model."""
 
 import torch
-
 from checkpoints import reference_model
+
 from gpt2port import GPTModel
 from gpt2port.formats import huggingface
 from gpt2port.formats.table import from_model, to_model

@@ -4,8 +4,8 @@ the CRC-32C against an independent implementation (the ``crc32c`` package)."""
 import numpy as np
 import pytest
 import torch
-
 from checkpoints import hub_state_dict, load_reference, reference_model, write_hub_layout
+
 from gpt2port import CheckpointError, ConfigError, load_pretrained
 from gpt2port.conversion import convert
 from gpt2port.crc32c import crc32c

@@ -6,13 +6,13 @@ import subprocess
 import sys
 
 import pytest
+from checkpoints import reference_model, write_hub_layout
+from stand_in_storage import StandInStorage
+from test_download import gpt2port
 
-from checkpoints import write_hub_layout, reference_model
 from gpt2port.conversion import convert
 from gpt2port.formats.openai import RELEASE_FILES
 from gpt2port.tokenizer import BUNDLED
-from stand_in_storage import StandInStorage
-from test_download import gpt2port
 
 DATA = "model.ckpt.data-00000-of-00001"
 

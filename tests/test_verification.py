@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from checkpoints import LAYOUTS, load_reference, write_layout
 from huggingface_hub import try_to_load_from_cache
 
-from checkpoints import LAYOUTS, load_reference, write_layout
 from gpt2port import generate, load_pretrained
 from gpt2port.config import PRESETS
 from gpt2port.reference import reference_logits
