@@ -205,31 +205,28 @@ class StandInHub:
                     return self.drop(status, data, headers)
                 self.answer(status, data, headers, body)
 
-            def stall(self, status: int, data: bytes, headers: dict):
+            def head(self, status: int, data: bytes, headers: dict):
                 self.send_response(status)
                 for key, value in {**headers, "Content-Length": str(len(data))}.items():
                     self.send_header(key, value)
                 self.end_headers()
+
+            def stall(self, status: int, data: bytes, headers: dict):
+                self.head(status, data, headers)
                 self.wfile.write(data[: hub.faults.stall_after])
                 self.wfile.flush()
                 time.sleep(60)
                 self.close_connection = True
 
             def drop(self, status: int, data: bytes, headers: dict):
-                self.send_response(status)
-                for key, value in {**headers, "Content-Length": str(len(data))}.items():
-                    self.send_header(key, value)
-                self.end_headers()
+                self.head(status, data, headers)
                 self.wfile.write(data[: hub.faults.drop_after])
                 self.wfile.flush()
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
 
             def answer(self, status: int, data: bytes, headers: dict, body: bool):
-                self.send_response(status)
-                for key, value in {**headers, "Content-Length": str(len(data))}.items():
-                    self.send_header(key, value)
-                self.end_headers()
+                self.head(status, data, headers)
                 if body:
                     try:
                         self.wfile.write(data)

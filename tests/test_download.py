@@ -55,6 +55,15 @@ def gpt2port(*args, env, limit_file_size=None, timeout=300):
                           capture_output=True, timeout=timeout, preexec_fn=limit)
 
 
+def gpt2port_at_once(*args, env, processes=2, timeout=300):
+    """Run the same command in several processes at the same time: (exit code, out, err) each."""
+    runs = [subprocess.Popen([sys.executable, "-m", "gpt2port", *args], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(processes)]
+    outputs = [run.communicate(timeout=timeout) for run in runs]
+    return [(run.returncode, *output) for run, output in zip(runs, outputs, strict=True)]
+
+
 def cache_files(env):
     return sorted(p for p in (os.path.join(r, f) for r, _, fs in os.walk(env["HF_HOME"])
                               for f in fs))
@@ -282,12 +291,8 @@ def test_a_killed_download_is_never_taken_for_complete_and_is_cleaned_up(hub, en
 
 def test_two_processes_downloading_at_once_both_succeed_with_one_copy(hub, env):
     hub.faults.delay = 1.0  # both are in flight at the same time
-    command = [sys.executable, "-m", "gpt2port", "download", REPO]
-    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
-    for run in runs:
-        out, err = run.communicate(timeout=300)
-        assert run.returncode == 0, err
+    for code, out, err in gpt2port_at_once("download", REPO, env=env):
+        assert code == 0, err
         assert "PASSED" in out
     blobs = [path for path in cache_files(env) if "/blobs/" in path]
     snapshot = [path for path in cache_files(env) if "/snapshots/" in path]

@@ -2,13 +2,11 @@
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 from checkpoints import reference_model, write_hub_layout
 from stand_in_storage import StandInStorage
-from test_download import gpt2port
+from test_download import gpt2port, gpt2port_at_once
 
 from gpt2port.conversion import convert
 from gpt2port.formats.openai import RELEASE_FILES
@@ -78,12 +76,8 @@ def test_the_124m_release_is_checked_against_the_known_answer(env):
 
 def test_two_processes_downloading_at_once_both_succeed(storage, env, tmp_path, release):
     storage.faults.delay = 0.5  # so that the two overlap
-    command = [sys.executable, "-m", "gpt2port", "download", "355M", "--source", "openai"]
-    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
-    for run in runs:
-        out, err = run.communicate(timeout=120)
-        assert run.returncode == 0, err
+    for code, out, err in gpt2port_at_once("download", "355M", "--source", "openai", env=env):
+        assert code == 0, err
         assert "PASSED" in out
     folder = tmp_path / "cache" / "openai" / "355M"
     assert sorted(p.name for p in folder.iterdir() if p.name != ".lock") == sorted(RELEASE_FILES)
