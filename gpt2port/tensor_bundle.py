@@ -274,7 +274,7 @@ def _read_header(path: Path, raw: bytes | None) -> int:
     if fields.get(2, 0) != 0:
         raise CheckpointError(f"{path}: the checkpoint is big-endian; only little-endian is read")
     shards = fields.get(1, 1)
-    if not 1 <= shards <= 10_000:
+    if not isinstance(shards, int) or not 1 <= shards <= 10_000:
         raise CheckpointError(f"{path}: bundle header gives {shards} shards")
     return shards
 
@@ -308,6 +308,8 @@ def _tensor(path: Path, name: str, raw: bytes, data_files: list[Path], mapped: l
     if dtype is None:
         raise CheckpointError(f"{problem}: unsupported TensorFlow dtype {entry.get(1)}")
     shard, offset, size = entry.get(3, 0), entry.get(4, 0), entry.get(5, 0)
+    if not all(isinstance(n, int) for n in (shard, offset, size, *shape)):
+        raise CheckpointError(f"{problem}: entry is malformed (a size field is not an integer)")
     count = math.prod(shape)
     if size != count * dtype.itemsize:
         raise CheckpointError(f"{problem}: shape {shape} needs {count * dtype.itemsize} bytes, "

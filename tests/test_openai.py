@@ -152,3 +152,14 @@ def test_the_release_files_are_what_the_table_names(exported):
     names = set(read_bundle(exported / "model.ckpt"))
     assert names == {each.source[0] for each in openai.TABLE.expand(2)}
     assert len(names) == 2 + 12 * 2 + 2  # wte, wpe; 12 per block; ln_f
+
+
+def test_entries_with_fields_of_the_wrong_wire_type_are_refused(exported):
+    from gpt2port.tensor_bundle import HEADER, _field, encode_table
+
+    wrong = {"header": [(b"", _field(1, b"x")), (b"model/wte", _field(1, 1))],
+             "offset": [(b"", HEADER), (b"model/wte", _field(1, 1) + _field(4, b"x"))]}
+    for entries in wrong.values():
+        (exported / "model.ckpt.index").write_bytes(encode_table(entries))
+        with pytest.raises(CheckpointError, match="malformed|shards"):
+            read_bundle(exported / "model.ckpt")
