@@ -186,3 +186,52 @@ def test_non_finite_weights_are_refused_by_name(value, tmp_path):
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(Gpt2portError, match=r"h\.1\.mlp\.c_fc\.weight. holds [01] NaN and [01] infinite"):
         load_pretrained(folder)
+
+
+def protobuf_messages(depth=2):
+    """Well-formed protobuf wire format with any field numbers, wire types and values (nested
+    messages included), so that a field of the wrong type reaches the parser."""
+    from gpt2port.tensor_bundle import _varint
+
+    def encode(fields):
+        out = b""
+        for number, wire, integer, payload in fields:
+            out += _varint(number << 3 | wire)
+            if wire == 0:
+                out += _varint(integer)
+            elif wire == 1:
+                out += integer.to_bytes(8, "little")
+            elif wire == 5:
+                out += (integer & 0xFFFFFFFF).to_bytes(4, "little")
+            else:
+                out += _varint(len(payload)) + payload
+        return out
+
+    payload = st.binary(max_size=12) if depth == 0 else st.one_of(
+        st.binary(max_size=12), protobuf_messages(depth - 1))
+    field = st.tuples(st.integers(1, 8), st.sampled_from([0, 1, 2, 5]),
+                      st.integers(0, 2**64 - 1), payload)
+    return st.lists(field, max_size=6).map(encode)
+
+
+def test_random_bundle_records_behind_valid_checksums_give_our_error(valid, tmp_path):
+    """The index's block CRCs stop most byte mutations early; this feeds the record parser
+    arbitrary header and entry bytes inside a table whose checksums are right."""
+    from gpt2port.tensor_bundle import HEADER, encode_table, read_bundle
+
+    folder, _ = valid["tf_bundle_index"]
+    work = tmp_path / "work"
+    shutil.copytree(folder, work)
+
+    @BUDGET
+    @given(header=st.one_of(st.just(HEADER), protobuf_messages()), entry=protobuf_messages())
+    def check(header, entry):
+        (work / "model.ckpt.index").write_bytes(
+            encode_table([(b"", header), (b"model/wte", entry)]))
+        with no_hang():
+            try:
+                read_bundle(work / "model.ckpt")
+            except Gpt2portError:
+                pass
+
+    check()
