@@ -108,9 +108,10 @@ def _verify(args: argparse.Namespace, folder: Path, known: tuple | None = None) 
 
 def run_download(args: argparse.Namespace) -> None:
     if args.source == "openai":
-        folder, known = _download_release(args), PRESETS["gpt2"].known_greedy
+        folder = _download_release(args)
+        # the 124M release holds the same weights as the gpt2 preset
+        known = PRESETS["gpt2"].known_greedy if folder.name == "124M" else None
         print(f"files in {folder} (sizes checked; tensors' CRC-32C checked on reading):")
-        known = known if folder.name == "124M" else None  # the same weights as the gpt2 preset
     else:
         from .hub import download
 
@@ -135,12 +136,13 @@ def _download_release(args: argparse.Namespace) -> Path:
 
     size = PRESET_SIZES.get(args.model, args.model)
     folder = args.cache_dir / "openai" / size if args.cache_dir else default_folder(size)
+    if not args.offline:
+        return download_release(size, folder=folder, force=args.force)
     missing = [name for name in RELEASE_FILES if not (folder / name).is_file()]
-    if args.offline and missing:
+    if missing:
         raise OfflineError(f"{folder}: OpenAI's {size} release is not downloaded "
                            f"(missing {', '.join(missing)})", hint="run once without --offline")
-    return download_release(size, folder=folder, force=args.force) if missing or args.force \
-        else folder
+    return folder
 
 
 def run_verify(args: argparse.Namespace) -> None:

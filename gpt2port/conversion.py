@@ -36,7 +36,6 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
 
     def fill(output: Path) -> None:
         write(model, output, **options)
-        copy_tokenizer(tokenizer, output,
-                       openai.TOKENIZER_FILES if to == "openai" else ("vocab.json", "merges.txt"))
+        copy_tokenizer(tokenizer, output, *([openai.TOKENIZER_FILES] if to == "openai" else []))
 
     return write_folder(Path(destination), fill)

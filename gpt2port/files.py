@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import CheckpointError, DiskFullError
-from .tokenizer import tokenizer_files
+from .tokenizer import FILE_NAMES, tokenizer_files
 
 
 def write_folder(destination: Path, fill: Callable[[Path], object]) -> Path:
@@ -73,7 +73,7 @@ def _is_running(pid: int) -> bool:
 
 
 def copy_tokenizer(source: Path | None, folder: Path,
-                   names: tuple[str, str] = ("vocab.json", "merges.txt")) -> None:
+                   names: tuple[str, str] = FILE_NAMES[0]) -> None:
     """Copy the tokenizer files from ``source``, when it has them, under ``names``."""
     found = tokenizer_files(source) if source is not None else None
     for path, name in zip(found or (), names):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
 import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -111,7 +112,7 @@ def _block(entries: list[tuple[bytes, bytes]], restart_interval: int) -> bytes:
     for number, (key, value) in enumerate(entries):
         shared = 0
         if number % restart_interval:
-            shared = len(_common_prefix(previous, key))
+            shared = len(os.path.commonprefix([previous, key]))
         else:
             restarts.append(len(out))
         out += _varint(shared) + _varint(len(key) - shared) + _varint(len(value))
@@ -120,13 +121,6 @@ def _block(entries: list[tuple[bytes, bytes]], restart_interval: int) -> bytes:
     restarts = restarts or [0]
     return bytes(out) + struct.pack(f"<{len(restarts)}I", *restarts) + struct.pack(
         "<I", len(restarts))
-
-
-def _common_prefix(a: bytes, b: bytes) -> bytes:
-    length = 0
-    while length < min(len(a), len(b)) and a[length] == b[length]:
-        length += 1
-    return a[:length]
 
 
 def _with_trailer(contents: bytes) -> bytes:

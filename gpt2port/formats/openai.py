@@ -13,13 +13,14 @@ from ..errors import ConfigError
 from ..model import GPTModel
 from ..readers import read_json
 from ..tensor_bundle import read_bundle, write_bundle
+from ..tokenizer import FILE_NAMES
 from .huggingface import BLOCK, QKV
 from .table import Chain, MappingTable, Split, Squeeze, Transpose, from_model, rule
 
 PREFIX = "model.ckpt"
 CONV1D = Chain(Squeeze(0), Transpose())
 PACKED_QKV_WEIGHT = Chain(Squeeze(0), Transpose(), Split(3, dim=0))
-TOKENIZER_FILES = ("encoder.json", "vocab.bpe")  # = Hugging Face's vocab.json, merges.txt
+TOKENIZER_FILES = FILE_NAMES[1]  # encoder.json, vocab.bpe: Hugging Face's vocab.json, merges.txt
 # The files of a release in OpenAI's storage that loading needs, in the order they are fetched
 # (model.ckpt.meta, TF's graph definition, is left out: no reader here needs it).
 RELEASE_FILES = ("checkpoint", "encoder.json", "hparams.json", "vocab.bpe",

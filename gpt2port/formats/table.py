@@ -132,7 +132,8 @@ def rule(source: str | tuple[str, ...], target: str | tuple[str, ...],
 
 
 def _pattern(template: str) -> re.Pattern:
-    return re.compile(re.escape(template).replace(r"\{\}", r"\d+") + r"\Z")
+    """A name template as a regex; group 1 is the block index where there is one."""
+    return re.compile(re.escape(template).replace(r"\{\}", r"(\d+)") + r"\Z")
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ class MappingTable:
 
     def block_count(self, names) -> int:
         """How many blocks the checkpoint's names cover (highest block index + 1)."""
-        patterns = [re.compile(re.escape(template).replace(r"\{\}", r"(\d+)") + r"\Z")
+        patterns = [_pattern(template)
                     for each in self.rules for template in each.source if "{}" in template]
         indices = [int(found[1]) for name in names for pattern in patterns
                    if (found := pattern.match(name))]
