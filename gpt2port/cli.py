@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import codecs
 import sys
+import warnings
 from pathlib import Path
 
 from .config import PRESETS, hub_source
+from .formats import BY_NAME, FORMATS
 from .errors import Gpt2portError, OfflineError, TokenizerError, VerificationError
 
 EXAMPLES = """\
@@ -77,9 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="write a checkpoint in another format")
     _source_options(convert)
     convert.add_argument("destination", type=Path, help="a new folder (written only when done)")
-    convert.add_argument("--to", required=True, choices=("hf", "openai", "native", "gguf"))
-    convert.add_argument("--dtype", choices=("f32", "f16", "bf16", "q8_0"),
-                         help="default: the source's own (q8_0: GGUF only)")
+    convert.add_argument("--to", required=True, choices=list(BY_NAME),
+                         help="; ".join(f"{f.name}: {f.title}" for f in FORMATS))
+    convert.add_argument("--dtype", choices=list(dict.fromkeys(d for f in FORMATS
+                                                               for d in f.dtypes)),
+                         help="default: the source's own; " + "; ".join(
+                             f"{f.name}: {'/'.join(f.dtypes)}" for f in FORMATS))
+    convert.add_argument("--approximate-gelu", action="store_true",
+                         help="write a model computing the exact GELU (nanoGPT's) to a format "
+                         "that knows only GPT-2's tanh GELU; the logit change is reported")
 
     inspect = commands.add_parser("inspect", help="list the checkpoint's tensors and mapping")
     _source_options(inspect)
@@ -178,10 +186,15 @@ def run_generate(args: argparse.Namespace) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    from .conversion import convert
+    from .conversion import ConversionWarning, convert
 
-    written = convert(args.model, args.destination, to=args.to, dtype=args.dtype,
-                      revision=args.revision)
+    with warnings.catch_warnings(record=True) as changes:
+        warnings.simplefilter("always", ConversionWarning)
+        written = convert(args.model, args.destination, to=args.to, dtype=args.dtype,
+                          revision=args.revision, approximate_gelu=args.approximate_gelu)
+    for change in changes:
+        if issubclass(change.category, ConversionWarning):
+            print(f"note: {change.message}", file=sys.stderr)
     print(f"wrote {written} ({args.to}): " + ", ".join(sorted(p.name for p in written.iterdir())))
 
 

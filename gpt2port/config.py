@@ -16,11 +16,25 @@ GPT_CONFIG_124M = {
     "qkv_bias": False,  # bias in the query, key and value projections
 }
 
-# Keys a config may add to the book's seven, with their defaults.
+# Keys a config may add to the book's seven, with their defaults (GPT-2's own choices).
 OPTIONAL_KEYS = {
     "layer_norm_epsilon": 1e-5,
     "tie_output_head": False,  # output head shares its weight with the token embedding table
+    "bias": True,  # bias in the output, feed-forward and layer-norm layers (nanoGPT: False)
+    "gelu_approximation": "tanh",  # GPT-2's tanh GELU; "none" is the exact erf GELU (nanoGPT)
+    "padded_vocab_size": None,  # rows of the embedding and head; None: vocab_size. Ids from
+    # vocab_size up are padding (nanoGPT's and llm.c's 50304): generation never picks them
 }
+# The book's key names (ch. 4's GPT_CONFIG_124M) -> ours; a config may use either.
+BOOK_KEYS = {
+    "emb_dim": "embedding_dimension",
+    "n_heads": "number_of_heads",
+    "n_layers": "number_of_layers",
+    "drop_rate": "dropout_rate",
+}
+GELU_APPROXIMATIONS = ("tanh", "none")
+# GPT-2's released widths and their head counts, to infer a config from tensor shapes alone.
+GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
 
 LARGEST_SIZE = 2**24  # per size: GPT-2 XL's largest is 50,257; beyond this tensor sizes overflow
 _POSITIVE_INTEGERS = (
@@ -40,7 +54,7 @@ def validate_config(config: dict) -> dict:
     """
     if not isinstance(config, dict):
         raise ConfigError(f"a model config must be a dict, got {type(config).__name__}")
-    problems = []
+    config, problems = _from_book_keys(config)
     known = set(GPT_CONFIG_124M) | set(OPTIONAL_KEYS)
     problems += [f"unknown key {key!r}" for key in sorted(set(config) - known, key=str)]
     problems += [f"missing key {key!r}" for key in GPT_CONFIG_124M if key not in config]
@@ -62,15 +76,43 @@ def validate_config(config: dict) -> dict:
     epsilon = complete["layer_norm_epsilon"]
     if not (isinstance(epsilon, float) and epsilon > 0):
         problems.append(f"layer_norm_epsilon must be a positive float, got {epsilon!r}")
-    for key in ("qkv_bias", "tie_output_head"):
+    for key in ("qkv_bias", "tie_output_head", "bias"):
         if key in complete and not isinstance(complete[key], bool):
             problems.append(f"{key} must be True or False, got {complete[key]!r}")
+    if complete["gelu_approximation"] not in GELU_APPROXIMATIONS:
+        problems.append(f"gelu_approximation must be one of {GELU_APPROXIMATIONS}, got "
+                        f"{complete['gelu_approximation']!r}")
+    vocabulary, rows = complete.get("vocab_size"), complete["padded_vocab_size"]
+    if rows is None:
+        complete["padded_vocab_size"] = vocabulary
+    elif not (type(rows) is int and type(vocabulary) is int and vocabulary <= rows <= LARGEST_SIZE):
+        problems.append(f"padded_vocab_size must be an integer from vocab_size={vocabulary!r} "
+                        f"up, got {rows!r}")
     if problems:
         raise ConfigError(
             "model config cannot work: " + "; ".join(problems),
             hint="start from gpt2port.GPT_CONFIG_124M and change only the sizes",
         )
     return complete
+
+
+def _from_book_keys(config: dict) -> tuple[dict, list[str]]:
+    """The book's key names (``emb_dim``...) renamed to ours; using both for one value is a
+    problem."""
+    renamed, problems = {}, []
+    for key, value in config.items():
+        ours = BOOK_KEYS.get(key, key)
+        if ours in renamed or (ours != key and ours in config):
+            problems.append(f"{key!r} and {ours!r} are the same setting; give one")
+        renamed[ours] = value
+    return renamed, problems
+
+
+def book_config(config: dict) -> dict:
+    """A model config as the book writes it: GPT_CONFIG_124M's seven keys under the book's names
+    (``emb_dim``, ``n_heads``...)."""
+    ours_to_book = {ours: book for book, ours in BOOK_KEYS.items()}
+    return {ours_to_book.get(key, key): config[key] for key in GPT_CONFIG_124M}
 
 
 @dataclass(frozen=True)

@@ -1,41 +1,142 @@
-"""``convert``: a checkpoint in any supported format -> another, through the model's own names."""
+"""``convert``: a checkpoint in any format -> another, through the model's own names.
+
+A conversion never changes the model silently: what the target cannot hold is refused, or,
+where the logits stay the same (or the user asked for the approximation), stated as a
+``ConversionWarning`` with the measured logit change.
+"""
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import ConfigError
-from .files import copy_tokenizer, write_folder
-from .formats import gguf, huggingface, native, openai
+from .files import write_folder
+from .formats import BY_NAME, Format
 from .loading import model_from_checkpoint, open_checkpoint, resolve
+from .model import GPTModel, empty_model
+from .verification import prompt_for
 
-WRITERS = {"hf": huggingface.save, "openai": openai.save, "native": native.save,
-           "gguf": gguf.save}
-QUANTIZATIONS = ("f32", "f16", "q8_0")  # what gguf.save writes; other formats take a torch dtype
+
+class ConversionWarning(UserWarning):
+    """A change the target format makes to the model, stated instead of made silently."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One config value the target holds differently; ``exact`` when the logits stay the same."""
+
+    key: str
+    before: object
+    after: object
+    why: str
+    exact: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.before!r} -> {self.after!r}: {self.why}"
+
+
+def plan(config: dict, target: Format, *, approximate_gelu: bool = False) -> list[Change]:
+    """The changes writing a model of ``config`` in ``target`` makes.
+
+    Raises:
+        ConfigError: listing what the target cannot hold.
+    """
+    held = target.held_config(config)
+    changes, refused = [], []
+    for key in sorted(held):
+        before, after = config[key], held[key]
+        if before == after:
+            continue
+        if key == "dropout_rate":
+            changes.append(Change(key, before, after, f"{target.name} has no place for it "
+                                  "(training only; logits unchanged)"))
+        elif key == "vocab_size":
+            changes.append(Change(key, before, after, f"{target.name} knows no padded "
+                                  f"vocabulary: padding ids {before}..{after - 1} become "
+                                  "ordinary ids (logits unchanged)"))
+        elif key in ("bias", "qkv_bias") and after:
+            changes.append(Change(key, before, after, "biases written as zeros (exact)"))
+        elif key == "gelu_approximation" and (after == "none" or approximate_gelu):
+            changes.append(Change(key, before, after, f"{target.name} computes "
+                                  f"{'the exact' if after == 'none' else 'the tanh'} GELU",
+                                  exact=False))
+        elif key == "gelu_approximation":
+            refused.append(f"the model computes the exact (erf) GELU; {target.name} knows only "
+                           "GPT-2's tanh approximation")
+        elif key == "tie_output_head":
+            refused.append(f"{target.name} has no output head of its own, and this model's "
+                           "head is not tied to the token embedding")
+        else:
+            refused.append(f"{key}={before!r}, but {target.name} holds only {after!r}")
+    if refused:
+        gelu = any("GELU" in problem for problem in refused)
+        raise ConfigError(f"cannot convert to {target.name}: " + "; ".join(refused),
+                          hint=("pass --approximate-gelu (approximate_gelu=True) to write it "
+                                "with the tanh GELU, and see the logit change it reports; or "
+                                if gelu else "") + "convert to native or hf, which hold it")
+    return changes
+
+
+def adapted(model: GPTModel, config: dict) -> GPTModel:
+    """``model`` as a model of ``config``: the same tensors, zero biases where it had none."""
+    if config == model.config:
+        return model
+    result = empty_model(config)
+    state = dict(model.state_dict())
+    dtype = model.token_embedding_table.weight.dtype
+    for name, tensor in result.state_dict().items():
+        state.setdefault(name, torch.zeros(tensor.shape, dtype=dtype))
+    if config["tie_output_head"]:
+        state["output_head.weight"] = state["token_embedding_table.weight"]
+    result.load_state_dict(state, assign=True)
+    result.tie_output_head()
+    return result.eval()
+
+
+def logit_change(model: GPTModel, other: GPTModel) -> float:
+    """The largest absolute logit difference of two models on the verification prompt."""
+    ids = torch.tensor([prompt_for(model.config)])
+    with torch.inference_mode():
+        return float((model(ids).float() - other(ids).float()).abs().max())
 
 
 def convert(source: str | Path, destination: str | Path, *, to: str,
-            dtype: torch.dtype | str | None = None, revision: str | None = None) -> Path:
+            dtype: str | None = None, revision: str | None = None,
+            approximate_gelu: bool = False) -> Path:
     """Read ``source`` (preset, Hub id, folder or file), write it to the new folder
-    ``destination`` in format ``to``, with the tokenizer files when the source has them.
+    ``destination`` in format ``to`` (a name in ``gpt2port.formats.BY_NAME``), with the
+    tokenizer when the source has it. ``dtype`` None keeps the source's own.
 
-    The folder appears only when complete.
+    The folder appears only when complete. Changes the target makes are issued as
+    ``ConversionWarning``s.
+
+    Raises:
+        ConfigError: for an unknown format or dtype, or a model the target cannot hold.
     """
-    if dtype == "q8_0" and to != "gguf":
-        raise ConfigError("q8_0 is a GGUF quantization", hint="use --to gguf, or f32/f16/bf16")
+    target = BY_NAME.get(to)
+    if target is None:
+        raise ConfigError(f"unknown format {to!r}", hint=f"formats: {', '.join(BY_NAME)}")
+    if dtype is not None and dtype not in target.dtypes:
+        raise ConfigError(f"{to} does not store {dtype}",
+                          hint=f"{to} stores {', '.join(target.dtypes)}")
     folder = resolve(source, revision=revision)
     tokenizer = folder if folder.is_dir() else folder.parent
-    options = {}
-    if to == "gguf":  # quantized by the writer, from an f32 model
-        options = {"quantization": dtype or "f32", "tokenizer": tokenizer}
-        dtype = "f32"
-    model = model_from_checkpoint(open_checkpoint(folder), dtype=dtype)
-    write = WRITERS[to]
+    model = model_from_checkpoint(open_checkpoint(folder))
+    changes = plan(model.config, target, approximate_gelu=approximate_gelu)
+    written = adapted(model, target.held_config(model.config))
+    for change in changes:
+        if not change.exact:
+            change = Change(change.key, change.before, change.after,
+                            f"{change.why}; largest logit change on the verification prompt "
+                            f"{logit_change(model, written):.3g}", exact=False)
+        warnings.warn(str(change), ConversionWarning, stacklevel=2)
 
     def fill(output: Path) -> None:
-        write(model, output, **options)
-        copy_tokenizer(tokenizer, output, *([openai.TOKENIZER_FILES] if to == "openai" else []))
+        target.write(written, output, dtype=dtype, tokenizer=tokenizer)
+        target.write_tokenizer(tokenizer, output)
 
     return write_folder(Path(destination), fill)

@@ -53,6 +53,7 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
     ``attention_mask`` (B, T) marks left padding (see ``pad_left``). With ``stop_at_eos`` a row
     that has produced <|endoftext|> keeps producing it until every row has.
     """
+    vocabulary = model.config["vocab_size"]  # ids past it are padding rows: never chosen
     generator = None
     if seed is not None:
         generator = torch.Generator(device=token_ids.device).manual_seed(seed)
@@ -72,7 +73,7 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
         cache.length = 0
         window_mask = mask[:, begin:end] if mask is not None else None
         return model(ids[:, begin:end], cache=cache, attention_mask=window_mask,
-                     last_only=True)[:, -1]
+                     last_only=True)[:, -1, :vocabulary]
 
     logits = run_window(prompt_length)  # (B, V)
     finished = torch.zeros(batch, 1, dtype=torch.bool, device=token_ids.device)
@@ -91,7 +92,8 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
             logits = run_window(end)
         else:
             step_mask = mask[:, :end] if mask is not None else None
-            logits = model(chosen, cache=cache, attention_mask=step_mask, last_only=True)[:, -1]
+            logits = model(chosen, cache=cache, attention_mask=step_mask,
+                           last_only=True)[:, -1, :vocabulary]
 
 
 def generate(model: GPTModel, token_ids: torch.Tensor | list[list[int]], max_new_tokens: int,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from .formats import Checkpoint
 from .formats.table import MappingTable
-from .loading import Checkpoint
 
 
 def describe(checkpoint: Checkpoint) -> str:
@@ -13,7 +13,7 @@ def describe(checkpoint: Checkpoint) -> str:
     for each in table.expand(checkpoint.config["number_of_layers"]):
         for source in each.source:
             destinations[source] = (", ".join(each.target), each.transform.description)
-    lines = [f"{checkpoint.origin}: {len(tensors)} tensors, format {table.format}",
+    lines = [f"{checkpoint.origin}: {len(tensors)} tensors, format {checkpoint.format.name}",
              "config: " + ", ".join(f"{k}={v}" for k, v in checkpoint.config.items())]
     width = max(map(len, tensors), default=0)
     for name, tensor in tensors.items():

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .config import PRESETS, hub_source, validate_config
+from . import formats
 from .errors import CheckpointError, ConfigError, MappingError, NetworkError
-from .formats import gguf, huggingface, native, openai
+from .formats import Checkpoint
 from .formats.table import MappingTable, to_model
 from .model import GPTModel, empty_model
-from .readers import read_json, read_safetensors, read_weights_file
 
 REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -22,16 +21,6 @@ DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "f16": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
-
-
-@dataclass
-class Checkpoint:
-    """A checkpoint's tensors under their own names, its format's table, and the model config."""
-
-    origin: str
-    tensors: dict[str, torch.Tensor]
-    config: dict
-    table: MappingTable
 
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -43,47 +32,9 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
-def find_weights(folder: Path) -> Path:
-    """The weights file a Hugging Face folder holds.
-
-    Raises:
-        CheckpointError: listing what the folder has instead.
-    """
-    candidates = (*huggingface.WEIGHTS_FILES, gguf.FILENAME)
-    for name in candidates:
-        if (folder / name).is_file():
-            return folder / name
-    present = ", ".join(sorted(path.name for path in folder.iterdir())) or "nothing"
-    raise CheckpointError(f"{folder}: no weights file ({', '.join(candidates)}); "
-                          f"the folder has {present}")
-
-
 def open_checkpoint(path: Path) -> Checkpoint:
-    """Read a folder or one weights file: OpenAI's TF checkpoint, GGUF, gpt2port's native layout,
-    or Hugging Face's with the ``config.json`` beside it."""
-    path = Path(path)
-    if path.is_dir() and openai.is_checkpoint(path):
-        tensors, config = openai.read(path)
-        return Checkpoint(str(path / openai.PREFIX), tensors, config, openai.TABLE)
-    weights = find_weights(path) if path.is_dir() else path
-    if weights.suffix == ".gguf":
-        tensors, config = gguf.read(weights)
-        return Checkpoint(str(weights), tensors, config, gguf.TABLE)
-    metadata = {}
-    if weights.suffix == ".safetensors":
-        tensors, metadata = read_safetensors(weights)
-    else:
-        tensors = read_weights_file(weights)
-    if native.CONFIG_KEY in metadata:
-        config = native.config_from_metadata(metadata, origin=str(weights))
-        return Checkpoint(str(weights), tensors, config, native.table(config))
-    config_path = weights.parent / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{weights}: no config.json beside it",
-                              hint="put the model's config.json in the same folder")
-    config = huggingface.config_to_model(read_json(config_path), origin=str(config_path))
-    table = huggingface.TABLE
-    return Checkpoint(str(weights), table.strip_prefix(tensors), config, table)
+    """Read a folder or one weights file of any format in ``gpt2port.formats.FORMATS``."""
+    return formats.read(Path(path))
 
 
 def _decide_tying(checkpoint: Checkpoint) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -19,11 +19,11 @@ from .config import validate_config
 class LayerNorm(nn.Module):
     """Normalises each token's features to zero mean and unit variance, then scales and shifts."""
 
-    def __init__(self, embedding_dimension: int, epsilon: float):
+    def __init__(self, embedding_dimension: int, epsilon: float, bias: bool = True):
         super().__init__()
         self.epsilon = epsilon
         self.scale = nn.Parameter(torch.ones(embedding_dimension))
-        self.shift = nn.Parameter(torch.zeros(embedding_dimension))
+        self.shift = nn.Parameter(torch.zeros(embedding_dimension)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.epsilon)
@@ -33,7 +33,7 @@ class MultiHeadAttention(nn.Module):
     """Causal self-attention: each token attends to itself and the tokens before it, in H heads."""
 
     def __init__(self, embedding_dimension: int, number_of_heads: int, dropout_rate: float,
-                 qkv_bias: bool):
+                 qkv_bias: bool, bias: bool = True):
         super().__init__()
         self.number_of_heads = number_of_heads
         self.head_dimension = embedding_dimension // number_of_heads
@@ -41,7 +41,7 @@ class MultiHeadAttention(nn.Module):
         self.query_projection = nn.Linear(embedding_dimension, embedding_dimension, bias=qkv_bias)
         self.key_projection = nn.Linear(embedding_dimension, embedding_dimension, bias=qkv_bias)
         self.value_projection = nn.Linear(embedding_dimension, embedding_dimension, bias=qkv_bias)
-        self.output_projection = nn.Linear(embedding_dimension, embedding_dimension)
+        self.output_projection = nn.Linear(embedding_dimension, embedding_dimension, bias=bias)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = x.shape
@@ -65,13 +65,15 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Two linear layers around a tanh-approximate GELU; the hidden layer is 4x as wide."""
+    """Two linear layers around a GELU (GPT-2's tanh approximation, or the exact erf one); the
+    hidden layer is 4x as wide."""
 
-    def __init__(self, embedding_dimension: int):
+    def __init__(self, embedding_dimension: int, gelu_approximation: str = "tanh",
+                 bias: bool = True):
         super().__init__()
-        self.expansion = nn.Linear(embedding_dimension, 4 * embedding_dimension)
-        self.activation = nn.GELU(approximate="tanh")
-        self.contraction = nn.Linear(4 * embedding_dimension, embedding_dimension)
+        self.expansion = nn.Linear(embedding_dimension, 4 * embedding_dimension, bias=bias)
+        self.activation = nn.GELU(approximate=gelu_approximation)
+        self.contraction = nn.Linear(4 * embedding_dimension, embedding_dimension, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.contraction(self.activation(self.expansion(x)))  # (B, T, 4D) inside
@@ -82,13 +84,14 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, config: dict):
         super().__init__()
-        width = config["embedding_dimension"]
-        self.attention_norm = LayerNorm(width, config["layer_norm_epsilon"])
+        width, epsilon, bias = (config["embedding_dimension"], config["layer_norm_epsilon"],
+                                config["bias"])
+        self.attention_norm = LayerNorm(width, epsilon, bias)
         self.attention = MultiHeadAttention(
-            width, config["number_of_heads"], config["dropout_rate"], config["qkv_bias"]
+            width, config["number_of_heads"], config["dropout_rate"], config["qkv_bias"], bias
         )
-        self.feed_forward_norm = LayerNorm(width, config["layer_norm_epsilon"])
-        self.feed_forward = FeedForward(width)
+        self.feed_forward_norm = LayerNorm(width, epsilon, bias)
+        self.feed_forward = FeedForward(width, config["gelu_approximation"], bias)
         self.residual_dropout = nn.Dropout(config["dropout_rate"])
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
@@ -99,21 +102,24 @@ class TransformerBlock(nn.Module):
 
 
 class GPTModel(nn.Module):
-    """Token ids (B, T) in, next-token logits (B, T, V) out."""
+    """Token ids (B, T) in, next-token logits (B, T, V) out (V: padded_vocab_size).
+
+    ``config`` is a dict like ``GPT_CONFIG_124M``; the book's key names (``emb_dim``...) work too.
+    """
 
     def __init__(self, config: dict):
         super().__init__()
         self.config = validate_config(config)
         config = self.config
-        width = config["embedding_dimension"]
-        self.token_embedding_table = nn.Embedding(config["vocab_size"], width)
+        width, rows = config["embedding_dimension"], config["padded_vocab_size"]
+        self.token_embedding_table = nn.Embedding(rows, width)
         self.position_embedding_table = nn.Embedding(config["context_length"], width)
         self.dropout_embedding = nn.Dropout(config["dropout_rate"])
         self.transformer_blocks = nn.ModuleList(
             TransformerBlock(config) for _ in range(config["number_of_layers"])
         )
-        self.layer_norm = LayerNorm(width, config["layer_norm_epsilon"])
-        self.output_head = nn.Linear(width, config["vocab_size"], bias=False)
+        self.layer_norm = LayerNorm(width, config["layer_norm_epsilon"], config["bias"])
+        self.output_head = nn.Linear(width, rows, bias=False)
         self.tie_output_head()
 
     def tie_output_head(self) -> None:

@@ -109,11 +109,13 @@ def _tensor_view(path: Path, name: str, entry: object, mapped: mmap.mmap | None,
     return flat.view(dtype).view(shape)
 
 
-def read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
-    """A ``torch.save``d state dict, unpickled with ``weights_only=True`` (no code runs).
+def load_pickle(path: Path) -> object:
+    """What a ``torch.save`` file holds, unpickled with ``weights_only=True`` (no code runs;
+    tensors memory-mapped).
 
     Raises:
-        CheckpointError: when the file holds anything but tensors, or is not a state dict.
+        CheckpointError: when the file holds objects other than tensors and plain containers,
+            or is damaged.
     """
     try:
         try:
@@ -132,6 +134,16 @@ def read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
                               f"({type(error).__name__}: {first_line})",
                               hint="the file is truncated or damaged; download it again") from None
+    return state
+
+
+def read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A ``torch.save``d state dict of name -> tensor.
+
+    Raises:
+        CheckpointError: when the file holds anything but tensors, or is not a state dict.
+    """
+    state = load_pickle(path)
     if not isinstance(state, dict) or not all(
             isinstance(key, str) and isinstance(value, torch.Tensor)
             for key, value in state.items()):

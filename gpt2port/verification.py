@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import ConfigError
 from .generation import generate
 from .model import GPTModel
 
@@ -63,18 +64,26 @@ def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
-def choose_reference(reference: str, folder: Path) -> str:
-    """``auto`` is transformers when it is installed and reads the folder (not OpenAI's TF
-    checkpoint, which transformers 5 no longer reads), else the NumPy reference."""
+def choose_reference(reference: str, path: Path) -> str:
+    """``auto`` is transformers for a Hugging Face folder when transformers is installed, else
+    the NumPy reference on the checkpoint's own tensors (any format).
+
+    Raises:
+        ConfigError: when transformers is asked for on a checkpoint it cannot read.
+    """
+    from .formats import recognise
+
+    readable = Path(path).is_dir() and recognise(Path(path)).name == "hf"
+    if reference == "transformers" and not readable:
+        raise ConfigError(f"{path}: transformers reads Hugging Face folders only",
+                          hint="use --reference numpy (or auto) for this checkpoint")
     if reference != "auto":
         return reference
-    if (Path(folder) / "hparams.json").is_file():
-        return "numpy"
     try:
         import transformers  # noqa: F401
     except ImportError:
         return "numpy"
-    return "transformers"
+    return "transformers" if readable else "numpy"
 
 
 def verify(model: GPTModel, folder: Path, *, reference: str = "auto",

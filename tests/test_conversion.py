@@ -12,9 +12,9 @@ from checkpoints import load_reference, write_layout
 from safetensors.torch import load_file
 
 from gpt2port import CheckpointError, load_pretrained
-from gpt2port.conversion import WRITERS, convert
+from gpt2port.conversion import convert
 from gpt2port.errors import DiskFullError
-from gpt2port.formats import huggingface
+from gpt2port.formats import BY_NAME, huggingface
 from gpt2port.loading import open_checkpoint
 
 IDS = torch.arange(1, 41).view(2, 20)
@@ -71,10 +71,10 @@ def test_an_existing_destination_is_not_overwritten(tmp_path):
 
 
 def test_a_write_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
-    def fails_after_a_file(model, folder):
+    def fails_after_a_file(model, folder, **options):
         (folder / "config.json").write_text("{}")
         raise OSError(28, "No space left on device")
-    monkeypatch.setitem(WRITERS, "hf", fails_after_a_file)
+    monkeypatch.setattr(BY_NAME["hf"], "write", fails_after_a_file)
     with pytest.raises(DiskFullError, match="out: no space left"):
         convert(write_layout("hub", tmp_path / "hub"), tmp_path / "out", to="hf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]

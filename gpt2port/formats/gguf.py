@@ -7,14 +7,15 @@ Weights are stored as ``nn.Linear`` stores them, [out, in]; ``attn_qkv`` packs q
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..model import GPTModel
 from ..tokenizer import tokenizer_files
+from .base import Candidate, Checkpoint, ConfigKey, Format
 from .huggingface import BLOCK, QKV
 from .table import MappingTable, Split, from_model, rule
 
@@ -41,15 +42,19 @@ TABLE = MappingTable(
         rule("output.weight", "output_head.weight"),  # written always; re-tied on import
     ),
 )
-# gpt2.* metadata key <-> model config key
+# gpt2.* metadata key <-> model config key (all required)
 CONFIG_KEYS = (
-    ("block_count", "number_of_layers"),
-    ("context_length", "context_length"),
-    ("embedding_length", "embedding_dimension"),
-    ("attention.head_count", "number_of_heads"),
-    ("attention.layer_norm_epsilon", "layer_norm_epsilon"),
+    ConfigKey("gpt2.block_count", "number_of_layers"),
+    ConfigKey("gpt2.context_length", "context_length"),
+    ConfigKey("gpt2.embedding_length", "embedding_dimension"),
+    ConfigKey("gpt2.attention.head_count", "number_of_heads"),
+    ConfigKey("gpt2.attention.layer_norm_epsilon", "layer_norm_epsilon"),
+    ConfigKey("token_embd.weight rows", "vocab_size"),
 )
 END_OF_TEXT_ID = 50256
+# --dtype -> the type of 2-D weights (norms and biases stay f32, as llama.cpp's converter does)
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
+TENSOR_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
 
 
 def _gguf():
@@ -61,43 +66,6 @@ def _gguf():
     return gguf
 
 
-def save(model: GPTModel, folder: Path, *, quantization: str = "f32",
-         tokenizer: Path | None = None) -> Path:
-    """Write ``folder/model.gguf`` with tensors in f32, f16 or q8_0 (2-D weights; norms and
-    biases stay f32, as llama.cpp's converter does) and the tokenizer when its files are given."""
-    gguf = _gguf()
-    config = model.config
-    state = dict(model.state_dict())  # a tied head is written out as its own tensor
-    tensors = from_model(TABLE, state, config["number_of_layers"])
-    path = Path(folder) / FILENAME
-    writer = gguf.GGUFWriter(str(path), "gpt2")
-    writer.add_block_count(config["number_of_layers"])
-    writer.add_context_length(config["context_length"])
-    writer.add_embedding_length(config["embedding_dimension"])
-    writer.add_feed_forward_length(4 * config["embedding_dimension"])
-    writer.add_head_count(config["number_of_heads"])
-    writer.add_layer_norm_eps(config["layer_norm_epsilon"])
-    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quantization])
-    files = tokenizer_files(tokenizer) if tokenizer is not None else None
-    if files is not None:
-        _add_tokenizer(writer, gguf, *files, config["vocab_size"])
-    for name, tensor in tensors.items():
-        array = tensor.detach().float().contiguous().numpy()
-        if array.ndim == 2 and quantization == "f16":
-            writer.add_tensor(name, array.astype(np.float16))
-        elif array.ndim == 2 and quantization == "q8_0" and array.shape[1] % 32 == 0:
-            quantized = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(name, quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def _add_tokenizer(writer, gguf, vocab_path: Path, merges_path: Path, vocab_size: int) -> None:
     vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
     if len(vocab) != vocab_size:
@@ -106,6 +74,7 @@ def _add_tokenizer(writer, gguf, vocab_path: Path, merges_path: Path, vocab_size
     merges = [line for line in merges_path.read_text(encoding="utf-8").splitlines()
               if line and not line.startswith("#version")]
     writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
     writer.add_token_types([gguf.TokenType.CONTROL if t == "<|endoftext|>"
                             else gguf.TokenType.NORMAL for t in tokens])
@@ -114,15 +83,47 @@ def _add_tokenizer(writer, gguf, vocab_path: Path, merges_path: Path, vocab_size
     writer.add_eos_token_id(END_OF_TEXT_ID)
 
 
-def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors (dequantized to f32 where quantized) and the model config of a GGUF file.
+def _fields(gguf, reader, path: Path) -> dict:
+    """The GGUF's scalar and string metadata."""
+    def value(found):
+        data = found.parts[found.data[0]]
+        return bytes(data).decode() if found.types[0] == gguf.GGUFValueType.STRING else (
+            data[0].item())
+    return {key: value(found) for key, found in reader.fields.items()
+            if found.types and found.types[0] != gguf.GGUFValueType.ARRAY and found.data}
 
-    Raises:
-        CheckpointError: for a file that is not GGUF or not arch gpt2.
-    """
+
+def _config(fields: dict, rows: int, path: Path) -> dict:
+    if fields.get("general.architecture") != "gpt2":
+        raise CheckpointError(f"{path}: GGUF architecture is "
+                              f"{fields.get('general.architecture')!r}, not 'gpt2'")
+    missing = [key.theirs for key in CONFIG_KEYS[:-1] if key.theirs not in fields]
+    if missing:
+        raise CheckpointError(f"{path}: GGUF metadata lacks {', '.join(map(repr, missing))}")
+    config = {key.ours: fields[key.theirs] for key in CONFIG_KEYS[:-1]}
+    # stored as float32: take the shortest decimal that is that float32 (1e-05, not 9.99999974e-06)
+    config["layer_norm_epsilon"] = float(np.format_float_scientific(
+        np.float32(config["layer_norm_epsilon"]), unique=True))
+    return {**config, **Gguf.assumes, "vocab_size": rows}
+
+
+def _tensors(gguf, reader) -> dict[str, np.ndarray]:
+    """Every tensor as a NumPy array (dequantized to f32 where quantized)."""
+    tensors = {}
+    for tensor in reader.tensors:
+        data = tensor.data
+        if tensor.tensor_type not in (gguf.GGMLQuantizationType.F32,
+                                      gguf.GGMLQuantizationType.F16):
+            data = gguf.quants.dequantize(data, tensor.tensor_type)
+        tensors[tensor.name] = np.array(data)
+    return tensors
+
+
+def _read(path: Path, read):
+    """Run ``read(gguf, reader)``, turning the gguf package's errors into ours."""
     gguf = _gguf()
     try:
-        return _read(gguf, Path(path))
+        return read(gguf, gguf.GGUFReader(str(path)))
     except CheckpointError:
         raise
     except Exception as error:  # the gguf package's parser raises many types on damaged files
@@ -130,31 +131,88 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
                               f"{error})", hint="the file is truncated or damaged") from None
 
 
-def _read(gguf, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    reader = gguf.GGUFReader(str(path))
+class Gguf(Format):
+    name = "gguf"
+    title = "GGUF for llama.cpp, arch `gpt2`"
+    summary = "`model.gguf` with the tokenizer inside (needs the `gguf` package)"
+    dtypes = tuple(FILE_TYPES)
+    config_keys = CONFIG_KEYS
+    assumes = {"dropout_rate": 0.1, "qkv_bias": True, "bias": True, "gelu_approximation": "tanh"}
+    vocabulary = "rows"
+    cannot_represent = ("dropout (GPT-2's 0.1 assumed); the exact GELU (refused unless "
+                        "approximated); no biases (zeros: exact); a padded vocabulary")
+    proof = ("llama.cpp (llama-cpp-python) runs the export: logits within 1.5e-3, same greedy "
+             "tokens; the gguf package reads every tensor back")
+    tokenizer_names = None  # inside the file
 
-    def field(key: str):
-        found = reader.fields.get(key)
-        if found is None:
-            raise CheckpointError(f"{path}: GGUF metadata lacks {key!r}")
-        value = found.parts[found.data[0]]
-        return bytes(value).decode() if found.types[0] == gguf.GGUFValueType.STRING else (
-            value[0].item())
+    def recognises(self, candidate: Candidate) -> bool:
+        path = candidate.path
+        return path.suffix == ".gguf" or (path.is_dir() and (path / FILENAME).is_file())
 
-    if field("general.architecture") != "gpt2":
-        raise CheckpointError(f"{path}: GGUF architecture is {field('general.architecture')!r}, "
-                              "not 'gpt2'")
-    config = {ours: field(f"gpt2.{key}") for key, ours in CONFIG_KEYS}
-    # stored as float32: take the shortest decimal that is that float32 (1e-05, not 9.99999974e-06)
-    config["layer_norm_epsilon"] = float(np.format_float_scientific(
-        np.float32(config["layer_norm_epsilon"]), unique=True))
-    tensors = {}
-    for tensor in reader.tensors:
-        data = tensor.data
-        if tensor.tensor_type not in (gguf.GGMLQuantizationType.F32,
-                                      gguf.GGMLQuantizationType.F16):
-            data = gguf.quants.dequantize(data, tensor.tensor_type)
-        tensors[tensor.name] = torch.from_numpy(np.array(data))
-    config["vocab_size"] = tensors["token_embd.weight"].shape[0] if (
-        "token_embd.weight" in tensors) else 0
-    return tensors, {**config, "dropout_rate": 0.0, "qkv_bias": True}
+    def read(self, candidate: Candidate) -> Checkpoint:
+        """Tensors (dequantized to f32 where quantized) and the model config of a GGUF file."""
+        path = candidate.path / FILENAME if candidate.path.is_dir() else candidate.path
+
+        def read(gguf, reader):
+            tensors = {name: torch.from_numpy(array)
+                       for name, array in _tensors(gguf, reader).items()}
+            rows = tensors["token_embd.weight"].shape[0] if "token_embd.weight" in tensors else 0
+            return _config(_fields(gguf, reader, path), rows, path), tensors
+
+        config, tensors = _read(path, read)
+        return Checkpoint(str(path), tensors, config, TABLE, self)
+
+    def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
+        """``folder/model.gguf``: 2-D weights in ``dtype`` (f32 by default), norms and biases
+        in f32 as llama.cpp's converter writes them, and the tokenizer when its files are
+        given."""
+        gguf = _gguf()
+        dtype = dtype or "f32"
+        config = model.config
+        state = dict(model.state_dict())  # a tied head is written out as its own tensor
+        tensors = from_model(TABLE, state, config["number_of_layers"])
+        writer = gguf.GGUFWriter(str(Path(folder) / FILENAME), "gpt2")
+        writer.add_block_count(config["number_of_layers"])
+        writer.add_context_length(config["context_length"])
+        writer.add_embedding_length(config["embedding_dimension"])
+        writer.add_feed_forward_length(4 * config["embedding_dimension"])
+        writer.add_head_count(config["number_of_heads"])
+        writer.add_layer_norm_eps(config["layer_norm_epsilon"])
+        writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[dtype]))
+        files = tokenizer_files(tokenizer) if tokenizer is not None else None
+        if files is not None:
+            _add_tokenizer(writer, gguf, *files, config["padded_vocab_size"])
+        kind = getattr(gguf.GGMLQuantizationType, TENSOR_TYPES[dtype])
+        for name, tensor in tensors.items():
+            array = tensor.detach().float().contiguous().numpy()
+            if array.ndim == 2 and dtype == "f16":
+                writer.add_tensor(name, array.astype(np.float16))
+            elif array.ndim == 2 and dtype != "f32" and array.shape[1] % 32 == 0:
+                writer.add_tensor(name, gguf.quants.quantize(array, kind), raw_dtype=kind)
+            else:
+                writer.add_tensor(name, array)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
+        """llama.cpp's names back to GPT-2's, written out by hand; [out, in] -> [in, out]."""
+        path = path / FILENAME if path.is_dir() else path
+        names = {"token_embd": "wte", "position_embd": "wpe", "output_norm": "ln_f",
+                 "output": "lm_head", "attn_norm": "ln_1", "ffn_norm": "ln_2",
+                 "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
+                 "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
+
+        def read(gguf, reader):
+            arrays = {}
+            for name, array in _tensors(gguf, reader).items():
+                block, base, kind = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.(\w+)", name).groups()
+                theirs = f"h.{block}.{names[base]}" if block else names[base]
+                if array.ndim == 2 and base not in ("token_embd", "position_embd", "output"):
+                    array = array.T
+                arrays[f"{theirs}.{kind}"] = array.astype(np.float32)
+            rows = arrays["wte.weight"].shape[0]
+            return arrays, _config(_fields(gguf, reader, path), rows, path)
+
+        return _read(path, read)

@@ -1,6 +1,7 @@
 """gpt2port's own layout: one safetensors file in the model's names, the config in its metadata.
 
-Nothing to rename or transpose, so it is the fastest thing to load.
+Nothing to rename or transpose, so it is the fastest thing to load, and it holds every model
+config key as it is.
 """
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from safetensors.torch import save_file
 
 from ..config import validate_config
 from ..errors import CheckpointError, ConfigError
-from ..model import GPTModel, empty_model
+from ..model import empty_model
+from .base import Candidate, Checkpoint, ConfigKey, Format, state_for_writing
 from .table import MappingTable, rule
 
 CONFIG_KEY = "gpt2port_config"  # safetensors metadata key holding the model config as JSON
@@ -36,11 +39,69 @@ def config_from_metadata(metadata: dict[str, str], *, origin: str) -> dict:
         raise CheckpointError(f"{origin}: {error.message}") from None
 
 
-def save(model: GPTModel, folder: Path) -> Path:
-    """Write ``folder/model.safetensors``: the model's names, a tied head stored once."""
-    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    if model.config["tie_output_head"]:
-        del state["output_head.weight"]  # the same tensor as the token embedding table
-    path = Path(folder) / FILENAME
-    save_file(state, path, metadata={"format": "pt", CONFIG_KEY: json.dumps(model.config)})
-    return path
+class Native(Format):
+    name = "native"
+    title = "gpt2port native"
+    summary = f"one `{FILENAME}` in the model's own names, the config in its metadata"
+    config_keys = (ConfigKey(f"{CONFIG_KEY} (JSON)", "every key"),)
+    proof = "round trips with every other format are bit-exact; the safetensors library reads it"
+
+    def table(self, config: dict) -> MappingTable:
+        return table(config)
+
+    def recognises(self, candidate: Candidate) -> bool:
+        path = candidate.path / FILENAME if candidate.path.is_dir() else candidate.path
+        if path != candidate.path:
+            candidate = Candidate(path)
+        return candidate.is_safetensors and CONFIG_KEY in candidate.safetensors[1]
+
+    def read(self, candidate: Candidate) -> Checkpoint:
+        if candidate.path.is_dir():
+            candidate = Candidate(candidate.path / FILENAME)
+        tensors, metadata = candidate.safetensors
+        origin = str(candidate.path)
+        config = config_from_metadata(metadata, origin=origin)
+        return Checkpoint(origin, tensors, config, table(config), self)
+
+    def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
+        """``folder/model.safetensors``: the model's names, a tied head stored once."""
+        save_file(state_for_writing(model, dtype), Path(folder) / FILENAME,
+                  metadata={"format": "pt", CONFIG_KEY: json.dumps(model.config)})
+
+    def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
+        from safetensors import safe_open  # the safetensors library, not our reader
+
+        path = path / FILENAME if path.is_dir() else path
+        with safe_open(path, "np") as file:
+            config = validate_config(json.loads(file.metadata()[CONFIG_KEY]))
+            ours = {name: file.get_tensor(name).astype(np.float32) for name in file.keys()}
+        return to_conv1d_names(ours, config), config
+
+
+def to_conv1d_names(ours: dict[str, np.ndarray], config: dict) -> dict[str, np.ndarray]:
+    """The model's own names and [out, in] weights -> GPT-2's Conv1D names and [in, out],
+    written out by hand (not through a mapping table), for the NumPy reference."""
+    arrays = {"wte.weight": ours["token_embedding_table.weight"],
+              "wpe.weight": ours["position_embedding_table.weight"],
+              "ln_f.weight": ours["layer_norm.scale"]}
+    optional = {"ln_f.bias": "layer_norm.shift", "lm_head.weight": "output_head.weight"}
+    arrays.update({theirs: ours[name] for theirs, name in optional.items() if name in ours})
+    for i in range(config["number_of_layers"]):
+        block, h = f"transformer_blocks.{i}", f"h.{i}"
+        parts = [f"{block}.attention.{p}_projection" for p in ("query", "key", "value")]
+        arrays[f"{h}.attn.c_attn.weight"] = np.concatenate(
+            [ours[f"{p}.weight"] for p in parts]).T
+        if f"{parts[0]}.bias" in ours:
+            arrays[f"{h}.attn.c_attn.bias"] = np.concatenate([ours[f"{p}.bias"] for p in parts])
+        pairs = {"ln_1": "attention_norm", "ln_2": "feed_forward_norm"}
+        for theirs, name in pairs.items():
+            arrays[f"{h}.{theirs}.weight"] = ours[f"{block}.{name}.scale"]
+            if f"{block}.{name}.shift" in ours:
+                arrays[f"{h}.{theirs}.bias"] = ours[f"{block}.{name}.shift"]
+        linears = {"attn.c_proj": "attention.output_projection",
+                   "mlp.c_fc": "feed_forward.expansion", "mlp.c_proj": "feed_forward.contraction"}
+        for theirs, name in linears.items():
+            arrays[f"{h}.{theirs}.weight"] = ours[f"{block}.{name}.weight"].T
+            if f"{block}.{name}.bias" in ours:
+                arrays[f"{h}.{theirs}.bias"] = ours[f"{block}.{name}.bias"]
+    return arrays

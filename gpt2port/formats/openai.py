@@ -7,13 +7,16 @@ is the token embedding (there is no separate tensor). Read and written by ``tens
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ConfigError
-from ..model import GPTModel
 from ..readers import read_json
 from ..tensor_bundle import read_bundle, write_bundle
 from ..tokenizer import FILE_NAMES
+from .base import Candidate, Checkpoint, ConfigKey, Format, state_for_writing
 from .huggingface import BLOCK, QKV
 from .table import Chain, MappingTable, Split, Squeeze, Transpose, from_model, rule
 
@@ -49,18 +52,14 @@ TABLE = MappingTable(
         rule("model/ln_f/b", "layer_norm.shift"),
     ),
 )
-# hparams.json key <-> model config key
+# hparams.json key <-> model config key (all required)
 HPARAMS = (
-    ("n_vocab", "vocab_size"),
-    ("n_ctx", "context_length"),
-    ("n_embd", "embedding_dimension"),
-    ("n_head", "number_of_heads"),
-    ("n_layer", "number_of_layers"),
+    ConfigKey("n_vocab", "vocab_size"),
+    ConfigKey("n_ctx", "context_length"),
+    ConfigKey("n_embd", "embedding_dimension"),
+    ConfigKey("n_head", "number_of_heads"),
+    ConfigKey("n_layer", "number_of_layers"),
 )
-
-
-def is_checkpoint(folder: Path) -> bool:
-    return (Path(folder) / "hparams.json").is_file() and (Path(folder) / f"{PREFIX}.index").is_file()
 
 
 def config_from_hparams(hparams: dict, *, origin: str) -> dict:
@@ -69,43 +68,62 @@ def config_from_hparams(hparams: dict, *, origin: str) -> dict:
     Raises:
         ConfigError: naming the keys that are missing or not positive integers.
     """
-    bad = [key for key, _ in HPARAMS
-           if not (type(hparams.get(key)) is int and hparams[key] > 0)]
+    bad = [key.theirs for key in HPARAMS
+           if not (type(hparams.get(key.theirs)) is int and hparams[key.theirs] > 0)]
     if bad:
         raise ConfigError(f"{origin}: {', '.join(bad)} missing or not a positive integer",
-                          hint="hparams.json needs " + ", ".join(key for key, _ in HPARAMS))
-    config = {ours: hparams[theirs] for theirs, ours in HPARAMS}
-    return {**config, "dropout_rate": 0.1, "qkv_bias": True, "layer_norm_epsilon": 1e-5,
-            "tie_output_head": True}
+                          hint="hparams.json needs " + ", ".join(key.theirs for key in HPARAMS))
+    config = {key.ours: hparams[key.theirs] for key in HPARAMS}
+    return {**config, **OpenAI.assumes, "tie_output_head": True}
 
 
-def read(folder: Path):
-    """Tensors (CRC-checked, memory-mapped) and the model config of a release folder."""
-    folder = Path(folder)
-    config = config_from_hparams(read_json(folder / "hparams.json"),
-                                 origin=str(folder / "hparams.json"))
-    return read_bundle(folder / PREFIX), config
+class OpenAI(Format):
+    name = "openai"
+    title = "OpenAI's TF checkpoint"
+    summary = "`hparams.json`, `checkpoint`, `model.ckpt.index` + `.data-00000-of-00001`"
+    dtypes = ("f32", "f16", "bf16")
+    head = "tied"
+    config_keys = HPARAMS
+    assumes = {"dropout_rate": 0.1, "layer_norm_epsilon": 1e-5, "qkv_bias": True, "bias": True,
+               "gelu_approximation": "tanh"}
+    vocabulary = "rows"
+    cannot_represent = ("an untied head, an epsilon other than 1e-5 (refused); the exact GELU "
+                        "(refused unless approximated); no biases (zeros: exact)")
+    proof = "TensorFlow's `tf.train.load_checkpoint` reads the export; every tensor equal"
+    tokenizer_names = TOKENIZER_FILES
 
+    def recognises(self, candidate: Candidate) -> bool:
+        folder = candidate.path
+        return (folder / "hparams.json").is_file() and (folder / f"{PREFIX}.index").is_file()
 
-def save(model: GPTModel, folder: Path) -> list[Path]:
-    """Write ``hparams.json``, ``checkpoint`` and the ``model.ckpt`` bundle, as OpenAI released.
+    def read(self, candidate: Candidate) -> Checkpoint:
+        """Tensors (CRC-checked, memory-mapped) and the model config of a release folder."""
+        folder = candidate.path
+        config = config_from_hparams(read_json(folder / "hparams.json"),
+                                     origin=str(folder / "hparams.json"))
+        return Checkpoint(str(folder / PREFIX), read_bundle(folder / PREFIX), config, TABLE,
+                          self)
 
-    Raises:
-        ConfigError: for a model this format cannot hold (an untied head, another epsilon).
-    """
-    config = model.config
-    if not config["tie_output_head"]:
-        raise ConfigError("the OpenAI format has no output head of its own, and this model's "
-                          "head is not tied to the token embedding",
-                          hint="convert to hf, native or gguf instead")
-    if config["layer_norm_epsilon"] != 1e-5 or not config["qkv_bias"]:
-        raise ConfigError("the OpenAI format fixes layer_norm_epsilon=1e-5 and qkv_bias=True")
-    state = {k: v for k, v in model.state_dict().items() if k != "output_head.weight"}
-    tensors = from_model(TABLE, state, config["number_of_layers"])
-    folder = Path(folder)
-    hparams = {theirs: config[ours] for theirs, ours in HPARAMS}
-    (folder / "hparams.json").write_text(json.dumps(hparams, indent=2))
-    (folder / "checkpoint").write_text(f'model_checkpoint_path: "{PREFIX}"\n'
-                                       f'all_model_checkpoint_paths: "{PREFIX}"\n')
-    return write_bundle(folder / PREFIX, tensors)
+    def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
+        """``hparams.json``, ``checkpoint`` and the ``model.ckpt`` bundle, as OpenAI released."""
+        config = model.config
+        tensors = from_model(TABLE, state_for_writing(model, dtype), config["number_of_layers"])
+        folder = Path(folder)
+        hparams = {key.theirs: config[key.ours] for key in HPARAMS}
+        hparams["n_vocab"] = config["padded_vocab_size"]
+        (folder / "hparams.json").write_text(json.dumps(hparams, indent=2))
+        (folder / "checkpoint").write_text(f'model_checkpoint_path: "{PREFIX}"\n'
+                                           f'all_model_checkpoint_paths: "{PREFIX}"\n')
+        write_bundle(folder / PREFIX, tensors)
 
+    def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
+        """``model/h0/ln_1/g`` [1, D]... as ``h.0.ln_1.weight`` [D], as picoGPT reads them."""
+        arrays = {}
+        for name, tensor in read_bundle(Path(path) / PREFIX).items():
+            name = re.sub(r"^h(\d+)/", r"h.\1/", name.removeprefix("model/"))  # h.0/ln_1/g
+            name = re.sub(r"/[wg]$", "/weight", re.sub(r"/b$", "/bias", name)).replace("/", ".")
+            name = name if name.endswith(("weight", "bias")) else f"{name}.weight"  # wte, wpe
+            array = tensor.float().numpy()
+            arrays[name] = array[0] if array.ndim == 3 else array  # Conv1D's leading axis of 1
+        hparams = Path(path) / "hparams.json"
+        return arrays, config_from_hparams(read_json(hparams), origin=str(hparams))

@@ -1,0 +1,235 @@
+"""llm.c's model file, as ``train_gpt2.py``'s ``write_model`` writes it and ``train_gpt2.c`` reads it.
+
+A header of 256 little-endian int32 (magic 20240326, version 3 = fp32 or 5 = bf16,
+max_seq_len, vocab_size, num_layers, num_heads, channels, padded_vocab_size), then the tensors
+back to back, each kind stacked across all layers, ``nn.Linear`` [out, in]: wte (padded to
+padded_vocab_size rows), wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb,
+fcprojw, fcprojb, lnfw, lnfb. The head is tied to wte. The tokenizer is ``gpt2_tokenizer.bin``
+(magic 20240328, version 2: count, end-of-text id, then each token's length byte and bytes).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import LARGEST_SIZE, validate_config
+from ..errors import CheckpointError, ConfigError
+from ..tokenizer import END_OF_TEXT_ID, load_tokenizer, tokenizer_files
+from .base import Candidate, Checkpoint, ConfigKey, Format, state_for_writing
+from .huggingface import BLOCK, QKV
+from .table import MappingTable, Split, from_model, rule
+
+MAGIC, TOKENIZER_MAGIC = 20240326, 20240328
+VERSIONS = {3: torch.float32, 5: torch.bfloat16}  # version -> dtype of every tensor
+DTYPE_VERSIONS = {"f32": 3, "bf16": 5}
+HEADER_INTS = 256
+FILENAME, TOKENIZER_FILENAME = "model.bin", "gpt2_tokenizer.bin"
+WHOLE = ("wte", "wpe", "lnfw", "lnfb")  # the tensors that are not stacked across layers
+TABLE = MappingTable(
+    format="llmc",
+    rules=(
+        rule("wte", "token_embedding_table.weight"),
+        rule("wpe", "position_embedding_table.weight"),
+        rule("ln1w.{}", f"{BLOCK}.attention_norm.scale"),
+        rule("ln1b.{}", f"{BLOCK}.attention_norm.shift"),
+        rule("qkvw.{}", tuple(f"{p}.weight" for p in QKV), Split(3)),
+        rule("qkvb.{}", tuple(f"{p}.bias" for p in QKV), Split(3)),
+        rule("attprojw.{}", f"{BLOCK}.attention.output_projection.weight"),
+        rule("attprojb.{}", f"{BLOCK}.attention.output_projection.bias"),
+        rule("ln2w.{}", f"{BLOCK}.feed_forward_norm.scale"),
+        rule("ln2b.{}", f"{BLOCK}.feed_forward_norm.shift"),
+        rule("fcw.{}", f"{BLOCK}.feed_forward.expansion.weight"),
+        rule("fcb.{}", f"{BLOCK}.feed_forward.expansion.bias"),
+        rule("fcprojw.{}", f"{BLOCK}.feed_forward.contraction.weight"),
+        rule("fcprojb.{}", f"{BLOCK}.feed_forward.contraction.bias"),
+        rule("lnfw", "layer_norm.scale"),
+        rule("lnfb", "layer_norm.shift"),
+    ),
+)
+# header slot <-> model config key
+CONFIG_KEYS = (
+    ConfigKey("header[2] max_seq_len", "context_length"),
+    ConfigKey("header[3] vocab_size", "vocab_size"),
+    ConfigKey("header[4] num_layers", "number_of_layers"),
+    ConfigKey("header[5] num_heads", "number_of_heads"),
+    ConfigKey("header[6] channels", "embedding_dimension"),
+    ConfigKey("header[7] padded_vocab_size", "padded_vocab_size"),
+)
+
+
+def tensor_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """Each stacked tensor's name and shape, in the file's order (L = layers, C = channels)."""
+    layers, channels = config["number_of_layers"], config["embedding_dimension"]
+    return [("wte", (config["padded_vocab_size"], channels)),
+            ("wpe", (config["context_length"], channels)),
+            ("ln1w", (layers, channels)), ("ln1b", (layers, channels)),
+            ("qkvw", (layers, 3 * channels, channels)), ("qkvb", (layers, 3 * channels)),
+            ("attprojw", (layers, channels, channels)), ("attprojb", (layers, channels)),
+            ("ln2w", (layers, channels)), ("ln2b", (layers, channels)),
+            ("fcw", (layers, 4 * channels, channels)), ("fcb", (layers, 4 * channels)),
+            ("fcprojw", (layers, channels, 4 * channels)), ("fcprojb", (layers, channels)),
+            ("lnfw", (channels,)), ("lnfb", (channels,))]
+
+
+def read_header(path: Path, data: bytes) -> tuple[dict, torch.dtype]:
+    """The model config and the tensors' dtype from the 1024-byte header.
+
+    Raises:
+        CheckpointError: naming the field that is wrong.
+    """
+    if len(data) < 4 * HEADER_INTS:
+        raise CheckpointError(f"{path}: {len(data)} bytes is too short for llm.c's header "
+                              f"({4 * HEADER_INTS} bytes)", hint="the file is truncated")
+    header = struct.unpack(f"<{HEADER_INTS}i", data[:4 * HEADER_INTS])
+    if header[0] != MAGIC:
+        raise CheckpointError(f"{path}: magic {header[0]} is not llm.c's model magic {MAGIC}")
+    if header[1] not in VERSIONS:
+        raise CheckpointError(f"{path}: llm.c model version {header[1]} is not one this reader "
+                              f"knows ({', '.join(map(str, VERSIONS))})",
+                              hint="re-export it with llm.c's current train_gpt2.py")
+    names = [key.theirs.split()[1] for key in CONFIG_KEYS]
+    values = header[2:8]
+    bad = [f"{name}={value}" for name, value in zip(names, values, strict=True)
+           if not 0 < value <= LARGEST_SIZE]
+    if bad:
+        raise CheckpointError(f"{path}: header fields out of range: {', '.join(bad)}")
+    config = {key.ours: value for key, value in zip(CONFIG_KEYS, values, strict=True)}
+    try:
+        return validate_config({**config, **LlmC.assumes, "tie_output_head": True}), (
+            VERSIONS[header[1]])
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: header: {error.message}") from None
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Per-layer views of the memory-mapped file (``qkvw.3`` is layer 3's slice), and the config.
+
+    Raises:
+        CheckpointError: for a bad header or a file whose size does not fit it.
+    """
+    try:
+        with open(path, "rb") as file:
+            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot read ({error})") from None
+    config, dtype = read_header(path, mapped[:4 * HEADER_INTS])
+    shapes = tensor_shapes(config)
+    needed = 4 * HEADER_INTS + sum(int(np.prod(shape)) for _, shape in shapes) * dtype.itemsize
+    if len(mapped) != needed:
+        raise CheckpointError(f"{path}: the header describes {needed:,} bytes, the file has "
+                              f"{len(mapped):,}", hint="the file is truncated or damaged")
+    tensors, offset = {}, 4 * HEADER_INTS
+    for name, shape in shapes:
+        count = int(np.prod(shape))
+        stacked = torch.frombuffer(mapped, dtype=dtype, count=count, offset=offset).view(shape)
+        offset += count * dtype.itemsize
+        if name in WHOLE:
+            tensors[name] = stacked
+        else:
+            tensors.update({f"{name}.{i}": stacked[i] for i in range(shape[0])})
+    return tensors, config
+
+
+def write_tokenizer(source: Path, path: Path, vocab_size: int) -> bool:
+    """``gpt2_tokenizer.bin`` from a folder's vocab.json + merges.txt, when it has
+    ``vocab_size`` tokens; False when there is nothing to write."""
+    if tokenizer_files(source) is None:
+        return False
+    encoding = load_tokenizer(source)
+    if encoding.n_vocab != vocab_size:
+        return False
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:4] = (TOKENIZER_MAGIC, 2, vocab_size, END_OF_TEXT_ID)
+    with open(path, "wb") as file:
+        file.write(header.tobytes())
+        for token in range(vocab_size):
+            data = encoding.decode_single_token_bytes(token)
+            file.write(struct.pack("<B", len(data)) + data)
+    return True
+
+
+class LlmC(Format):
+    name = "llmc"
+    title = "llm.c's model file"
+    summary = f"`{FILENAME}` (header + stacked tensors) and `{TOKENIZER_FILENAME}`"
+    dtypes = tuple(DTYPE_VERSIONS)
+    head = "tied"
+    config_keys = CONFIG_KEYS
+    assumes = {"dropout_rate": 0.0, "layer_norm_epsilon": 1e-5, "qkv_bias": True, "bias": True,
+               "gelu_approximation": "tanh"}
+    cannot_represent = ("an untied head, an epsilon other than 1e-5 (refused); the exact GELU "
+                        "(refused unless approximated); no biases (zeros: exact); dropout "
+                        "(llm.c trains without it); f16")
+    proof = ("a reader written from llm.c's documented layout (as `train_gpt2.c` reads it) gives "
+             "logits equal to transformers'")
+    tokenizer_names = None  # written as gpt2_tokenizer.bin
+
+    def model_file(self, candidate: Candidate) -> Path | None:
+        """The path itself, or a ``.bin`` in a folder, when it starts with llm.c's magic."""
+        files = [candidate] if candidate.path.is_file() else [
+            Candidate(path) for path in sorted(candidate.path.glob("*.bin"))]
+        return next((each.path for each in files
+                     if each.magic[:4] == struct.pack("<i", MAGIC)), None)
+
+    def recognises(self, candidate: Candidate) -> bool:
+        return self.model_file(candidate) is not None
+
+    def read(self, candidate: Candidate) -> Checkpoint:
+        path = self.model_file(candidate)
+        tensors, config = read_tensors(path)
+        return Checkpoint(str(path), tensors, config, TABLE, self)
+
+    def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
+        """``model.bin`` (version 3 for f32, 5 for bf16) and, when the source has the tokenizer
+        files, ``gpt2_tokenizer.bin``."""
+        config = model.config
+        if dtype is None:
+            dtype = "bf16" if model.token_embedding_table.weight.dtype == torch.bfloat16 else "f32"
+        if dtype not in DTYPE_VERSIONS:
+            raise ConfigError(f"llm.c stores f32 or bf16, not {dtype}",
+                              hint="use --dtype f32 or --dtype bf16")
+        tensors = from_model(TABLE, state_for_writing(model, dtype), config["number_of_layers"])
+        header = np.zeros(HEADER_INTS, dtype="<i4")
+        header[:2] = (MAGIC, DTYPE_VERSIONS[dtype])
+        header[2:8] = [config[key.ours] for key in CONFIG_KEYS]
+        with open(Path(folder) / FILENAME, "wb") as file:
+            file.write(header.tobytes())
+            for name, shape in tensor_shapes(config):
+                if name in WHOLE:
+                    stacked = tensors[name]
+                else:
+                    stacked = torch.stack([tensors[f"{name}.{i}"] for i in range(shape[0])])
+                file.write(stacked.contiguous().view(torch.uint8).numpy().tobytes())
+        if tokenizer is not None:
+            write_tokenizer(tokenizer, Path(folder) / TOKENIZER_FILENAME, config["vocab_size"])
+
+    def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
+        """The file read afresh with NumPy, llm.c's stacked names mapped to GPT-2's by hand."""
+        path = self.model_file(Candidate(path))
+        data = path.read_bytes()
+        config, dtype = read_header(path, data)
+        raw = np.frombuffer(data, dtype="<u2" if dtype == torch.bfloat16 else "<f4",
+                            offset=4 * HEADER_INTS)
+        values = (raw.astype(np.uint32) << 16).view(np.float32) if raw.dtype == "<u2" else raw
+        gpt2 = {"ln1w": "ln_1.weight", "ln1b": "ln_1.bias", "qkvw": "attn.c_attn.weight",
+                "qkvb": "attn.c_attn.bias", "attprojw": "attn.c_proj.weight",
+                "attprojb": "attn.c_proj.bias", "ln2w": "ln_2.weight", "ln2b": "ln_2.bias",
+                "fcw": "mlp.c_fc.weight", "fcb": "mlp.c_fc.bias",
+                "fcprojw": "mlp.c_proj.weight", "fcprojb": "mlp.c_proj.bias"}
+        arrays, offset = {}, 0
+        for name, shape in tensor_shapes(config):
+            count = int(np.prod(shape))
+            array = values[offset:offset + count].reshape(shape)
+            offset += count
+            if name in gpt2:
+                for layer in range(shape[0]):
+                    arrays[f"h.{layer}.{gpt2[name]}"] = array[layer].T  # [out, in] -> [in, out]
+            else:
+                arrays[{"wte": "wte.weight", "wpe": "wpe.weight", "lnfw": "ln_f.weight",
+                        "lnfb": "ln_f.bias"}[name]] = array
+        return arrays, config
