@@ -60,3 +60,50 @@ def test_real_gpt2_gives_the_known_greedy_answer():
     prompt, answer = GPT2.known_greedy
     assert generate(model, torch.tensor([prompt]), len(answer) - len(prompt))[0].tolist() == list(
         answer)
+
+
+@pytest.fixture(scope="module")
+def every_format(tmp_path_factory):
+    """A tiny checkpoint exported to every format, and nanoGPT's and llm.c's own files."""
+    from other_projects import write_llmc_model, write_nanogpt_checkpoint
+
+    from checkpoints import reference_model
+    from gpt2port.conversion import convert
+    from gpt2port.formats import BY_NAME
+
+    root = tmp_path_factory.mktemp("every-format")
+    hub = write_layout("hub", root / "hub")
+    with pytest.warns():  # nanoGPT's exact GELU and llm.c's dropout are stated
+        exports = {name: convert(hub, root / name, to=name) for name in BY_NAME}
+    exports["hf file"] = hub / "model.safetensors"
+    exports["book file"] = exports["book"] / "model.pth"
+    exports["nanogpt ckpt.pt, no biases"] = write_nanogpt_checkpoint(
+        reference_model(activation_function="gelu"), root / "nano", bias=False)
+    exports["llm.c bf16"] = write_llmc_model(reference_model(vocab_size=500),
+                                             root / "gpt2_124M_bf16.bin",
+                                             padded_vocab_size=512, bf16=True)
+    return exports
+
+
+@pytest.mark.parametrize("which", ["hf", "openai", "native", "gguf", "book", "nanogpt", "llmc",
+                                   "hf file", "book file", "nanogpt ckpt.pt, no biases",
+                                   "llm.c bf16"])
+def test_verify_passes_on_every_format(which, every_format):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "gpt2port", "verify", str(every_format[which])],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "PASSED" in done.stdout, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("which", ["gguf", "book", "nanogpt", "llmc"])
+def test_the_numpy_reference_catches_a_wrong_mapping_in_every_format(which, every_format):
+    """A query/key swap in the loaded model is caught: the reference does not use the table."""
+    model = load_pretrained(every_format[which], dtype="float32")
+    with torch.no_grad():
+        attention = model.transformer_blocks[1].attention
+        attention.query_projection.weight, attention.key_projection.weight = (
+            attention.key_projection.weight, attention.query_projection.weight)
+    assert not verify(model, every_format[which], reference="numpy").passed
