@@ -75,6 +75,7 @@ def write_llmc_model(reference: GPT2LMHeadModel, path: Path, *, padded_vocab_siz
         layers = [state[f"h.{i}.{kind}"] for i in range(config.n_layer)]
         tensors.append(torch.stack([t.t() if kind in CONV1D else t for t in layers]))
     tensors += [state["ln_f.weight"], state["ln_f.bias"]]
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as file:
         file.write(header.tobytes())
         for tensor in tensors:

@@ -11,9 +11,10 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from checkpoints import write_layout
+from checkpoints import reference_model, write_layout
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from other_projects import write_llmc_model, write_nanogpt_checkpoint
 
 from gpt2port import Gpt2portError, load_pretrained
 from gpt2port.conversion import convert
@@ -84,7 +85,12 @@ def load_or_our_error(folder):
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     hub = write_layout("hub", root / "hub")
+    reference = reference_model(activation_function="gelu")
     return {
+        "book_pth": (convert(hub, root / "book", to="book"), "model.pth"),
+        "nanogpt_ckpt": (write_nanogpt_checkpoint(reference, root / "nano").parent, "ckpt.pt"),
+        "llmc_bin": (write_llmc_model(reference, root / "llmc" / "model.bin",
+                                      padded_vocab_size=512).parent, "model.bin"),
         "safetensors": (hub, "model.safetensors"),
         "pytorch_bin": (write_layout("pytorch_bin", root / "bin"), "pytorch_model.bin"),
         "tf_bundle_index": (convert(hub, root / "openai", to="openai"), "model.ckpt.index"),
@@ -104,7 +110,7 @@ def valid(tmp_path_factory):
 
 @pytest.mark.parametrize("reader", ["safetensors", "pytorch_bin", "tf_bundle_index",
                                     "tf_bundle_data", "gguf", "config_json", "hparams_json",
-                                    "sharded_index"])
+                                    "sharded_index", "book_pth", "nanogpt_ckpt", "llmc_bin"])
 def test_mutated_files_give_our_error_or_a_correct_load(reader, valid, tmp_path):
     folder, name = valid[reader]
     original = (folder / name).read_bytes()
