@@ -13,6 +13,9 @@ def test_mapping_docs_are_generated_from_the_tables():
     spec.loader.exec_module(module)
     assert (ROOT / "docs" / "mapping.md").read_text() == module.mapping_docs(), (
         "run: python scripts/write_mapping_docs.py")
+    formats = (ROOT / "docs" / "formats.md").read_text()
+    assert module.BEGIN in formats and formats == module.formats_docs(formats), (
+        "run: python scripts/write_mapping_docs.py")
 
 
 def test_ci_runs_the_test_command_the_readme_gives():

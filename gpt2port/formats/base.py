@@ -107,10 +107,14 @@ class Format:
     """One checkpoint layout. Subclasses set the attributes and implement the methods."""
 
     name: str  # the --to value
+    name_table: MappingTable  # checkpoint names <-> model names (``table`` when it depends on
+    # the config)
     title: str
     summary: str  # the files it is, in a few words
     dtypes: tuple[str, ...] = ("f32", "f16", "bf16")  # --dtype values it stores
-    head: str = "either"  # "tied": no head tensor of its own; "either": stored when untied
+    # "tied": no head tensor of its own; "either": stored when untied; "separate": always stored
+    # (tied again on reading when it equals the token embedding)
+    head: str = "either"
     config_keys: tuple[ConfigKey, ...] = ()
     # model config values the format has no place for: what it holds instead
     assumes: dict = {}
@@ -125,7 +129,7 @@ class Format:
             copy_tokenizer(source, folder, self.tokenizer_names)
 
     def table(self, config: dict) -> MappingTable:
-        return self.TABLE
+        return self.name_table
 
     def recognises(self, candidate: Candidate) -> bool:
         raise NotImplementedError

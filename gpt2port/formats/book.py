@@ -107,10 +107,11 @@ def causal_mask(context: int, dtype: torch.dtype) -> torch.Tensor:
 
 class Book(Format):
     name = "book"
+    name_table = TABLE
     title = "The book's `GPTModel` state dict"
     summary = ("`model.pth` (or `model_and_optimizer.pth`, or `.safetensors`) + `config.json` "
                "with the book's config dict")
-    head = "either"
+    head = "separate"
     config_keys = CONFIG_KEYS
     assumes = {"layer_norm_epsilon": 1e-5, "bias": True, "gelu_approximation": "tanh"}
     vocabulary = "rows"

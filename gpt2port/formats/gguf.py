@@ -133,6 +133,8 @@ def _read(path: Path, read):
 
 class Gguf(Format):
     name = "gguf"
+    name_table = TABLE
+    head = "separate"
     title = "GGUF for llama.cpp, arch `gpt2`"
     summary = "`model.gguf` with the tokenizer inside (needs the `gguf` package)"
     dtypes = tuple(FILE_TYPES)

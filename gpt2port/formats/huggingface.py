@@ -141,6 +141,7 @@ def find_weights(folder: Path) -> Path | None:
 
 class HuggingFace(Format):
     name = "hf"
+    name_table = TABLE
     title = "Hugging Face (`GPT2LMHeadModel`)"
     summary = ("`config.json` + `model.safetensors` (also sharded, or `pytorch_model.bin`), "
                "Conv1D `[in, out]` weights")

@@ -155,6 +155,7 @@ def write_tokenizer(source: Path, path: Path, vocab_size: int) -> bool:
 
 class LlmC(Format):
     name = "llmc"
+    name_table = TABLE
     title = "llm.c's model file"
     summary = f"`{FILENAME}` (header + stacked tensors) and `{TOKENIZER_FILENAME}`"
     dtypes = tuple(DTYPE_VERSIONS)

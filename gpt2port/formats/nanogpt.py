@@ -91,6 +91,7 @@ def model_args(config: dict) -> dict:
 
 class NanoGPT(Format):
     name = "nanogpt"
+    name_table = TABLE
     title = "nanoGPT's `ckpt.pt`"
     summary = "`ckpt.pt` holding `model` and `model_args` (a bare state dict needs a config.json)"
     head = "tied"
@@ -99,8 +100,10 @@ class NanoGPT(Format):
     cannot_represent = ("an untied head, an epsilon other than 1e-5 (refused); GPT-2's tanh "
                         "GELU (nanoGPT computes the exact one: the export states the logit "
                         "change); qkv biases without the others (zeros: exact)")
-    proof = ("a nanoGPT `GPT` written from its documented layout loads `model` strictly; "
-             "logits equal transformers' with `activation_function: gelu`")
+    proof = ("`ckpt.pt` files written from nanoGPT's documented layout load with logits within "
+             "1e-5 of transformers' (`activation_function: gelu`, zero biases for "
+             "`bias=False`); the export's `model` has exactly the keys of nanoGPT's "
+             "`GPT.state_dict()`")
 
     def held_config(self, config: dict) -> dict:
         held = super().held_config(config)

@@ -79,6 +79,7 @@ def config_from_hparams(hparams: dict, *, origin: str) -> dict:
 
 class OpenAI(Format):
     name = "openai"
+    name_table = TABLE
     title = "OpenAI's TF checkpoint"
     summary = "`hparams.json`, `checkpoint`, `model.ckpt.index` + `.data-00000-of-00001`"
     dtypes = ("f32", "f16", "bf16")
