@@ -8,7 +8,16 @@ from .model import GPTModel
 from .tokenizer import load_tokenizer
 
 __all__ = [
-    "GPT_CONFIG_124M", "PRESETS", "GPTModel", "load_pretrained", "load_tokenizer", "generate",
-    "validate_config", "Gpt2portError", "ConfigError", "CheckpointError", "MappingError",
+    "GPT_CONFIG_124M",
+    "PRESETS",
+    "CheckpointError",
+    "ConfigError",
+    "GPTModel",
+    "Gpt2portError",
+    "MappingError",
     "TokenizerError",
+    "generate",
+    "load_pretrained",
+    "load_tokenizer",
+    "validate_config",
 ]

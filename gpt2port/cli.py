@@ -9,8 +9,8 @@ import warnings
 from pathlib import Path
 
 from .config import PRESETS, hub_source
-from .formats import BY_NAME, FORMATS
 from .errors import Gpt2portError, OfflineError, TokenizerError, VerificationError
+from .formats import BY_NAME, FORMATS
 
 EXAMPLES = """\
 examples:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .config import PRESETS, hub_source, validate_config
 from . import formats
+from .config import PRESETS, hub_source, validate_config
 from .errors import CheckpointError, ConfigError, MappingError, NetworkError
 from .formats import Checkpoint
 from .formats.table import MappingTable, to_model

@@ -36,8 +36,8 @@ def mapping_docs() -> str:
 
 
 def format_table() -> str:
-    rows = ["| `--to` | files (read and written) | dtypes written | output head | cannot "
-            "represent | proved by |", "|---|---|---|---|---|---|"]
+    rows = [("| `--to` | files (read and written) | dtypes written | output head | cannot "
+             "represent | proved by |"), "|---|---|---|---|---|---|"]
     rows += [f"| `{each.name}` | {each.summary} | {', '.join(each.dtypes)} | "
              f"{HEADS[each.head]} | {each.cannot_represent} | {each.proof} |"
              for each in FORMATS]

@@ -65,9 +65,9 @@ def test_real_gpt2_gives_the_known_greedy_answer():
 @pytest.fixture(scope="module")
 def every_format(tmp_path_factory):
     """A tiny checkpoint exported to every format, and nanoGPT's and llm.c's own files."""
+    from checkpoints import reference_model
     from other_projects import write_llmc_model, write_nanogpt_checkpoint
 
-    from checkpoints import reference_model
     from gpt2port.conversion import convert
     from gpt2port.formats import BY_NAME
 

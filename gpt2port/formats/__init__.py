@@ -51,4 +51,4 @@ def read(path: Path) -> Checkpoint:
     return found.read(candidate)
 
 
-__all__ = ["FORMATS", "BY_NAME", "Candidate", "Checkpoint", "Format", "read", "recognise"]
+__all__ = ["BY_NAME", "FORMATS", "Candidate", "Checkpoint", "Format", "read", "recognise"]

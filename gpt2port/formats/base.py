@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -117,7 +118,7 @@ class Format:
     head: str = "either"
     config_keys: tuple[ConfigKey, ...] = ()
     # model config values the format has no place for: what it holds instead
-    assumes: dict = {}
+    assumes: ClassVar[dict] = {}
     vocabulary: str = "both"  # "rows": it knows only the tables' rows, not a padded vocabulary
     cannot_represent: str = "nothing"
     proof: str = ""

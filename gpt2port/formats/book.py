@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -113,7 +114,7 @@ class Book(Format):
                "with the book's config dict")
     head = "separate"
     config_keys = CONFIG_KEYS
-    assumes = {"layer_norm_epsilon": 1e-5, "bias": True, "gelu_approximation": "tanh"}
+    assumes: ClassVar[dict] = {"layer_norm_epsilon": 1e-5, "bias": True, "gelu_approximation": "tanh"}
     vocabulary = "rows"
     cannot_represent = ("an epsilon other than 1e-5 (refused); the exact GELU (refused unless "
                         "approximated); no biases (zeros: exact); a padded vocabulary")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -146,7 +147,7 @@ class HuggingFace(Format):
     summary = ("`config.json` + `model.safetensors` (also sharded, or `pytorch_model.bin`), "
                "Conv1D `[in, out]` weights")
     config_keys = CONFIG_KEYS
-    assumes = {"bias": True, "qkv_bias": True}
+    assumes: ClassVar[dict] = {"bias": True, "qkv_bias": True}
     vocabulary = "rows"
     cannot_represent = ("a model without biases (written as zero biases: exact); a padded "
                         "vocabulary (its padding rows become ordinary ids)")

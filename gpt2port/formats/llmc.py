@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import struct
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -161,7 +162,7 @@ class LlmC(Format):
     dtypes = tuple(DTYPE_VERSIONS)
     head = "tied"
     config_keys = CONFIG_KEYS
-    assumes = {"dropout_rate": 0.0, "layer_norm_epsilon": 1e-5, "qkv_bias": True, "bias": True,
+    assumes: ClassVar[dict] = {"dropout_rate": 0.0, "layer_norm_epsilon": 1e-5, "qkv_bias": True, "bias": True,
                "gelu_approximation": "tanh"}
     cannot_represent = ("an untied head, an epsilon other than 1e-5 (refused); the exact GELU "
                         "(refused unless approximated); no biases (zeros: exact); dropout "

@@ -10,6 +10,7 @@ Linear and LayerNorm bias; the MLP computes the exact (erf) GELU. A model compil
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ class NanoGPT(Format):
     summary = "`ckpt.pt` holding `model` and `model_args` (a bare state dict needs a config.json)"
     head = "tied"
     config_keys = CONFIG_KEYS
-    assumes = {"layer_norm_epsilon": 1e-5, "gelu_approximation": "none"}
+    assumes: ClassVar[dict] = {"layer_norm_epsilon": 1e-5, "gelu_approximation": "none"}
     cannot_represent = ("an untied head, an epsilon other than 1e-5 (refused); GPT-2's tanh "
                         "GELU (nanoGPT computes the exact one: the export states the logit "
                         "change); qkv biases without the others (zeros: exact)")

@@ -74,7 +74,8 @@ class Native(Format):
         path = path / FILENAME if path.is_dir() else path
         with safe_open(path, "np") as file:
             config = validate_config(json.loads(file.metadata()[CONFIG_KEY]))
-            ours = {name: file.get_tensor(name).astype(np.float32) for name in file.keys()}
+            names = file.keys()  # safe_open is not iterable
+            ours = {name: file.get_tensor(name).astype(np.float32) for name in names}
         return to_conv1d_names(ours, config), config
 
 

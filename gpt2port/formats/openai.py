@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class OpenAI(Format):
     dtypes = ("f32", "f16", "bf16")
     head = "tied"
     config_keys = HPARAMS
-    assumes = {"dropout_rate": 0.1, "layer_norm_epsilon": 1e-5, "qkv_bias": True, "bias": True,
+    assumes: ClassVar[dict] = {"dropout_rate": 0.1, "layer_norm_epsilon": 1e-5, "qkv_bias": True, "bias": True,
                "gelu_approximation": "tanh"}
     vocabulary = "rows"
     cannot_represent = ("an untied head, an epsilon other than 1e-5 (refused); the exact GELU "
