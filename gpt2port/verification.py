@@ -73,7 +73,7 @@ def choose_reference(reference: str, path: Path) -> str:
     """
     from .formats import recognise
 
-    readable = Path(path).is_dir() and recognise(Path(path)).name == "hf"
+    readable = Path(path).is_dir() and recognise(Path(path)).read_by_transformers
     if reference == "transformers" and not readable:
         raise ConfigError(f"{path}: transformers reads Hugging Face folders only",
                           hint="use --reference numpy (or auto) for this checkpoint")

@@ -101,18 +101,23 @@ def test_q8_0_is_for_gguf_only(source, tmp_path):
         convert(source, tmp_path / "out", to="hf", dtype="q8_0")
 
 
-def test_llama_cpp_runs_the_export_as_gpt2port_does(full_size_hub_folder, tmp_path):
-    """llama.cpp itself (through llama-cpp-python) on the f32 export of a 124M-shape model."""
+def test_llama_cpp_runs_the_export_as_gpt2port_does(full_size_hub_folder, tmp_path, capfd):
+    """llama.cpp itself (through llama-cpp-python) on the f32 export of a 124M-shape model; it
+    loads the tokenizer without the missing pre-tokenizer warning."""
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed (.ci/run builds it from source; "
         "this test says so when that build failed)")
-    from gpt2port.formats import gguf as gguf_format
+    from gpt2port.formats import BY_NAME
     from gpt2port.verification import PROMPT
 
     model = load_pretrained(full_size_hub_folder)
     (tmp_path / "out").mkdir()
-    path = gguf_format.save(model, tmp_path / "out", tokenizer=BUNDLED)
-    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, n_threads=2, verbose=False)
+    BY_NAME["gguf"].write(model, tmp_path / "out", dtype="f32", tokenizer=BUNDLED)
+    path = tmp_path / "out" / "model.gguf"
+    capfd.readouterr()
+    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, n_threads=2, verbose=True)
+    log = capfd.readouterr().err
+    assert "gpt2" in log and "missing pre-tokenizer" not in log and "DEGRADED" not in log
     llm.eval(list(PROMPT))
     theirs = np.array(llm.scores[: len(PROMPT)])
     with torch.no_grad():

@@ -123,6 +123,7 @@ class Format:
     cannot_represent: str = "nothing"
     proof: str = ""
     tokenizer_names: tuple[str, str] | None = FILE_NAMES[0]  # None: the writer stores it
+    read_by_transformers = False  # a folder transformers' GPT2LMHeadModel loads as it is
 
     def write_tokenizer(self, source: Path | None, folder: Path) -> None:
         """Copy the tokenizer files of ``source`` (a folder) beside the weights."""

@@ -152,6 +152,7 @@ class HuggingFace(Format):
     cannot_represent = ("a model without biases (written as zero biases: exact); a padded "
                         "vocabulary (its padding rows become ordinary ids)")
     proof = "transformers' `GPT2LMHeadModel.from_pretrained` reads the export: logits bit-equal"
+    read_by_transformers = True
 
     def recognises(self, candidate: Candidate) -> bool:
         path = candidate.path
