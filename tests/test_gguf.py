@@ -64,8 +64,9 @@ def test_round_trips_are_bit_exact_in_f32(source, tmp_path):
 
 
 @pytest.mark.parametrize("quantization, kind, bound", [
-    ("f16", gguf.GGMLQuantizationType.F16, 0.01), ("q8_0", gguf.GGMLQuantizationType.Q8_0, 0.1)])
-def test_f16_and_q8_0(source, tmp_path, quantization, kind, bound):
+    ("f16", gguf.GGMLQuantizationType.F16, 0.01), ("bf16", gguf.GGMLQuantizationType.BF16, 0.05),
+    ("q8_0", gguf.GGMLQuantizationType.Q8_0, 0.1)])
+def test_f16_bf16_and_q8_0(source, tmp_path, quantization, kind, bound):
     out = convert(source, tmp_path / quantization, to="gguf", dtype=quantization)
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(out / "model.gguf").tensors}
     assert types["blk.0.ffn_up.weight"] == kind and types["blk.0.ffn_up.bias"] == (
