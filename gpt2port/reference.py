@@ -64,9 +64,11 @@ def forward(params: dict[str, np.ndarray], config: dict, ids: list[int]) -> np.n
     return x @ params.get("lm_head.weight", params["wte.weight"]).T  # [T, V]
 
 
-def reference_logits(path: Path, ids: list[int]) -> np.ndarray:
-    """Logits [T, V] of the checkpoint at ``path`` (any format), computed from its files alone."""
+def reference_logits(path: Path, ids: list[int], *, source_format=None) -> np.ndarray:
+    """Logits [T, V] of the checkpoint at ``path`` (any format, recognised unless
+    ``source_format`` says it), computed from its files alone."""
     from .formats import recognise
 
-    arrays, config = recognise(Path(path)).reference_tensors(Path(path))
+    source_format = source_format or recognise(Path(path))
+    arrays, config = source_format.reference_tensors(Path(path))
     return forward(arrays, config, ids)

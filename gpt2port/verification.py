@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .formats import Format
 from .generation import generate
 from .model import GPTModel
 
@@ -64,16 +65,14 @@ def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
-def choose_reference(reference: str, path: Path) -> str:
+def choose_reference(reference: str, path: Path, source_format: Format) -> str:
     """``auto`` is transformers for a Hugging Face folder when transformers is installed, else
     the NumPy reference on the checkpoint's own tensors (any format).
 
     Raises:
         ConfigError: when transformers is asked for on a checkpoint it cannot read.
     """
-    from .formats import recognise
-
-    readable = Path(path).is_dir() and recognise(Path(path)).read_by_transformers
+    readable = Path(path).is_dir() and source_format.read_by_transformers
     if reference == "transformers" and not readable:
         raise ConfigError(f"{path}: transformers reads Hugging Face folders only",
                           hint="use --reference numpy (or auto) for this checkpoint")
@@ -92,12 +91,16 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
 
     ``known_greedy`` = (prompt ids, expected ids) adds a greedy-decoding check.
     """
+    from .formats import recognise
     from .reference import reference_logits
 
-    reference = choose_reference(reference, folder)
+    source_format = recognise(Path(folder))
+    reference = choose_reference(reference, folder, source_format)
     ids = prompt_for(model.config)
-    expected = (transformers_logits if reference == "transformers" else reference_logits)(
-        Path(folder), ids)
+    if reference == "transformers":
+        expected = transformers_logits(Path(folder), ids)
+    else:
+        expected = reference_logits(Path(folder), ids, source_format=source_format)
     device = next(model.parameters()).device
     with torch.inference_mode():
         ours = model(torch.tensor([ids], device=device))[0]

@@ -89,7 +89,8 @@ def test_unknown_dtype_is_named(tiny_hub_folder):
 
 def test_folder_without_weights_lists_what_it_has(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(CheckpointError, match="no checkpoint of a known format; the folder has notes.txt"):
+    with pytest.raises(CheckpointError,
+                       match="no checkpoint of a known format; the folder has notes.txt"):
         load_pretrained(tmp_path)
 
 

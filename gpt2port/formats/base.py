@@ -53,6 +53,13 @@ class Candidate:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._inside: dict[str, Candidate] = {}
+
+    def inside(self, name: str) -> Candidate:
+        """The file ``name`` in this folder, as a candidate shared by every format that looks."""
+        if name not in self._inside:
+            self._inside[name] = Candidate(self.path / name)
+        return self._inside[name]
 
     @cached_property
     def magic(self) -> bytes:

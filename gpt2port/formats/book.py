@@ -24,7 +24,8 @@ from .native import to_conv1d_names
 from .table import MappingTable, from_model, rule
 
 FILENAME = "model.pth"
-WRAPPER = "model_state_dict"  # model_and_optimizer.pth: {"model_state_dict", "optimizer_state_dict"}
+# model_and_optimizer.pth is {"model_state_dict": ..., "optimizer_state_dict": ...}
+WRAPPER = "model_state_dict"
 SENTINEL = "tok_emb.weight"
 BOOK_BLOCK = "trf_blocks.{}"
 TABLE = MappingTable(
@@ -114,7 +115,8 @@ class Book(Format):
                "with the book's config dict")
     head = "separate"
     config_keys = CONFIG_KEYS
-    assumes: ClassVar[dict] = {"layer_norm_epsilon": 1e-5, "bias": True, "gelu_approximation": "tanh"}
+    assumes: ClassVar[dict] = {"layer_norm_epsilon": 1e-5, "bias": True,
+                               "gelu_approximation": "tanh"}
     vocabulary = "rows"
     cannot_represent = ("an epsilon other than 1e-5 (refused); the exact GELU (refused unless "
                         "approximated); no biases (zeros: exact); a padded vocabulary")
@@ -126,8 +128,8 @@ class Book(Format):
         or ``model.safetensors`` that has ``tok_emb.weight``."""
         path = candidate.path
         files = [candidate] if path.is_file() else [
-            Candidate(file) for file in [*sorted(path.glob("*.pth")), path / "model.safetensors"]
-            if file.is_file()]
+            candidate.inside(file.name)
+            for file in [*sorted(path.glob("*.pth")), path / "model.safetensors"] if file.is_file()]
         for each in files:
             state = each.state_dict((WRAPPER,))
             if state is not None and SENTINEL in state:

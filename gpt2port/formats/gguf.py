@@ -140,7 +140,8 @@ class Gguf(Format):
     summary = "`model.gguf` with the tokenizer inside (needs the `gguf` package)"
     dtypes = tuple(FILE_TYPES)
     config_keys = CONFIG_KEYS
-    assumes: ClassVar[dict] = {"dropout_rate": 0.1, "qkv_bias": True, "bias": True, "gelu_approximation": "tanh"}
+    assumes: ClassVar[dict] = {"dropout_rate": 0.1, "qkv_bias": True, "bias": True,
+                               "gelu_approximation": "tanh"}
     vocabulary = "rows"
     cannot_represent = ("dropout (GPT-2's 0.1 assumed); the exact GELU (refused unless "
                         "approximated); no biases (zeros: exact); a padded vocabulary")

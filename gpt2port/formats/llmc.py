@@ -1,4 +1,5 @@
-"""llm.c's model file, as ``train_gpt2.py``'s ``write_model`` writes it and ``train_gpt2.c`` reads it.
+"""llm.c's model file, as ``train_gpt2.py``'s ``write_model`` writes it and ``train_gpt2.c``
+reads it.
 
 A header of 256 little-endian int32 (magic 20240326, version 3 = fp32 or 5 = bf16,
 max_seq_len, vocab_size, num_layers, num_heads, channels, padded_vocab_size), then the tensors
@@ -162,8 +163,8 @@ class LlmC(Format):
     dtypes = tuple(DTYPE_VERSIONS)
     head = "tied"
     config_keys = CONFIG_KEYS
-    assumes: ClassVar[dict] = {"dropout_rate": 0.0, "layer_norm_epsilon": 1e-5, "qkv_bias": True, "bias": True,
-               "gelu_approximation": "tanh"}
+    assumes: ClassVar[dict] = {"dropout_rate": 0.0, "layer_norm_epsilon": 1e-5, "qkv_bias": True,
+                               "bias": True, "gelu_approximation": "tanh"}
     cannot_represent = ("an untied head, an epsilon other than 1e-5 (refused); the exact GELU "
                         "(refused unless approximated); no biases (zeros: exact); dropout "
                         "(llm.c trains without it); f16")
@@ -174,7 +175,7 @@ class LlmC(Format):
     def model_file(self, candidate: Candidate) -> Path | None:
         """The path itself, or a ``.bin`` in a folder, when it starts with llm.c's magic."""
         files = [candidate] if candidate.path.is_file() else [
-            Candidate(path) for path in sorted(candidate.path.glob("*.bin"))]
+            candidate.inside(path.name) for path in sorted(candidate.path.glob("*.bin"))]
         return next((each.path for each in files
                      if each.magic[:4] == struct.pack("<i", MAGIC)), None)
 

@@ -115,16 +115,15 @@ class NanoGPT(Format):
         """The path itself, or ``ckpt.pt`` in a folder, when it holds nanoGPT's checkpoint
         (``model`` + ``model_args``) or a bare state dict in nanoGPT's names."""
         if candidate.path.is_dir():
-            candidate = Candidate(candidate.path / FILENAME)
+            candidate = candidate.inside(FILENAME)
         if not (candidate.path.is_file() and candidate.is_pickle):
             return None
         found = candidate.pickled
         if isinstance(found, dict) and {"model", "model_args"} <= set(found):
             return candidate
-        state = candidate.state_dict()
-        names = set(TABLE.strip_prefix(state or {}))
-        if {"transformer.wte.weight", "lm_head.weight"} <= names:
-            packed = TABLE.strip_prefix(state).get("transformer.h.0.attn.c_attn.weight")
+        state = TABLE.strip_prefix(candidate.state_dict() or {})
+        if {"transformer.wte.weight", "lm_head.weight"} <= set(state):
+            packed = state.get("transformer.h.0.attn.c_attn.weight")
             linear = packed is not None and packed.dim() == 2 and (
                 packed.shape[0] == 3 * packed.shape[1])  # Hugging Face's Conv1D is [D, 3D]
             return candidate if linear else None

@@ -50,16 +50,13 @@ class Native(Format):
         return table(config)
 
     def recognises(self, candidate: Candidate) -> bool:
-        path = candidate.path / FILENAME if candidate.path.is_dir() else candidate.path
-        if path != candidate.path:
-            candidate = Candidate(path)
-        return candidate.is_safetensors and CONFIG_KEY in candidate.safetensors[1]
+        found = _weights(candidate)
+        return found.is_safetensors and CONFIG_KEY in found.safetensors[1]
 
     def read(self, candidate: Candidate) -> Checkpoint:
-        if candidate.path.is_dir():
-            candidate = Candidate(candidate.path / FILENAME)
-        tensors, metadata = candidate.safetensors
-        origin = str(candidate.path)
+        found = _weights(candidate)
+        tensors, metadata = found.safetensors
+        origin = str(found.path)
         config = config_from_metadata(metadata, origin=origin)
         return Checkpoint(origin, tensors, config, table(config), self)
 
@@ -77,6 +74,11 @@ class Native(Format):
             names = file.keys()  # safe_open is not iterable
             ours = {name: file.get_tensor(name).astype(np.float32) for name in names}
         return to_conv1d_names(ours, config), config
+
+
+def _weights(candidate: Candidate) -> Candidate:
+    """The path itself, or ``model.safetensors`` in a folder."""
+    return candidate.inside(FILENAME) if candidate.path.is_dir() else candidate
 
 
 def to_conv1d_names(ours: dict[str, np.ndarray], config: dict) -> dict[str, np.ndarray]:

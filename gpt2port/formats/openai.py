@@ -86,8 +86,8 @@ class OpenAI(Format):
     dtypes = ("f32", "f16", "bf16")
     head = "tied"
     config_keys = HPARAMS
-    assumes: ClassVar[dict] = {"dropout_rate": 0.1, "layer_norm_epsilon": 1e-5, "qkv_bias": True, "bias": True,
-               "gelu_approximation": "tanh"}
+    assumes: ClassVar[dict] = {"dropout_rate": 0.1, "layer_norm_epsilon": 1e-5, "qkv_bias": True,
+                               "bias": True, "gelu_approximation": "tanh"}
     vocabulary = "rows"
     cannot_represent = ("an untied head, an epsilon other than 1e-5 (refused); the exact GELU "
                         "(refused unless approximated); no biases (zeros: exact)")
