@@ -118,7 +118,7 @@ print(json.dumps({"decode_tokens_per_s": new_tokens / min(times)}))
 
 def child(code: str, *args) -> dict:
     done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
-                          text=True)
+                          text=True, check=False)
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
     return json.loads(done.stdout.strip().splitlines()[-1])

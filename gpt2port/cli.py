@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import math
+import os
+import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
 from .config import PRESETS, hub_source
-from .errors import Gpt2portError, OfflineError, TokenizerError, VerificationError
-from .formats import BY_NAME, FORMATS
+from .errors import ConfigError, Gpt2portError, OfflineError, TokenizerError, VerificationError
 
 EXAMPLES = """\
 examples:
@@ -24,9 +27,47 @@ examples:
   gpt2port inspect ./my-checkpoint-folder
 
 exit codes: 0 ok, 2 usage, 3 config, 4 checkpoint, 5 tokenizer, 6 verification failed,
-  10 download, 11 offline and not cached, 12 not found, 13 access denied, 14 network,
-  15 integrity (hash or size), 16 disk full
+  7 output cannot be written, 10 download, 11 offline and not cached, 12 not found,
+  13 access denied, 14 network, 15 integrity (hash or size), 16 disk full, 70 a bug in gpt2port,
+  130 interrupted (Ctrl-C), 141 output pipe closed, 143 terminated (SIGTERM)
 """
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, ``timeout``, a container stopping): unwinds like Ctrl-C, so
+    partial outputs are removed."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with gpt2port's error shape: ``error:`` and ``hint:`` lines, exit code 2."""
+
+    def error(self, message: str) -> None:
+        self.print_usage(sys.stderr)
+        print(f"error: {message}\nhint: {self.prog} --help lists the arguments",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _number(kind: type, *, least: float, most: float = math.inf, above: bool = False,
+            what: str) -> object:
+    """An argparse type: a ``kind`` number from ``least`` (exclusive when ``above``) to
+    ``most``."""
+    def parse(text: str) -> object:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not (least < value if above else least <= value) or not value <= most:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
+
+
+COUNT = _number(int, least=0, what="a whole number of 0 or more")
+POSITIVE = _number(int, least=1, what="a whole number of 1 or more")
+SEED = _number(int, least=0, most=2**63 - 1, what="a whole number from 0 to 2**63 - 1")
+TEMPERATURE = _number(float, least=0, most=1e6, what="a number of 0 (greedy) or more")
+PROBABILITY = _number(float, least=0, most=1, above=True, what="a number in (0, 1]")
 
 
 def _source_options(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
@@ -39,10 +80,12 @@ def _source_options(parser: argparse.ArgumentParser, *, default: str | None = No
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .formats import BY_NAME, FORMATS  # imports torch: inside main's handling of Ctrl-C
+
+    parser = Parser(
         prog="gpt2port", description="The open GPT-2 weights in a from-scratch model, verified.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     download = commands.add_parser("download", help="fetch, check, load and verify a model",
                                    epilog=EXAMPLES,
@@ -65,16 +108,17 @@ def _parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="continue a prompt, printing as it goes")
     _source_options(generate)
-    generate.add_argument("prompt")
-    generate.add_argument("--max-new-tokens", type=int, default=50)
-    generate.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
-    generate.add_argument("--top-k", type=int)
-    generate.add_argument("--top-p", type=float)
-    generate.add_argument("--seed", type=int)
+    generate.add_argument("prompt", help="the text to continue (empty: from <|endoftext|>)")
+    generate.add_argument("--max-new-tokens", type=COUNT, default=50,
+                          help="past the context length the window slides (default: 50)")
+    generate.add_argument("--temperature", type=TEMPERATURE, default=0.0, help="0 means greedy")
+    generate.add_argument("--top-k", type=POSITIVE, help="sample among the k likeliest")
+    generate.add_argument("--top-p", type=PROBABILITY, help="sample in the nucleus of mass p")
+    generate.add_argument("--seed", type=SEED)
     generate.add_argument("--stop-at-eos", action="store_true",
                           help="stop at <|endoftext|> instead of going on to --max-new-tokens")
     generate.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
-    generate.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+    generate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
 
     convert = commands.add_parser("convert", help="write a checkpoint in another format")
     _source_options(convert)
@@ -122,8 +166,12 @@ def run_download(args: argparse.Namespace) -> None:
         print(f"files in {folder} (sizes checked; tensors' CRC-32C checked on reading):")
     else:
         from .hub import download
+        from .loading import hub_name
 
-        source = hub_source(args.model, args.revision)
+        if Path(args.model).exists():
+            raise ConfigError(f"{args.model}: a local path; download fetches from the Hub",
+                              hint=f"gpt2port verify {args.model} checks a local checkpoint")
+        source = hub_source(hub_name(args.model), args.revision)
         folder = download(source.repo_id, revision=source.revision, cache_dir=args.cache_dir,
                           force=args.force, offline=args.offline, pinned=source.pinned)
         known = source.known_greedy
@@ -157,32 +205,71 @@ def run_verify(args: argparse.Namespace) -> None:
     _verify(args, _folder(args), hub_source(args.model, args.revision).known_greedy)
 
 
+def _device(name: str) -> str:
+    """``--device`` checked against this torch build and machine.
+
+    Raises:
+        ConfigError: for a device torch does not know or this machine does not have.
+    """
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name}: not a device torch knows",
+                          hint="use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "is a CPU-only build" if torch.version.cuda is None else "finds no GPU"
+        raise ConfigError(f"--device {name}: this torch ({torch.__version__}) {build}",
+                          hint="install the CUDA build of torch (README: Running on a GPU), "
+                          "or use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                          "CUDA device(s)", hint="use --device cuda (the first one)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: MPS (Apple GPUs) is not available here",
+                          hint="use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {name}: gpt2port runs on cpu, cuda or mps",
+                          hint="use --device cpu")
+    return name
+
+
 def run_generate(args: argparse.Namespace) -> None:
     import torch
 
     from .generation import stream
     from .loading import load_pretrained
-    from .tokenizer import END_OF_TEXT_ID, load_tokenizer, tokenizer_files
+    from .tokenizer import END_OF_TEXT_ID, has_tokenizer, load_tokenizer
 
+    device = _device(args.device)
     folder = _folder(args)
-    tokenizer_folder = folder if folder.is_dir() and tokenizer_files(folder) else None
+    tokenizer_folder = folder if folder.is_dir() and has_tokenizer(folder) else None
     tokenizer = load_tokenizer(tokenizer_folder)
-    model = load_pretrained(folder, dtype=args.dtype, device=args.device)
+    model = load_pretrained(folder, dtype=args.dtype, device=device)
     # an empty prompt starts from <|endoftext|>, as GPT-2's unconditional samples do
-    ids = torch.tensor([tokenizer.encode(args.prompt) or [END_OF_TEXT_ID]], device=args.device)
+    ids = torch.tensor([tokenizer.encode(args.prompt) or [END_OF_TEXT_ID]], device=device)
     vocabulary = model.config["vocab_size"]
-    if ids.numel() and int(ids.max()) >= vocabulary:
+    if int(ids.max()) >= vocabulary:
         raise TokenizerError(f"the prompt encodes to id {int(ids.max())}, but {args.model} has a "
                              f"vocabulary of {vocabulary}",
                              hint="the model needs its own vocab.json and merges.txt beside it")
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    start, produced = time.perf_counter(), 0
     for token in stream(model, ids, args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                         stop_at_eos=args.stop_at_eos):
+        produced += 1
         sys.stdout.write(text.decode(tokenizer.decode_single_token_bytes(int(token[0, 0]))))
         sys.stdout.flush()
     sys.stdout.write(text.decode(b"", final=True) + "\n")
+    sys.stdout.flush()
+    seconds = time.perf_counter() - start
+    rate = f"{produced / seconds:.1f} tokens/s" if produced else "no tokens asked for"
+    print(f"[{ids.shape[1]} prompt tokens, {produced} new tokens, {rate} on {device}]",
+          file=sys.stderr)
 
 
 def run_convert(args: argparse.Namespace) -> None:
@@ -195,7 +282,11 @@ def run_convert(args: argparse.Namespace) -> None:
     for change in changes:
         if issubclass(change.category, ConversionWarning):
             print(f"note: {change.message}", file=sys.stderr)
-    print(f"wrote {written} ({args.to}): " + ", ".join(sorted(p.name for p in written.iterdir())))
+    if written.is_dir():
+        print(f"wrote {written} ({args.to}): "
+              + ", ".join(sorted(p.name for p in written.iterdir())))
+    else:
+        print(f"wrote {written} ({args.to}, {written.stat().st_size:,} bytes)")
 
 
 def run_inspect(args: argparse.Namespace) -> None:
@@ -210,18 +301,53 @@ COMMANDS = {"download": run_download, "verify": run_verify, "generate": run_gene
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; return its exit code. Nothing but gpt2port's own lines reaches stderr."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
+    except BrokenPipeError:
+        # the reader went away (``| head``): stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
     except Gpt2portError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        if error.hint:
-            print(f"hint: {error.hint}", file=sys.stderr)
+        _say(error.message, error.hint)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except OSError as error:  # a path the commands did not check: unreadable, vanished...
+        where = f"{error.filename}: " if error.filename else ""
+        _say(f"{where}{error.strerror or error}", "check the path and its permissions")
+        return 4
+    except Exception as error:  # the last resort: a bug, said in one line
+        _say(f"internal error: {type(error).__name__}: {error}",
+             "this is a bug in gpt2port; please report it with the command you ran "
+             "(GPT2PORT_TRACEBACK=1 prints the traceback)")
+        if os.environ.get("GPT2PORT_TRACEBACK"):
+            raise
+        return 70
     return 0
+
+
+def _say(message: str, hint: str | None) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def console_script() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -46,54 +47,72 @@ _POSITIVE_INTEGERS = (
 )
 
 
-def validate_config(config: dict) -> dict:
+def validate_config(config: dict, *, names: dict[str, str] | None = None) -> dict:
     """Return a complete copy of ``config`` with defaults filled in.
+
+    ``names`` maps model config keys to the keys the user wrote (a checkpoint's ``n_head``...):
+    problems name those.
 
     Raises:
         ConfigError: listing every unknown or missing key and every value that cannot work.
     """
     if not isinstance(config, dict):
         raise ConfigError(f"a model config must be a dict, got {type(config).__name__}")
+    problems = _problems(config)
+    if problems:
+        names = names or {}
+        said = "; ".join(re.sub(r"\{(\w+)\}", lambda key: names.get(key[1], key[1]), problem)
+                         for problem in problems)
+        divides = any("does not divide" in problem for problem in problems)
+        hint = (f"{names.get('number_of_heads', 'number_of_heads')} must divide "
+                f"{names.get('embedding_dimension', 'embedding_dimension')}: GPT-2's sizes are "
+                "768/12, 1024/16, 1280/20 and 1600/25" if divides else
+                "start from gpt2port.GPT_CONFIG_124M and change only the sizes" if not names
+                else "fix the values named above")
+        raise ConfigError("model config cannot work: " + said, hint=hint)
+    complete = {**OPTIONAL_KEYS, **_from_book_keys(config)[0]}
+    if complete["padded_vocab_size"] is None:
+        complete["padded_vocab_size"] = complete["vocab_size"]
+    return complete
+
+
+def _problems(config: dict) -> list[str]:
+    """What cannot work in ``config``, each key written as ``{key}`` (named by the caller)."""
     config, problems = _from_book_keys(config)
     known = set(GPT_CONFIG_124M) | set(OPTIONAL_KEYS)
     problems += [f"unknown key {key!r}" for key in sorted(set(config) - known, key=str)]
-    problems += [f"missing key {key!r}" for key in GPT_CONFIG_124M if key not in config]
+    problems += [f"missing key '{{{key}}}'" for key in GPT_CONFIG_124M if key not in config]
     complete = {**OPTIONAL_KEYS, **config}
     for key in _POSITIVE_INTEGERS:
         value = complete.get(key)
         if key in complete and (type(value) is not int or value <= 0):
-            problems.append(f"{key} must be a positive integer, got {value!r}")
+            problems.append(f"{{{key}}} must be a positive integer, got {value!r}")
         elif key in complete and value > LARGEST_SIZE:
-            problems.append(f"{key}={value} is absurd (at most {LARGEST_SIZE:,})")
+            problems.append(f"{{{key}}}={value} is absurd (at most {LARGEST_SIZE:,})")
     width, heads = complete.get("embedding_dimension"), complete.get("number_of_heads")
     if type(width) is int and type(heads) is int and width > 0 and heads > 0 and width % heads:
-        problems.append(f"number_of_heads={heads} does not divide embedding_dimension={width}")
+        problems.append(f"{{number_of_heads}}={heads} does not divide "
+                        f"{{embedding_dimension}}={width}")
     rate = complete.get("dropout_rate")
     if "dropout_rate" in complete and not (
         isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1
     ):
-        problems.append(f"dropout_rate must be a number in [0, 1), got {rate!r}")
+        problems.append(f"{{dropout_rate}} must be a number in [0, 1), got {rate!r}")
     epsilon = complete["layer_norm_epsilon"]
     if not (isinstance(epsilon, float) and epsilon > 0):
-        problems.append(f"layer_norm_epsilon must be a positive float, got {epsilon!r}")
+        problems.append(f"{{layer_norm_epsilon}} must be a positive float, got {epsilon!r}")
     for key in ("qkv_bias", "tie_output_head", "bias"):
         if key in complete and not isinstance(complete[key], bool):
-            problems.append(f"{key} must be True or False, got {complete[key]!r}")
+            problems.append(f"{{{key}}} must be True or False, got {complete[key]!r}")
     if complete["gelu_approximation"] not in GELU_APPROXIMATIONS:
-        problems.append(f"gelu_approximation must be one of {GELU_APPROXIMATIONS}, got "
+        problems.append(f"{{gelu_approximation}} must be one of {GELU_APPROXIMATIONS}, got "
                         f"{complete['gelu_approximation']!r}")
     vocabulary, rows = complete.get("vocab_size"), complete["padded_vocab_size"]
-    if rows is None:
-        complete["padded_vocab_size"] = vocabulary
-    elif not (type(rows) is int and type(vocabulary) is int and vocabulary <= rows <= LARGEST_SIZE):
-        problems.append(f"padded_vocab_size must be an integer from vocab_size={vocabulary!r} "
-                        f"up, got {rows!r}")
-    if problems:
-        raise ConfigError(
-            "model config cannot work: " + "; ".join(problems),
-            hint="start from gpt2port.GPT_CONFIG_124M and change only the sizes",
-        )
-    return complete
+    if rows is not None and not (type(rows) is int and type(vocabulary) is int
+                                 and vocabulary <= rows <= LARGEST_SIZE):
+        problems.append(f"{{padded_vocab_size}} must be an integer from "
+                        f"{{vocab_size}}={vocabulary!r} up, got {rows!r}")
+    return problems
 
 
 def _from_book_keys(config: dict) -> tuple[dict, list[str]]:

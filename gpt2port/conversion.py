@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .files import write_folder
+from .files import write_file, write_folder
 from .formats import BY_NAME, Format
 from .loading import model_from_checkpoint, open_checkpoint, resolve
 from .model import GPTModel, empty_model
@@ -109,9 +109,10 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
             approximate_gelu: bool = False) -> Path:
     """Read ``source`` (preset, Hub id, folder or file), write it to the new folder
     ``destination`` in format ``to`` (a name in ``gpt2port.formats.BY_NAME``), with the
-    tokenizer when the source has it. ``dtype`` None keeps the source's own.
+    tokenizer when the source has it. ``dtype`` None keeps the source's own. A destination
+    ending in the format's file suffix (``model.gguf``) is written as that one file.
 
-    The folder appears only when complete. Changes the target makes are issued as
+    The output appears only when complete, with the permissions the umask gives. Changes the target makes are issued as
     ``ConversionWarning``s.
 
     Raises:
@@ -135,8 +136,13 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
                             f"{logit_change(model, written):.3g}", exact=False)
         warnings.warn(str(change), ConversionWarning, stacklevel=2)
 
+    destination = Path(destination)
+    if target.file_suffix is not None and destination.suffix == target.file_suffix:
+        return write_file(destination, lambda output: target.write_file(
+            written, output, dtype=dtype, tokenizer=tokenizer))
+
     def fill(output: Path) -> None:
         target.write(written, output, dtype=dtype, tokenizer=tokenizer)
         target.write_tokenizer(tokenizer, output)
 
-    return write_folder(Path(destination), fill)
+    return write_folder(destination, fill)

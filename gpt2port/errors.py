@@ -57,6 +57,12 @@ class VerificationError(Gpt2portError):
     exit_code = 6
 
 
+class OutputError(Gpt2portError):
+    """An output that cannot be written: the destination exists, or its folder is read-only."""
+
+    exit_code = 7
+
+
 class DownloadError(Gpt2portError):
     """Fetching from the Hub failed; the subclasses say why."""
 

@@ -1,4 +1,5 @@
-"""Writing outputs so that a reader never sees half of them: a temporary folder, renamed when done."""
+"""Writing outputs so that a reader never sees half of them: a temporary folder or file, renamed
+when done, with the permissions the user's umask gives."""
 
 from __future__ import annotations
 
@@ -10,26 +11,60 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import CheckpointError, DiskFullError
-from .tokenizer import FILE_NAMES, tokenizer_files
+from .errors import DiskFullError, OutputError
+from .tokenizer import FILE_NAMES, read_bpe, tokenizer_files, write_bpe
 
 
 def write_folder(destination: Path, fill: Callable[[Path], object]) -> Path:
     """``fill(folder)`` a temporary folder beside ``destination``, then rename it into place.
 
     Raises:
-        CheckpointError: when ``destination`` exists and is not empty (nothing is overwritten).
+        OutputError: when ``destination`` exists and is not empty (nothing is overwritten), or
+            its folder cannot be written.
+        DiskFullError: when the disk fills up; the partial output is removed.
     """
     destination = Path(destination)
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise CheckpointError(f"{destination}: already exists and is not empty",
-                              hint="choose a new output folder, or remove this one")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(destination)
-    partial = Path(tempfile.mkdtemp(prefix=f".{destination.name}.{os.getpid()}.",
-                                    suffix=".partial", dir=destination.parent))
+        raise OutputError(f"{destination}: already exists and is not empty",
+                          hint="choose a new output folder, or remove this one")
+    return _write(destination, fill, tempfile.mkdtemp)
+
+
+def write_file(destination: Path, fill: Callable[[Path], object]) -> Path:
+    """``fill(path)`` a temporary file beside ``destination``, then rename it into place.
+
+    Raises:
+        OutputError: when ``destination`` exists (nothing is overwritten), or its folder cannot
+            be written.
+        DiskFullError: when the disk fills up; the partial output is removed.
+    """
+    destination = Path(destination)
+    if destination.exists():
+        raise OutputError(f"{destination}: already exists",
+                          hint="choose a new file name, or remove this file")
+
+    def make(**names: str) -> str:
+        handle, path = tempfile.mkstemp(**names)
+        os.close(handle)
+        return path
+
+    return _write(destination, fill, make)
+
+
+def _write(destination: Path, fill: Callable[[Path], object], make: Callable[..., str]) -> Path:
+    """Make a partial output with ``make`` (mkdtemp's arguments), fill it, give it the
+    permissions the umask gives new files, rename it to ``destination``."""
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(destination.parent)
+        partial = Path(make(prefix=f".{destination.name}.{os.getpid()}.", suffix=".partial",
+                            dir=destination.parent))
+    except OSError as error:
+        raise OutputError(f"{destination}: cannot write there ({error.strerror or error})",
+                          hint="choose a folder you can write to") from None
     try:
         fill(partial)
+        _permit(partial, current_umask())
         os.replace(partial, destination)
     except Exception as error:
         if _is_disk_full(error):
@@ -37,8 +72,29 @@ def write_folder(destination: Path, fill: Callable[[Path], object]) -> Path:
                                 hint="free some space, or write to another disk") from None
         raise
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove(partial)
     return destination
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _permit(path: Path, umask: int) -> None:
+    """Folders 0777 and files 0666 less ``umask``, as a new file gets them: mkdtemp, mkstemp
+    and safetensors' writer make theirs private."""
+    for each in [path, *(path.rglob("*") if path.is_dir() else ())]:
+        os.chmod(each, (0o777 if each.is_dir() else 0o666) & ~umask)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # What a full disk (or the file-size limit) looks like from the writers: errno, safetensors'
@@ -53,13 +109,17 @@ def _is_disk_full(error: Exception) -> bool:
     return bool(_DISK_FULL.search(str(error)))
 
 
-def remove_stale_partials(destination: Path) -> None:
-    """Remove the temporary folders of killed writes to ``destination``: those whose process
-    (its id is in the name) is no longer running."""
-    for partial in destination.parent.glob(f".{destination.name}.*.partial"):
-        pid = partial.name[len(destination.name) + 2:].split(".")[0]
-        if pid.isdigit() and not _is_running(int(pid)):
-            shutil.rmtree(partial, ignore_errors=True)
+# ".NAME.PID.RANDOM.partial", the temporary outputs ``_write`` makes
+PARTIAL = re.compile(r"\..+\.(\d+)\.\w+\.partial")
+
+
+def remove_stale_partials(folder: Path) -> None:
+    """Remove the temporary outputs in ``folder`` of killed writes: those whose process (its id
+    is in the name) is no longer running."""
+    for partial in folder.glob(".*.partial"):
+        match = PARTIAL.fullmatch(partial.name)
+        if match and not _is_running(int(match[1])):
+            _remove(partial)
 
 
 def _is_running(pid: int) -> bool:
@@ -74,7 +134,11 @@ def _is_running(pid: int) -> bool:
 
 def copy_tokenizer(source: Path | None, folder: Path,
                    names: tuple[str, str] = FILE_NAMES[0]) -> None:
-    """Copy the tokenizer files from ``source``, when it has them, under ``names``."""
+    """Give ``folder`` the tokenizer of ``source``, when it has one, under ``names``: the files
+    copied as they are, or written from a ``tokenizer.json``."""
     found = tokenizer_files(source) if source is not None else None
-    for path, name in zip(found or (), names):
-        shutil.copyfile(path, Path(folder) / name)
+    if found is not None:
+        for path, name in zip(found, names):
+            shutil.copyfile(path, Path(folder) / name)
+    elif source is not None and (bpe := read_bpe(source)) is not None:
+        write_bpe(*bpe, folder, names)

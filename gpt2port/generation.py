@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
+from .errors import ConfigError
 from .model import GPTModel, KVCache
 from .tokenizer import END_OF_TEXT_ID
 
@@ -41,7 +42,25 @@ def pad_left(prompts: list[list[int]], *, device: torch.device | str = "cpu"
     return ids, mask
 
 
-@torch.inference_mode()
+def check_options(max_new_tokens: int, *, temperature: float, top_k: int | None,
+                  top_p: float | None, seed: int | None) -> None:
+    """Raise ConfigError naming every generation option that cannot work."""
+    problems = []
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        problems.append(f"max_new_tokens must be 0 or more, got {max_new_tokens!r}")
+    if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
+        problems.append(f"temperature must be 0 (greedy) or more, got {temperature!r}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        problems.append(f"top_k must be 1 or more, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        problems.append(f"top_p must be in (0, 1], got {top_p!r}")
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
+        problems.append(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    if problems:
+        raise ConfigError("; ".join(problems), hint="temperature 0 is greedy; top_k and top_p "
+                          "narrow sampling (top_p=1 keeps every token)")
+
+
 def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
            seed: int | None = None, stop_at_eos: bool = False,
@@ -52,7 +71,20 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
     the context length the window slides and is recomputed, as GPT-2's absolute positions need.
     ``attention_mask`` (B, T) marks left padding (see ``pad_left``). With ``stop_at_eos`` a row
     that has produced <|endoftext|> keeps producing it until every row has.
+
+    Raises:
+        ConfigError: at once, for options that cannot work.
     """
+    check_options(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    return _stream(model, token_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                   top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
+                   attention_mask=attention_mask)
+
+
+@torch.inference_mode()
+def _stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
+            temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
+            stop_at_eos: bool, attention_mask: torch.Tensor | None) -> Iterator[torch.Tensor]:
     vocabulary = model.config["vocab_size"]  # ids past it are padding rows: never chosen
     generator = None
     if seed is not None:

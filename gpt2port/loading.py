@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from difflib import get_close_matches
 from pathlib import Path
 
 import torch
@@ -96,7 +97,11 @@ def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | 
         MappingError: listing every tensor that does not fit.
     """
     config, tensors = _decide_tying(checkpoint)
-    config = validate_config(config)
+    try:
+        config = validate_config(config, names={key.ours: key.theirs
+                                                for key in checkpoint.format.config_keys})
+    except ConfigError as error:
+        raise ConfigError(f"{checkpoint.origin}: {error.message}", hint=error.hint) from None
     blocks, layers = checkpoint.table.block_count(tensors), config["number_of_layers"]
     # a config claiming far more blocks than the file holds must not build them all
     model = empty_model({**config, "number_of_layers": min(layers, blocks + 1)})
@@ -121,6 +126,51 @@ def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | 
     return model.eval()
 
 
+# files a user names by path: a name ending so is never taken for a Hub repo id
+WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".json", ".npz")
+
+
+def hub_name(name: str) -> str:
+    """``name`` when it can be a preset or Hub repo id.
+
+    Raises:
+        CheckpointError: for a path that does not exist (``./x``, ``/x``, ``model.pth``...) and for
+            a close misspelling of a preset (``gpt-2``), with a suggestion.
+    """
+    if name in PRESETS:
+        return name
+    path = Path(name).expanduser()
+    if (name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+            or path.suffix in WEIGHTS_SUFFIXES or not REPO_ID.fullmatch(name)
+            or ".." in name or "--" in name or name.endswith((".", "-"))):
+        raise CheckpointError(f"{name}: no such file or folder", hint=_nearby(path))
+    if "/" not in name:
+        close = get_close_matches(name.lower(), PRESETS, n=1, cutoff=0.75)
+        if close:
+            raise CheckpointError(f"{name}: not a preset", hint=f"did you mean {close[0]}? "
+                                  f"presets: {', '.join(PRESETS)}")
+    return name
+
+
+def _nearby(path: Path) -> str:
+    """What to do about a path that does not exist: similar names beside its first missing
+    part."""
+    missing = path.absolute()
+    while not missing.parent.is_dir() and missing.parent != missing.parent.parent:
+        missing = missing.parent
+    try:
+        names = sorted(child.name for child in missing.parent.iterdir())
+    except OSError:
+        names = []
+    close = get_close_matches(missing.name, names, n=3, cutoff=0.6)
+    if close:
+        return f"did you mean {' or '.join(str(missing.parent / c) for c in close)}?"
+    if missing != path.absolute():
+        return f"the folder {missing} does not exist"
+    return (f"check the path; a preset ({', '.join(PRESETS)}) or a Hub repo id (owner/name) "
+            "is fetched instead")
+
+
 def resolve(name_or_path: str | Path, *, revision: str | None = None,
             cache_dir: str | Path | None = None, offline: bool = False) -> Path:
     """A local path as is; a preset or Hub repo id -> its snapshot folder in the Hub cache.
@@ -130,10 +180,7 @@ def resolve(name_or_path: str | Path, *, revision: str | None = None,
     path = Path(name_or_path)
     if path.exists():
         return path
-    name = str(name_or_path)
-    if name not in PRESETS and not REPO_ID.fullmatch(name):
-        raise CheckpointError(f"{name}: no such file or folder, and not a preset or Hub repo id",
-                              hint=f"presets: {', '.join(PRESETS)}")
+    name = hub_name(str(name_or_path))
     from . import hub  # imported here: a local load needs no network stack
 
     source = hub_source(name, revision)

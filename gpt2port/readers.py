@@ -129,7 +129,7 @@ def load_pickle(path: Path) -> object:
         raise CheckpointError(
             f"{path}: refused to unpickle: it holds objects other than tensors ({first_line})",
             hint="only load pickles from sources you trust; prefer a .safetensors file") from None
-    except Exception as error:  # torch.load's parser raises many types on damaged files
+    except Exception as error:  # noqa: BLE001 - torch.load's parser raises many types on damaged files
         first_line = (str(error).strip().splitlines() or [""])[0]
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
                               f"({type(error).__name__}: {first_line})",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +17,7 @@ END_OF_TEXT_ID = 50256
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # (vocabulary, merges) file names: Hugging Face's, then OpenAI's release's (the same contents).
 FILE_NAMES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
+TOKENIZER_JSON = "tokenizer.json"  # the tokenizers library's one file (transformers 5 saves only it)
 BUNDLED = resources.files("gpt2port") / "data"  # OpenAI's encoder.json and vocab.bpe, MIT
 
 
@@ -60,18 +62,74 @@ def tokenizer_files(folder: str | Path) -> tuple[Path, Path] | None:
     return None
 
 
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether ``folder`` holds GPT-2 tokenizer files (either pair, or ``tokenizer.json``)."""
+    return tokenizer_files(folder) is not None or (Path(folder) / TOKENIZER_JSON).is_file()
+
+
+def read_bpe(folder: str | Path) -> tuple[dict[str, int], list[str]] | None:
+    """The vocabulary (token -> id) and merges (``"a b"`` lines) of ``folder``'s tokenizer:
+    vocab.json + merges.txt, encoder.json + vocab.bpe, or the ``tokenizer.json`` alone that
+    transformers 5 saves; None when it has none.
+
+    Raises:
+        TokenizerError: when the files cannot be read or are not a BPE tokenizer.
+    """
+    files = tokenizer_files(folder)
+    if files is not None:
+        vocab_path, merges_path = files
+        try:
+            text = merges_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise TokenizerError(f"{merges_path}: cannot read ({error})") from None
+        return _vocab(read_json(vocab_path), vocab_path), [
+            line for line in text.splitlines() if line and not line.startswith("#version")]
+    path = Path(folder) / TOKENIZER_JSON
+    if not path.is_file():
+        return None
+    model = read_json(path).get("model")
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        raise TokenizerError(f"{path}: not a BPE tokenizer",
+                             hint="GPT-2's tokenizer is byte-level BPE; use its own files")
+    merges = model.get("merges")
+    if not isinstance(merges, list):
+        raise TokenizerError(f"{path}: model.merges is not a list")
+    # tokenizers writes a merge as "a b", or from version 0.20 as ["a", "b"]
+    lines = [" ".join(merge) if isinstance(merge, list) else merge for merge in merges]
+    if not all(isinstance(line, str) for line in lines):
+        raise TokenizerError(f"{path}: model.merges holds something other than token pairs")
+    return _vocab(model.get("vocab"), path), lines
+
+
+def _vocab(vocab: object, path: Path) -> dict[str, int]:
+    if not (isinstance(vocab, dict) and all(type(i) is int for i in vocab.values())):
+        raise TokenizerError(f"{path}: the vocabulary is not a token -> id mapping")
+    return vocab
+
+
+def write_bpe(vocab: dict[str, int], merges: list[str], folder: Path,
+              names: tuple[str, str] = FILE_NAMES[0]) -> None:
+    """Write a vocabulary and merges as ``names`` (vocab.json + merges.txt by default)."""
+    (Path(folder) / names[0]).write_text(json.dumps(vocab, ensure_ascii=False),
+                                          encoding="utf-8")
+    (Path(folder) / names[1]).write_text("#version: 0.2\n" + "\n".join(merges) + "\n",
+                                          encoding="utf-8")
+
+
 def load_tokenizer(folder: str | Path | None = None) -> tiktoken.Encoding:
     """The GPT-2 ``Encoding`` from ``folder``'s vocab.json and merges.txt (or OpenAI's
-    encoder.json and vocab.bpe); default: the bundled files."""
+    encoder.json and vocab.bpe, or a ``tokenizer.json``); default: the bundled files.
+
+    Raises:
+        TokenizerError: when the folder has no tokenizer, or its files disagree.
+    """
     root = Path(folder) if folder is not None else BUNDLED
-    vocab_path, merges_path = tokenizer_files(root) or (root / "vocab.json", root / "merges.txt")
-    try:
-        merges_text = merges_path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise TokenizerError(f"{merges_path}: cannot read ({error.strerror or error})") from None
-    vocab = read_json(vocab_path)
-    merges = [line for line in merges_text.splitlines()
-              if line and not line.startswith("#version")]
+    found = read_bpe(root)
+    if found is None:
+        raise TokenizerError(f"{root}: no tokenizer files (vocab.json + merges.txt, "
+                             "encoder.json + vocab.bpe, or tokenizer.json)",
+                             hint="copy GPT-2's tokenizer files into the folder")
+    vocab, merges = found
     ranks = mergeable_ranks(vocab, merges, str(root))
     return tiktoken.Encoding(
         name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,

@@ -38,10 +38,10 @@ class Verification:
         verdict = (lambda ok: "OK" if ok else "NOT OK")
         lines = [
             f"reference: {self.reference}",
-            f"max abs diff of logits: {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}) "
-            f"{verdict(self.max_abs_diff <= self.tolerance)}",
-            f"argmax agreement: {self.argmax_agreement:.0%} "
-            f"{verdict(self.argmax_agreement == 1.0)}",
+            (f"max abs diff of logits: {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}) "
+             f"{verdict(self.max_abs_diff <= self.tolerance)}"),
+            (f"argmax agreement: {self.argmax_agreement:.0%} "
+             f"{verdict(self.argmax_agreement == 1.0)}"),
         ]
         if self.greedy_expected is not None:
             lines.append(f"known greedy answer ({len(self.greedy_expected)} tokens): "

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-TINY = dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=512,
-            bos_token_id=511, eos_token_id=511, initializer_range=0.2)
+TINY = {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64, "vocab_size": 512,
+        "bos_token_id": 511, "eos_token_id": 511, "initializer_range": 0.2}
 LAYOUTS = ("hub", "prefixed", "explicit_tied_head", "untied_head", "fp16", "bf16", "sharded",
            "pytorch_bin")
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 from urllib.parse import unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".h5", ".gguf")
@@ -82,7 +83,7 @@ class StandInHub:
         self.repos[repo_id] = repo = Repo(files, commit, token, gated)
         return repo
 
-    def __enter__(self) -> StandInHub:
+    def __enter__(self) -> Self:
         for server in self._servers:
             threading.Thread(target=server.serve_forever, daemon=True).start()
         return self

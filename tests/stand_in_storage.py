@@ -9,6 +9,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 from stand_in_hub import Faults
 
@@ -26,7 +27,7 @@ class StandInStorage:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/gpt-2/models"
 
-    def __enter__(self) -> StandInStorage:
+    def __enter__(self) -> Self:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

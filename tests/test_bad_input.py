@@ -52,7 +52,7 @@ def test_integer_weights_are_refused(tiny_hub_folder):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"n_head": 5}, "number_of_heads=5 does not divide embedding_dimension=64"),
+    ({"n_head": 5}, "config.json: model config cannot work: n_head=5 does not divide n_embd=64"),
     ({"activation_function": "relu"}, "activation_function 'relu' is not a GELU GPT-2 uses"),
     ({"model_type": "llama"}, "model_type is 'llama', not 'gpt2'"),
     ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True"),
@@ -102,7 +102,7 @@ def test_weights_without_config(tiny_hub_folder):
 
 def test_missing_shard_is_named(tmp_path):
     folder = write_layout("sharded", tmp_path / "sharded")
-    shard = sorted(folder.glob("model-*.safetensors"))[0]
+    shard = min(folder.glob("model-*.safetensors"))
     shard.unlink()
     with pytest.raises(CheckpointError, match=f"shard '{shard.name}' is missing"):
         load_pretrained(folder)

@@ -81,7 +81,7 @@ def test_sampling_is_seeded_and_respects_top_k(pair):
 
 def test_stop_at_eos_ends_each_row_at_its_end_of_text(pair, monkeypatch):
     ours, _ = pair
-    import gpt2port.generation as generation
+    from gpt2port import generation
 
     greedy = generate(ours, [[1, 2, 3]], 10)[0]
     monkeypatch.setattr(generation, "END_OF_TEXT_ID", greedy[5])  # the 3rd new token

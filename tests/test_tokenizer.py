@@ -67,5 +67,19 @@ def test_folder_with_files_that_disagree(tmp_path):
 
 
 def test_folder_without_files(tmp_path):
-    with pytest.raises(TokenizerError, match="merges.txt: cannot read"):
+    with pytest.raises(TokenizerError, match="no tokenizer files") as caught:
         load_tokenizer(tmp_path)
+    assert caught.value.hint
+
+
+def test_a_tokenizer_json_alone_is_read(tmp_path):
+    """transformers 5 saves only tokenizer.json: the same tokenizer comes out of it."""
+    from transformers import GPT2TokenizerFast
+
+    theirs = GPT2TokenizerFast.from_pretrained(str(BUNDLED))
+    theirs.save_pretrained(tmp_path)
+    assert not (tmp_path / "vocab.json").exists()  # what this test is about
+    ours = load_tokenizer(tmp_path)
+    text = "Hello world! The dog's 3 cafés <|endoftext|> ok"
+    assert ours.encode(text, allowed_special="all") == theirs.encode(text)
+    assert ours.n_vocab == load_tokenizer().n_vocab == 50257

@@ -93,7 +93,7 @@ def test_verify_passes_on_every_format(which, every_format):
     import sys
 
     done = subprocess.run([sys.executable, "-m", "gpt2port", "verify", str(every_format[which])],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert done.returncode == 0 and "PASSED" in done.stdout, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
 

@@ -131,6 +131,7 @@ class Format:
     proof: str = ""
     tokenizer_names: tuple[str, str] | None = FILE_NAMES[0]  # None: the writer stores it
     read_by_transformers = False  # a folder transformers' GPT2LMHeadModel loads as it is
+    file_suffix: str | None = None  # a destination ending so is written as one file
 
     def write_tokenizer(self, source: Path | None, folder: Path) -> None:
         """Copy the tokenizer files of ``source`` (a folder) beside the weights."""
@@ -148,6 +149,11 @@ class Format:
 
     def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
         """Write ``model`` into the new ``folder`` (``dtype`` None: the model's own)."""
+        raise NotImplementedError
+
+    def write_file(self, model, path: Path, *, dtype: str | None, tokenizer: Path | None
+                   ) -> None:
+        """Write ``model`` as the one file ``path`` (formats with a ``file_suffix``)."""
         raise NotImplementedError
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:

@@ -6,7 +6,6 @@ Weights are stored as ``nn.Linear`` stores them, [out, in]; ``attn_qkv`` packs q
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import ClassVar
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..tokenizer import tokenizer_files
+from ..tokenizer import read_bpe
 from .base import Candidate, Checkpoint, ConfigKey, Format
 from .huggingface import BLOCK, QKV
 from .table import MappingTable, Split, from_model, rule
@@ -67,13 +66,11 @@ def _gguf():
     return gguf
 
 
-def _add_tokenizer(writer, gguf, vocab_path: Path, merges_path: Path, vocab_size: int) -> None:
-    vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+def _add_tokenizer(writer, gguf, vocab: dict[str, int], merges: list[str], vocab_size: int
+                   ) -> None:
     if len(vocab) != vocab_size:
         return  # a tokenizer of another size cannot describe this model's ids
     tokens = sorted(vocab, key=vocab.get)
-    merges = [line for line in merges_path.read_text(encoding="utf-8").splitlines()
-              if line and not line.startswith("#version")]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
@@ -127,7 +124,7 @@ def _read(path: Path, read):
         return read(gguf, gguf.GGUFReader(str(path)))
     except CheckpointError:
         raise
-    except Exception as error:  # the gguf package's parser raises many types on damaged files
+    except Exception as error:  # noqa: BLE001 - the gguf package's parser raises many types on damaged files
         raise CheckpointError(f"{path}: not a readable GGUF file ({type(error).__name__}: "
                               f"{error})", hint="the file is truncated or damaged") from None
 
@@ -148,6 +145,7 @@ class Gguf(Format):
     proof = ("llama.cpp (llama-cpp-python) runs the export: logits within 1.5e-3, same greedy "
              "tokens; the gguf package reads every tensor back")
     tokenizer_names = None  # inside the file
+    file_suffix = ".gguf"  # convert SRC model.gguf --to gguf: one file, as llama.cpp users expect
 
     def recognises(self, candidate: Candidate) -> bool:
         path = candidate.path
@@ -167,15 +165,19 @@ class Gguf(Format):
         return Checkpoint(str(path), tensors, config, TABLE, self)
 
     def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
-        """``folder/model.gguf``: 2-D weights in ``dtype`` (f32 by default), norms and biases
-        in f32 as llama.cpp's converter writes them, and the tokenizer when its files are
-        given."""
+        """``folder/model.gguf``; see ``write_file``."""
+        self.write_file(model, Path(folder) / FILENAME, dtype=dtype, tokenizer=tokenizer)
+
+    def write_file(self, model, path: Path, *, dtype: str | None, tokenizer: Path | None
+                   ) -> None:
+        """One GGUF file: 2-D weights in ``dtype`` (f32 by default), norms and biases in f32 as
+        llama.cpp's converter writes them, and the tokenizer when its files are given."""
         gguf = _gguf()
         dtype = dtype or "f32"
         config = model.config
         state = dict(model.state_dict())  # a tied head is written out as its own tensor
         tensors = from_model(TABLE, state, config["number_of_layers"])
-        writer = gguf.GGUFWriter(str(Path(folder) / FILENAME), "gpt2")
+        writer = gguf.GGUFWriter(str(path), "gpt2")
         writer.add_block_count(config["number_of_layers"])
         writer.add_context_length(config["context_length"])
         writer.add_embedding_length(config["embedding_dimension"])
@@ -183,9 +185,9 @@ class Gguf(Format):
         writer.add_head_count(config["number_of_heads"])
         writer.add_layer_norm_eps(config["layer_norm_epsilon"])
         writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[dtype]))
-        files = tokenizer_files(tokenizer) if tokenizer is not None else None
-        if files is not None:
-            _add_tokenizer(writer, gguf, *files, config["padded_vocab_size"])
+        bpe = read_bpe(tokenizer) if tokenizer is not None else None
+        if bpe is not None:
+            _add_tokenizer(writer, gguf, *bpe, config["padded_vocab_size"])
         kind = getattr(gguf.GGMLQuantizationType, TENSOR_TYPES[dtype])
         for name, tensor in tensors.items():
             array = tensor.detach().float().contiguous().numpy()

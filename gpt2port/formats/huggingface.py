@@ -110,10 +110,10 @@ def config_to_model(hf_config: dict, *, origin: str) -> dict:
     if isinstance(epsilon, int) and not isinstance(epsilon, bool):
         config["layer_norm_epsilon"] = float(epsilon)  # an integer in JSON, e.g. 1
     try:
-        return validate_config({**config, "qkv_bias": True})
+        return validate_config({**config, "qkv_bias": True},
+                               names={key.ours: key.theirs for key in CONFIG_KEYS})
     except ConfigError as error:
-        raise ConfigError(f"{origin}: {error.message}",
-                          hint="config.json's sizes must be positive integers") from None
+        raise ConfigError(f"{origin}: {error.message}", hint=error.hint) from None
 
 
 def config_from_model(config: dict) -> dict:
@@ -133,6 +133,9 @@ def config_from_model(config: dict) -> dict:
         "bos_token_id": 50256,
         "eos_token_id": 50256,
     }
+
+
+GENERATION_CONFIG = {"bos_token_id": 50256, "eos_token_id": 50256}
 
 
 def find_weights(folder: Path) -> Path | None:
@@ -180,12 +183,15 @@ class HuggingFace(Format):
         return Checkpoint(str(weights), tensors, config, TABLE, self)
 
     def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
-        """``config.json`` and ``model.safetensors`` in the Hub's layout (no prefix; a tied
-        head left out, as on the Hub) for ``GPT2LMHeadModel.from_pretrained``."""
+        """``config.json``, ``generation_config.json`` and ``model.safetensors`` in the Hub's
+        layout (no prefix; a tied head left out, as on the Hub) for
+        ``GPT2LMHeadModel.from_pretrained``."""
         state = state_for_writing(model, dtype)
         tensors = from_model(TABLE, state, model.config["number_of_layers"])
         folder = Path(folder)
         (folder / "config.json").write_text(json.dumps(config_from_model(model.config), indent=2))
+        # what GPT2LMHeadModel.save_pretrained writes beside it: generate() stops at <|endoftext|>
+        (folder / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
         save_file({name: t.contiguous() for name, t in tensors.items()},
                   folder / "model.safetensors", metadata={"format": "pt"})
 

@@ -21,7 +21,7 @@ import torch
 
 from ..config import LARGEST_SIZE, validate_config
 from ..errors import CheckpointError, ConfigError
-from ..tokenizer import END_OF_TEXT_ID, load_tokenizer, tokenizer_files
+from ..tokenizer import END_OF_TEXT_ID, has_tokenizer, load_tokenizer
 from .base import Candidate, Checkpoint, ConfigKey, Format, state_for_writing
 from .huggingface import BLOCK, QKV
 from .table import MappingTable, Split, from_model, rule
@@ -138,9 +138,9 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def write_tokenizer(source: Path, path: Path, vocab_size: int) -> bool:
-    """``gpt2_tokenizer.bin`` from a folder's vocab.json + merges.txt, when it has
-    ``vocab_size`` tokens; False when there is nothing to write."""
-    if tokenizer_files(source) is None:
+    """``gpt2_tokenizer.bin`` from a folder's tokenizer files, when it has ``vocab_size``
+    tokens; False when there is nothing to write."""
+    if not has_tokenizer(source):
         return False
     encoding = load_tokenizer(source)
     if encoding.n_vocab != vocab_size:
