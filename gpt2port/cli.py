@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 from .config import PRESETS, hub_source
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="gpt2port", description="The open GPT-2 weights in a from-scratch model, verified.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"gpt2port {version('gpt2port')}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     download = commands.add_parser("download", help="fetch, check, load and verify a model",
@@ -326,6 +328,8 @@ def _run(argv: list[str] | None) -> int:
     except Gpt2portError as error:
         _say(error.message, error.hint)
         return error.exit_code
+    except BrokenPipeError:
+        raise  # the reader went away: main stops quietly
     except OSError as error:  # a path the commands did not check: unreadable, vanished...
         where = f"{error.filename}: " if error.filename else ""
         _say(f"{where}{error.strerror or error}", "check the path and its permissions")

@@ -18,6 +18,7 @@ from .files import write_file, write_folder
 from .formats import BY_NAME, Format
 from .loading import model_from_checkpoint, open_checkpoint, resolve
 from .model import GPTModel, empty_model
+from .progress import progress, stage
 from .verification import prompt_for
 
 
@@ -126,23 +127,28 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
                           hint=f"{to} stores {', '.join(target.dtypes)}")
     folder = resolve(source, revision=revision)
     tokenizer = folder if folder.is_dir() else folder.parent
-    model = model_from_checkpoint(open_checkpoint(folder))
-    changes = plan(model.config, target, approximate_gelu=approximate_gelu)
-    written = adapted(model, target.held_config(model.config))
-    for change in changes:
-        if not change.exact:
-            change = Change(change.key, change.before, change.after,
-                            f"{change.why}; largest logit change on the verification prompt "
-                            f"{logit_change(model, written):.3g}", exact=False)
-        warnings.warn(str(change), ConversionWarning, stacklevel=2)
+    with progress(f"convert to {to}", 2) as bar:
+        stage(bar, "reading")
+        model = model_from_checkpoint(open_checkpoint(folder))
+        changes = plan(model.config, target, approximate_gelu=approximate_gelu)
+        written = adapted(model, target.held_config(model.config))
+        for change in changes:
+            if not change.exact:
+                change = Change(change.key, change.before, change.after,
+                                f"{change.why}; largest logit change on the verification "
+                                f"prompt {logit_change(model, written):.3g}", exact=False)
+            warnings.warn(str(change), ConversionWarning, stacklevel=2)
+        bar.update()
+        stage(bar, "writing")
+        destination = Path(destination)
+        if target.file_suffix is not None and destination.suffix == target.file_suffix:
+            written_to = write_file(destination, lambda output: target.write_file(
+                written, output, dtype=dtype, tokenizer=tokenizer))
+        else:
+            def fill(output: Path) -> None:
+                target.write(written, output, dtype=dtype, tokenizer=tokenizer)
+                target.write_tokenizer(tokenizer, output)
 
-    destination = Path(destination)
-    if target.file_suffix is not None and destination.suffix == target.file_suffix:
-        return write_file(destination, lambda output: target.write_file(
-            written, output, dtype=dtype, tokenizer=tokenizer))
-
-    def fill(output: Path) -> None:
-        target.write(written, output, dtype=dtype, tokenizer=tokenizer)
-        target.write_tokenizer(tokenizer, output)
-
-    return write_folder(destination, fill)
+            written_to = write_folder(destination, fill)
+        bar.update()
+    return written_to

@@ -7,11 +7,12 @@ class Gpt2portError(Exception):
     """Base class of every error gpt2port raises on purpose."""
 
     exit_code = 1
+    default_hint = "see docs/errors.md"  # when the raiser has nothing more specific to say
 
     def __init__(self, message: str, *, hint: str | None = None):
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = hint or self.default_hint
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"
@@ -21,12 +22,15 @@ class ConfigError(Gpt2portError):
     """A model config that cannot work: unknown keys, bad sizes, unsupported options."""
 
     exit_code = 3
+    default_hint = "fix the value named above (docs/formats.md lists each format's keys)"
 
 
 class CheckpointError(Gpt2portError):
     """A checkpoint that cannot be read: missing files, malformed headers, refused pickles."""
 
     exit_code = 4
+    default_hint = ("the file is damaged or not a GPT-2 checkpoint: download it again, or see "
+                    "docs/formats.md for what each format holds")
 
 
 class MappingError(CheckpointError):
@@ -49,6 +53,7 @@ class TokenizerError(Gpt2portError):
     """Tokenizer files that are missing or do not agree with each other."""
 
     exit_code = 5
+    default_hint = "give the model GPT-2's own tokenizer files (vocab.json and merges.txt)"
 
 
 class VerificationError(Gpt2portError):
@@ -103,3 +108,11 @@ class DiskFullError(DownloadError):
     """The disk (or the file-size limit) ran out while writing."""
 
     exit_code = 16
+
+
+def unreadable(path: object, error: Exception, kind: type[Gpt2portError] = CheckpointError
+               ) -> Gpt2portError:
+    """The error for a file that exists but cannot be read, with what to do about it."""
+    hint = ("check the file's permissions: gpt2port needs to read it"
+            if isinstance(error, PermissionError) else None)
+    return kind(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})", hint=hint)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, unreadable
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -59,7 +59,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
             header = _parse_header(path, file.read(header_length))
             mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
     except OSError as error:
-        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+        raise unreadable(path, error) from None
     metadata = header.pop("__metadata__", None) or {}
     data_start, data_size = 8 + header_length, size - 8 - header_length
     tensors = {name: _tensor_view(path, name, entry, mapped, data_start, data_size)

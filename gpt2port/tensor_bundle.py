@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .crc32c import crc32c, mask, unmask
-from .errors import CheckpointError
+from .errors import CheckpointError, unreadable
 
 MAGIC = 0xDB4775248B80FB57  # LevelDB's table magic number
 FOOTER_BYTES = 48  # two block handles padded to 40 bytes, then the magic
@@ -242,7 +242,7 @@ def read_bundle(prefix: Path, *, check_crc: bool = True) -> dict[str, torch.Tens
     try:
         table = index_path.read_bytes()
     except OSError as error:
-        raise CheckpointError(f"{index_path}: cannot read ({error.strerror or error})") from None
+        raise unreadable(index_path, error) from None
     try:
         records = dict(decode_table(table))
     except ValueError as error:

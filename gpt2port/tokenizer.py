@@ -8,7 +8,7 @@ from pathlib import Path
 
 import tiktoken
 
-from .errors import TokenizerError
+from .errors import TokenizerError, unreadable
 from .readers import read_json
 
 END_OF_TEXT = "<|endoftext|>"
@@ -81,7 +81,7 @@ def read_bpe(folder: str | Path) -> tuple[dict[str, int], list[str]] | None:
         try:
             text = merges_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
-            raise TokenizerError(f"{merges_path}: cannot read ({error})") from None
+            raise unreadable(merges_path, error, TokenizerError) from None
         return _vocab(read_json(vocab_path), vocab_path), [
             line for line in text.splitlines() if line and not line.startswith("#version")]
     path = Path(folder) / TOKENIZER_JSON

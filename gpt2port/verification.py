@@ -12,6 +12,7 @@ from .errors import ConfigError
 from .formats import Format
 from .generation import generate
 from .model import GPTModel
+from .progress import progress, stage
 
 # "The dog was found in a field near the town of": the fixed prompt every check runs.
 PROMPT = (464, 3290, 373, 1043, 287, 257, 2214, 1474, 262, 16246, 286, 2688)
@@ -58,9 +59,19 @@ def prompt_for(config: dict) -> list[int]:
 
 
 def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
+    """transformers' logits for ``ids``; its load report and progress bar are silenced."""
     from transformers import GPT2LMHeadModel
+    from transformers.utils import logging
 
-    model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
     with torch.inference_mode():
         return model(torch.tensor([ids])).logits[0].numpy()
 
@@ -97,14 +108,24 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
     source_format = recognise(Path(folder))
     reference = choose_reference(reference, folder, source_format)
     ids = prompt_for(model.config)
-    if reference == "transformers":
-        expected = transformers_logits(Path(folder), ids)
-    else:
-        expected = reference_logits(Path(folder), ids, source_format=source_format)
     device = next(model.parameters()).device
-    with torch.inference_mode():
-        ours = model(torch.tensor([ids], device=device))[0]
-    ours = ours.float().cpu().numpy()
+    with progress("verify", 3 if known_greedy is not None else 2) as bar:
+        stage(bar, f"{reference} reference")
+        if reference == "transformers":
+            expected = transformers_logits(Path(folder), ids)
+        else:
+            expected = reference_logits(Path(folder), ids, source_format=source_format)
+        bar.update()
+        stage(bar, "our logits")
+        with torch.inference_mode():
+            ours = model(torch.tensor([ids], device=device))[0].float().cpu().numpy()
+        bar.update()
+        if known_greedy is not None:
+            stage(bar, "greedy answer")
+            prompt, answer = known_greedy
+            found = generate(model, torch.tensor([list(prompt)], device=device),
+                             len(answer) - len(prompt))[0].tolist()
+            bar.update()
     name = "transformers GPT2LMHeadModel" if reference == "transformers" else (
         "gpt2port.reference (NumPy, the checkpoint's own tensors)")
     result = Verification(
@@ -114,8 +135,5 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
         argmax_agreement=float((ours.argmax(-1) == expected.argmax(-1)).mean()),
     )
     if known_greedy is not None:
-        prompt, answer = known_greedy
-        found = generate(model, torch.tensor([list(prompt)], device=device),
-                         len(answer) - len(prompt))
-        result.greedy_expected, result.greedy_found = list(answer), found[0].tolist()
+        result.greedy_expected, result.greedy_found = list(known_greedy[1]), found
     return result

@@ -30,7 +30,11 @@ def _recognised(path: Path) -> tuple[Format, Candidate]:
             return each, candidate
     hint = "formats: " + ", ".join(BY_NAME) + " (see docs/formats.md)"
     if candidate.path.is_dir():
-        present = ", ".join(sorted(p.name for p in candidate.path.iterdir())) or "nothing"
+        present = ", ".join(sorted(p.name for p in candidate.path.iterdir()))
+        if not present:
+            raise CheckpointError(f"{path}: the folder is empty",
+                                  hint="point at a folder holding a checkpoint, or fill this "
+                                  "one: gpt2port download gpt2 --output FOLDER")
         raise CheckpointError(f"{path}: no checkpoint of a known format; the folder has "
                               f"{present}", hint=hint)
     raise CheckpointError(f"{path}: not a checkpoint file of a known format", hint=hint)

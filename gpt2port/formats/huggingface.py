@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from ..config import validate_config
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json, read_weights_file
+from ..tokenizer import END_OF_TEXT_ID
 from .base import Candidate, Checkpoint, ConfigKey, Format, state_for_writing
 from .table import Chain, MappingTable, Split, Transpose, from_model, rule
 
@@ -123,6 +124,7 @@ def config_from_model(config: dict) -> dict:
     hf_config["activation_function"] = next(
         name for name, ours in ACTIVATIONS.items() if ours == config["gelu_approximation"])
     dropout = config["dropout_rate"]
+    end_of_text = END_OF_TEXT_ID if config["vocab_size"] > END_OF_TEXT_ID else None
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -130,12 +132,9 @@ def config_from_model(config: dict) -> dict:
         "n_ctx": config["context_length"],
         "embd_pdrop": dropout,
         "attn_pdrop": dropout,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        "bos_token_id": end_of_text,
+        "eos_token_id": end_of_text,
     }
-
-
-GENERATION_CONFIG = {"bos_token_id": 50256, "eos_token_id": 50256}
 
 
 def find_weights(folder: Path) -> Path | None:
@@ -189,9 +188,11 @@ class HuggingFace(Format):
         state = state_for_writing(model, dtype)
         tensors = from_model(TABLE, state, model.config["number_of_layers"])
         folder = Path(folder)
-        (folder / "config.json").write_text(json.dumps(config_from_model(model.config), indent=2))
+        hf_config = config_from_model(model.config)
+        (folder / "config.json").write_text(json.dumps(hf_config, indent=2))
         # what GPT2LMHeadModel.save_pretrained writes beside it: generate() stops at <|endoftext|>
-        (folder / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
+        (folder / "generation_config.json").write_text(json.dumps(
+            {key: hf_config[key] for key in ("bos_token_id", "eos_token_id")}, indent=2))
         save_file({name: t.contiguous() for name, t in tensors.items()},
                   folder / "model.safetensors", metadata={"format": "pt"})
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config import LARGEST_SIZE, validate_config
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, unreadable
 from ..tokenizer import END_OF_TEXT_ID, has_tokenizer, load_tokenizer
 from .base import Candidate, Checkpoint, ConfigKey, Format, state_for_writing
 from .huggingface import BLOCK, QKV
@@ -118,7 +118,7 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         with open(path, "rb") as file:
             mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: cannot read ({error})") from None
+        raise unreadable(path, error) from None
     config, dtype = read_header(path, mapped[:4 * HEADER_INTS])
     shapes = tensor_shapes(config)
     needed = 4 * HEADER_INTS + sum(int(np.prod(shape)) for _, shape in shapes) * dtype.itemsize
