@@ -1,7 +1,9 @@
 """``convert`` between Hugging Face and native layouts, proved by transformers' own reader."""
 
 import itertools
+import os
 import resource
+import stat
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from gpt2port.conversion import ConversionWarning, convert
 from gpt2port.errors import DiskFullError, OutputError
 from gpt2port.formats import BY_NAME, huggingface
 from gpt2port.loading import open_checkpoint
+from gpt2port.tokenizer import BUNDLED
 
 IDS = torch.arange(1, 41).view(2, 20)
 
@@ -149,3 +152,78 @@ def test_a_full_disk_gives_our_error_and_no_output(to, tmp_path):
     assert done.returncode == 16, done.stderr
     assert "no space left" in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]  # no output, no partial folder
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, and put the old one back."""
+    previous = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+@pytest.mark.parametrize("to", list(BY_NAME))
+def test_outputs_get_the_permissions_the_umask_gives(to, mask, umask, tmp_path):
+    """As any new file would: another user, a container or a web server can read a 022 export."""
+    source = write_layout("hub", tmp_path / "hub")
+    umask(mask)
+    out = convert(source, tmp_path / "out", to=to)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    files = [p for p in out.rglob("*")]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask for p in files)
+
+
+def test_an_existing_empty_destination_keeps_readable_permissions(umask, tmp_path):
+    (tmp_path / "out").mkdir()
+    umask(0o022)
+    out = convert(write_layout("hub", tmp_path / "hub"), tmp_path / "out", to="native")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
+
+
+def test_sigterm_removes_the_partial_output(full_size_hub_folder, tmp_path):
+    """``kill``, ``timeout`` and a container stop send SIGTERM: handled like Ctrl-C."""
+    command = [sys.executable, "-m", "gpt2port", "convert", str(full_size_hub_folder),
+               str(tmp_path / "out"), "--to", "hf"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(".out.*.partial")):
+        time.sleep(0.01)
+    run.terminate()  # SIGTERM, mid-write
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 143 and stderr == "terminated\n", stderr
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its partial folder
+
+
+def test_partial_outputs_of_dead_processes_go_from_any_later_write_beside_them(tmp_path):
+    """A run killed with SIGKILL cannot clean up; the next write into the same folder does,
+    whatever it writes there, and leaves running processes' partial outputs alone."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    stale = [tmp_path / f".old.{pid}.abc123.partial", tmp_path / f".x.y.gguf.{pid}.q_9.partial"]
+    stale[0].mkdir()
+    (stale[0] / "model.safetensors").write_bytes(b"half")
+    stale[1].write_bytes(b"half a file")
+    alive = tmp_path / f".busy.{os.getpid()}.zz.partial"
+    alive.mkdir()
+    source = write_layout("hub", tmp_path / "hub")
+    convert(source, tmp_path / "new.gguf", to="gguf")
+    assert not any(path.exists() for path in stale)
+    assert alive.exists()
+
+
+def test_hf_export_has_what_save_pretrained_writes(tmp_path):
+    """transformers reads the export's generation settings and tokenizer as its own."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    source = write_layout("hub", tmp_path / "hub", vocab_size=50257, bos_token_id=50256,
+                          eos_token_id=50256)
+    for name in ("vocab.json", "merges.txt"):
+        (source / name).write_bytes((BUNDLED / name).read_bytes())
+    out = convert(source, tmp_path / "hf", to="hf")
+    settings = GenerationConfig.from_pretrained(out)
+    assert settings.eos_token_id == settings.bos_token_id == 50256
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.encode("Hello world<|endoftext|>") == [15496, 995, 50256]

@@ -1,5 +1,6 @@
 """GGUF export and import, checked with the gguf package's own reader and writer."""
 
+import json
 import shutil
 
 import gguf
@@ -9,7 +10,7 @@ import torch
 from checkpoints import write_layout
 from safetensors.torch import load_file
 
-from gpt2port import ConfigError, generate, load_pretrained
+from gpt2port import ConfigError, generate, load_pretrained, load_tokenizer
 from gpt2port.conversion import convert
 from gpt2port.tokenizer import BUNDLED
 
@@ -97,6 +98,38 @@ def test_a_missing_output_weight_is_tied(source, tmp_path):
         assert torch.equal(model(IDS), load_pretrained(source)(IDS))
 
 
+def test_a_destination_ending_in_gguf_is_one_file(source, tmp_path):
+    """llama.cpp users pass a file path (its converter's ``--outfile x.gguf``)."""
+    path = convert(source, tmp_path / "gpt2-f16.gguf", to="gguf", dtype="f16")
+    assert path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["gpt2-f16.gguf"]
+    reader = gguf.GGUFReader(path)
+    assert field(reader, "tokenizer.ggml.pre") == "gpt-2"
+    assert len(reader.fields["tokenizer.ggml.tokens"].data) == 50257
+    assert torch.equal(load_pretrained(path).token_embedding_table.weight,
+                       load_pretrained(source).token_embedding_table.weight.half())
+
+
+def test_a_source_with_only_tokenizer_json_keeps_its_tokenizer(source, tmp_path):
+    """transformers 5's save_pretrained writes tokenizer.json alone: GGUF and OpenAI exports
+    still carry the tokenizer, token for token."""
+    from transformers import GPT2TokenizerFast
+
+    folder = tmp_path / "saved"
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("vocab.json", "merges.txt"))
+    theirs = GPT2TokenizerFast.from_pretrained(str(BUNDLED))
+    theirs.save_pretrained(folder)
+    assert not (folder / "vocab.json").exists() and (folder / "tokenizer.json").exists()
+    reader = gguf.GGUFReader(convert(folder, tmp_path / "model.gguf", to="gguf"))
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    found = [bytes(tokens.parts[i]).decode() for i in tokens.data]
+    assert found == theirs.convert_ids_to_tokens(list(range(50257)))
+    merges = reader.fields["tokenizer.ggml.merges"]
+    assert bytes(merges.parts[merges.data[0]]).decode() == "Ġ t"
+    openai = convert(folder, tmp_path / "openai", to="openai")
+    assert json.loads((openai / "encoder.json").read_text(encoding="utf-8")) == theirs.get_vocab()
+    assert load_tokenizer(openai).encode("Hello world") == theirs.encode("Hello world")
+
+
 def test_q8_0_is_for_gguf_only(source, tmp_path):
     with pytest.raises(ConfigError, match="hf does not store q8_0"):
         convert(source, tmp_path / "out", to="hf", dtype="q8_0")
@@ -108,13 +141,16 @@ def test_llama_cpp_runs_the_export_as_gpt2port_does(full_size_hub_folder, tmp_pa
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed (.ci/run builds it from source; "
         "this test says so when that build failed)")
-    from gpt2port.formats import BY_NAME
     from gpt2port.verification import PROMPT
 
     model = load_pretrained(full_size_hub_folder)
-    (tmp_path / "out").mkdir()
-    BY_NAME["gguf"].write(model, tmp_path / "out", dtype="f32", tokenizer=BUNDLED)
-    path = tmp_path / "out" / "model.gguf"
+    source = tmp_path / "source"  # the 124M-shape checkpoint with GPT-2's tokenizer beside it
+    source.mkdir()
+    files = {p.name: p for p in [BUNDLED / "vocab.json", BUNDLED / "merges.txt",
+                                 *full_size_hub_folder.iterdir()]}
+    for name, path in files.items():
+        (source / name).symlink_to(path)
+    path = convert(source, tmp_path / "gpt2.gguf", to="gguf")  # one file, as llama.cpp takes
     capfd.readouterr()
     llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, n_threads=2, verbose=True)
     log = capfd.readouterr().err
