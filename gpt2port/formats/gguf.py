@@ -134,7 +134,8 @@ class Gguf(Format):
     name_table = TABLE
     head = "separate"
     title = "GGUF for llama.cpp, arch `gpt2`"
-    summary = "`model.gguf` with the tokenizer inside (needs the `gguf` package)"
+    summary = ("one `.gguf` file (or a folder holding `model.gguf`) with the tokenizer inside "
+               "(needs the `gguf` package)")
     dtypes = tuple(FILE_TYPES)
     config_keys = CONFIG_KEYS
     assumes: ClassVar[dict] = {"dropout_rate": 0.1, "qkv_bias": True, "bias": True,
