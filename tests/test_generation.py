@@ -1,10 +1,12 @@
 """Generation with the preallocated KV cache, batched prompts and dtypes, against transformers."""
 
+import re
+
 import pytest
 import torch
 from checkpoints import reference_model, write_hub_layout
 
-from gpt2port import generate, load_pretrained
+from gpt2port import ConfigError, generate, load_pretrained
 from gpt2port.generation import stream
 from gpt2port.model import KVCache
 
@@ -107,3 +109,19 @@ def test_half_precision_stays_close_to_transformers_fp32(pair, tmp_path, dtype, 
     assert (found - expected).abs().max() < bound * scale
     assert (stepped - expected).abs().max() < bound * scale
     assert cache.keys.dtype == dtype
+
+
+@pytest.mark.parametrize(("options", "said"), [
+    ({"max_new_tokens": -1}, "max_new_tokens must be 0 or more, got -1"),
+    ({"temperature": -0.5}, "temperature must be 0 (greedy) or more, got -0.5"),
+    ({"temperature": float("nan")}, "temperature must be 0 (greedy) or more, got nan"),
+    ({"top_k": 0}, "top_k must be 1 or more, got 0"),
+    ({"top_p": 1.5}, "top_p must be in (0, 1], got 1.5"),
+    ({"top_p": 0.0}, "top_p must be in (0, 1], got 0.0"),
+    ({"seed": -1}, "seed must be an integer from 0 to 2**63 - 1, got -1"),
+])
+def test_options_that_cannot_work_are_refused_before_any_step(pair, options, said):
+    ours, _ = pair
+    options = {"max_new_tokens": 3, "temperature": 1.0, **options}
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        stream(ours, torch.tensor([[1, 2]]), options.pop("max_new_tokens"), **options)
