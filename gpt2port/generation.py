@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
+from . import kernels
 from .errors import ConfigError
 from .model import GPTModel, KVCache
 from .tokenizer import END_OF_TEXT_ID
@@ -124,8 +125,9 @@ def _stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
             logits = run_window(end)
         else:
             step_mask = mask[:, :end] if mask is not None else None
-            logits = model(chosen, cache=cache, attention_mask=step_mask,
-                           last_only=True)[:, -1, :vocabulary]
+            with kernels.decoding(model.token_embedding_table.weight, batch):
+                logits = model(chosen, cache=cache, attention_mask=step_mask,
+                               last_only=True)[:, -1, :vocabulary]
 
 
 def generate(model: GPTModel, token_ids: torch.Tensor | list[list[int]], max_new_tokens: int,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from checkpoints import reference_model, write_hub_layout
 
-from gpt2port import ConfigError, generate, load_pretrained
+from gpt2port import ConfigError, generate, kernels, load_pretrained
 from gpt2port.generation import stream
 from gpt2port.model import KVCache
 
@@ -108,7 +108,7 @@ def test_half_precision_stays_close_to_transformers_fp32(pair, tmp_path, dtype, 
     scale = expected.abs().max()
     assert (found - expected).abs().max() < bound * scale
     assert (stepped - expected).abs().max() < bound * scale
-    assert cache.keys.dtype == dtype
+    assert cache.keys.dtype == torch.float32  # on the CPU: its fp32 attention kernel is faster
 
 
 @pytest.mark.parametrize(("options", "said"), [
@@ -125,3 +125,50 @@ def test_options_that_cannot_work_are_refused_before_any_step(pair, options, sai
     options = {"max_new_tokens": 3, "temperature": 1.0, **options}
     with pytest.raises(ConfigError, match=re.escape(said)):
         stream(ours, torch.tensor([[1, 2]]), options.pop("max_new_tokens"), **options)
+
+
+@pytest.fixture
+def matvec_calls(monkeypatch):
+    """Count the products that go through OpenBLAS."""
+    calls = []
+    real = kernels.matvec
+
+    def counted(*args):
+        calls.append(args[1].shape)
+        return real(*args)
+    monkeypatch.setattr(kernels, "matvec", counted)
+    return calls
+
+
+def test_batch_one_fp32_decoding_streams_through_openblas_with_transformers_ids(pair,
+                                                                                 matvec_calls):
+    ours, reference = pair
+    threads = torch.get_num_threads()
+    found = generate(ours, torch.tensor([[5, 6, 7]]), 40)[0].tolist()
+    assert found == reference_greedy(reference, [5, 6, 7], 40)
+    layers = ours.config["number_of_layers"]
+    assert len(matvec_calls) == 39 * (6 * layers + 1)  # every decoding step's products
+    assert torch.get_num_threads() == threads  # given back after every step
+
+
+def test_openblas_products_equal_torch_ones(pair):
+    ours, _ = pair
+    layer = ours.transformer_blocks[0].feed_forward.expansion
+    x = torch.randn(1, 1, layer.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        with kernels.streaming():
+            found = layer(x)
+    assert torch.allclose(found, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_openblas_stays_out_of_batches_half_precision_and_training(pair, matvec_calls, tmp_path):
+    ours, reference = pair
+    generate(ours, torch.tensor([[5, 6, 7], [1, 2, 3]]), 5)
+    half = load_pretrained(write_hub_layout(reference, tmp_path / "tiny"), dtype="float16")
+    generate(half, torch.tensor([[5, 6, 7]]), 5)
+    layer = ours.transformer_blocks[0].feed_forward.expansion
+    x = torch.randn(1, 1, layer.in_features, requires_grad=True)
+    with kernels.streaming():
+        layer(x).sum().backward()
+    assert matvec_calls == [] and x.grad is not None
