@@ -4,8 +4,8 @@ own ``convert_hf_to_gguf.py`` in the same run (each a fresh process, warm page c
     python benchmarks/convert.py [--llama-cpp DIR]
 
 DIR is a llama.cpp checkout (or the ``vendor/llama.cpp`` of llama-cpp-python's sdist). Its
-converter is run twice: on the Hub's own layout, where it stops at the causal-mask buffers, and
-on gpt2port's Hugging Face export of the same weights.
+converter runs on gpt2port's Hugging Face export of the same weights (on the Hub's own layout it
+stops at the causal-mask buffers).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from checkpoint import write_full_size_folder
 
 CONVERSIONS = (("gguf", "f32"), ("gguf", "f16"), ("gguf", "q8_0"), ("hf", None),
                ("openai", None), ("native", None))
+LLAMA = "llama.cpp convert_hf_to_gguf.py --outtype f16"
+ROUNDS = 3  # fresh processes, alternating; a noisy spell does not favour one side
 
 
 def timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
@@ -36,24 +38,34 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     source = write_full_size_folder(work / "hub")
+    export = work / "hf-export"  # what llama.cpp's converter reads (it stops at the Hub's masks)
+    subprocess.run([sys.executable, "-m", "gpt2port", "convert", str(source), str(export),
+                    "--to", "hf"], check=True, capture_output=True)
     print(f"source: 124M-shape checkpoint in the Hub's layout, {source}")
-    print(f"{'conversion':52} {'seconds':>8}  result")
+    runs = {}  # label -> (command, output): timed in ROUNDS alternating rounds, best kept
     for to, dtype in CONVERSIONS:
         output = work / f"{to}-{dtype}"
-        command = [sys.executable, "-m", "gpt2port", "convert", str(source), str(output),
-                   "--to", to] + (["--dtype", dtype] if dtype else [])
-        seconds, done = timed(command)
-        label = f"gpt2port convert --to {to}" + (f" --dtype {dtype}" if dtype else "")
-        print(f"{label:52} {seconds:8.2f}  {'ok' if done.returncode == 0 else done.stderr[-200:]}")
-    if args.llama_cpp is None:
-        return
-    converter = args.llama_cpp / "convert_hf_to_gguf.py"
-    for label, folder in (("on the Hub's layout", source), ("on gpt2port's hf export",
-                                                            work / "hf-None")):
-        seconds, done = timed([sys.executable, str(converter), str(folder), "--outtype", "f16",
-                               "--outfile", str(work / "llama.gguf")])
-        result = "ok" if done.returncode == 0 else done.stderr.strip().splitlines()[-1]
-        print(f"{'convert_hf_to_gguf.py f16 ' + label:52} {seconds:8.2f}  {result}")
+        runs[f"gpt2port convert --to {to}" + (f" --dtype {dtype}" if dtype else "")] = (
+            [sys.executable, "-m", "gpt2port", "convert", str(source), str(output), "--to", to]
+            + (["--dtype", dtype] if dtype else []), output)
+    if args.llama_cpp is not None:
+        output = work / "llama.gguf"
+        runs[LLAMA] = ([sys.executable, str(args.llama_cpp / "convert_hf_to_gguf.py"),
+                        str(export), "--outtype", "f16", "--outfile", str(output)], output)
+    best: dict[str, float] = {}
+    for _ in range(ROUNDS):
+        for label, (command, output) in runs.items():
+            seconds, done = timed(command)
+            if done.returncode:
+                raise SystemExit(f"{label} failed: {done.stderr[-500:]}")
+            best[label] = min(seconds, best.get(label, seconds))
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+    print(f"{'conversion (process wall time, best of ' + str(ROUNDS) + ')':56} {'seconds':>8}")
+    for label, seconds in best.items():
+        print(f"{label:56} {seconds:8.2f}")
+    if LLAMA in best:
+        ratio = best["gpt2port convert --to gguf --dtype f16"] / best[LLAMA]
+        print(f"{'gguf f16: gpt2port / convert_hf_to_gguf.py':56} {ratio:8.2f}x")
     shutil.rmtree(work)
 
 

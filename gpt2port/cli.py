@@ -10,7 +10,6 @@ import signal
 import sys
 import time
 import warnings
-from importlib.metadata import version
 from pathlib import Path
 
 from .config import PRESETS, hub_source
@@ -47,6 +46,16 @@ class Parser(argparse.ArgumentParser):
         print(f"error: {message}\nhint: {self.prog} --help lists the arguments",
               file=sys.stderr)
         raise SystemExit(2)
+
+
+class Version(argparse.Action):
+    """``--version``, looked up only when asked for (importlib.metadata costs ~30 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from importlib.metadata import version
+
+        print(f"gpt2port {version('gpt2port')}")
+        parser.exit()
 
 
 def _number(kind: type, *, least: float, most: float = math.inf, above: bool = False,
@@ -86,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="gpt2port", description="The open GPT-2 weights in a from-scratch model, verified.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"gpt2port {version('gpt2port')}")
+    parser.add_argument("--version", action=Version, nargs=0, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     download = commands.add_parser("download", help="fetch, check, load and verify a model",

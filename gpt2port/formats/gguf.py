@@ -55,6 +55,7 @@ END_OF_TEXT_ID = 50256
 # --dtype -> the type of 2-D weights (norms and biases stay f32, as llama.cpp's converter does)
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
 TENSOR_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
+TORCH_TYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 def _gguf():
@@ -64,6 +65,16 @@ def _gguf():
         raise CheckpointError("GGUF needs the gguf package",
                               hint="pip install 'gpt2port[gguf]'") from None
     return gguf
+
+
+def _encoding(tensor: torch.Tensor, dtype: str) -> str:
+    """How a tensor is stored for ``--dtype``: 2-D weights in it (quantized types need rows of
+    whole 32-value blocks), norms and biases in f32, as llama.cpp's converter does."""
+    if tensor.ndim == 2 and dtype == "f16":
+        return "float16"
+    if tensor.ndim == 2 and dtype != "f32" and tensor.shape[1] % 32 == 0:
+        return "quantized"
+    return "float32"
 
 
 def _add_tokenizer(writer, gguf, vocab: dict[str, int], merges: list[str], vocab_size: int
@@ -189,18 +200,29 @@ class Gguf(Format):
         bpe = read_bpe(tokenizer) if tokenizer is not None else None
         if bpe is not None:
             _add_tokenizer(writer, gguf, *bpe, config["padded_vocab_size"])
+        # streamed: every tensor's info first, then each tensor encoded and written in turn,
+        # so at most one converted tensor is in memory
         kind = getattr(gguf.GGMLQuantizationType, TENSOR_TYPES[dtype])
+        encodings = {name: _encoding(tensor, dtype) for name, tensor in tensors.items()}
         for name, tensor in tensors.items():
-            array = tensor.detach().float().contiguous().numpy()
-            if array.ndim == 2 and dtype == "f16":
-                writer.add_tensor(name, array.astype(np.float16))
-            elif array.ndim == 2 and dtype != "f32" and array.shape[1] % 32 == 0:
-                writer.add_tensor(name, gguf.quants.quantize(array, kind), raw_dtype=kind)
+            stored = encodings[name]
+            if stored == "quantized":
+                byte_shape = gguf.quants.quant_shape_to_byte_shape(tensor.shape, kind)
+                writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8),
+                                       int(np.prod(byte_shape)), raw_dtype=kind)
             else:
-                writer.add_tensor(name, array)
+                writer.add_tensor_info(name, tensor.shape, np.dtype(stored),
+                                       tensor.numel() * np.dtype(stored).itemsize)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for name, tensor in tensors.items():
+            stored = encodings[name]
+            if stored == "quantized":
+                array = gguf.quants.quantize(tensor.detach().float().contiguous().numpy(), kind)
+            else:
+                array = tensor.detach().to(TORCH_TYPES[stored]).contiguous().numpy()
+            writer.write_tensor_data(array)
         writer.close()
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
