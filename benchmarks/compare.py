@@ -116,6 +116,71 @@ print(json.dumps({"decode_tokens_per_s": new_tokens / min(times)}))
 """
 
 
+GPU = r"""
+import json, sys, time
+import torch
+from gpt2port import generate, load_pretrained
+from transformers import GPT2LMHeadModel
+folder, new_tokens = sys.argv[1], int(sys.argv[2])
+prompt = torch.tensor([[464, 3290]], device="cuda")
+
+def tokens_per_s(run):
+    run(); run()  # warm-up (and capture, compile)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        ids = run()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return new_tokens / min(times), ids[0, -new_tokens:].tolist()
+
+ours = load_pretrained(folder, device="cuda", dtype=torch.float32)
+theirs = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).to("cuda").eval()
+hf = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+          min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+results, ids = {}, {}
+results["gpt2port_eager"], ids["gpt2port_eager"] = tokens_per_s(
+    lambda: generate(ours, prompt, new_tokens))
+results["gpt2port_cuda_graph"], ids["gpt2port_cuda_graph"] = tokens_per_s(
+    lambda: generate(ours, prompt, new_tokens, static_cache=True))
+results["transformers_eager"], ids["transformers_eager"] = tokens_per_s(
+    lambda: theirs.generate(prompt, **hf))
+try:  # transformers' own fast path: a static cache and torch.compile
+    theirs.forward = torch.compile(theirs.forward, mode="reduce-overhead", fullgraph=True)
+    results["transformers_static_compiled"], ids["transformers_static_compiled"] = (
+        tokens_per_s(lambda: theirs.generate(prompt, cache_implementation="static", **hf)))
+except Exception as error:  # noqa: BLE001 - reported, not fatal: the other rows still count
+    results["transformers_static_compiled_error"] = repr(error)[:300]
+results["same_greedy_ids"] = len({tuple(each) for each in ids.values()}) == 1
+results["device"] = torch.cuda.get_device_name()
+print(json.dumps(results))
+"""
+
+
+def gpu_rows(folder: Path) -> list[str]:
+    """Batch-1 fp32 decode on CUDA, where there is a GPU: gpt2port eager and from a CUDA graph,
+    transformers eager and with its static cache + torch.compile."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    found = child(GPU, folder, NEW_TOKENS)
+    base = found["transformers_eager"]
+    header = (f"| GPU ({found['device']}) greedy decode, batch 1, fp32 | tok/s | "
+              f"vs transformers eager | same greedy ids: {found['same_greedy_ids']} |")
+    lines = [header]
+    for key in ("gpt2port_eager", "gpt2port_cuda_graph", "transformers_eager",
+                "transformers_static_compiled"):
+        if key in found:
+            lines.append(f"| {key.replace('_', ' ')} | {found[key]:.0f} | "
+                         f"{found[key] / base:.2f}x | |")
+    if "transformers_static_compiled_error" in found:
+        lines.append(f"| transformers static + compile | failed: "
+                     f"{found['transformers_static_compiled_error']} | | |")
+    return lines
+
+
 def child(code: str, *args) -> dict:
     done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, check=False)
@@ -235,7 +300,7 @@ def main() -> None:
         results[name].update({key: (max if key.endswith("per_s") else min)(r[key] for r in runs)
                               for key in runs[0]})
     llama = {key: max(run[key] for run in llama_runs) for key in llama_runs[0]} if llama_runs else {}
-    lines = table(results["gpt2port"], results["transformers"], llama)
+    lines = table(results["gpt2port"], results["transformers"], llama) + gpu_rows(folder)
     print(f"machine: {machine()}\n" + "\n".join(lines))
     if args.write_docs:
         docs = ROOT / "docs" / "benchmarks.md"

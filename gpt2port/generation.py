@@ -7,8 +7,9 @@ from collections.abc import Iterator
 import torch
 
 from . import kernels
+from .cuda_graphs import CapturedStep
 from .errors import ConfigError
-from .model import GPTModel, KVCache
+from .model import GPTModel, KVCache, StaticKVCache
 from .tokenizer import END_OF_TEXT_ID
 
 
@@ -65,7 +66,8 @@ def check_options(max_new_tokens: int, *, temperature: float, top_k: int | None,
 def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
            seed: int | None = None, stop_at_eos: bool = False,
-           attention_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+           attention_mask: torch.Tensor | None = None, static_cache: bool = False
+           ) -> Iterator[torch.Tensor]:
     """Yield each new column of ids (B, 1) as soon as it is chosen.
 
     Keys and values go to a preallocated cache, so each step runs the model on one token. Past
@@ -73,19 +75,27 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
     ``attention_mask`` (B, T) marks left padding (see ``pad_left``). With ``stop_at_eos`` a row
     that has produced <|endoftext|> keeps producing it until every row has.
 
+    ``static_cache`` runs the one-token steps over a ``StaticKVCache``, on CUDA replayed from a
+    CUDA graph (``cuda_graphs.CapturedStep``); prompts of one length only (no
+    ``attention_mask``). Opt-in: its GPU speed is still to be measured (docs/benchmarks.md).
+
     Raises:
         ConfigError: at once, for options that cannot work.
     """
     check_options(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if static_cache and attention_mask is not None:
+        raise ConfigError("static_cache takes prompts of one length (no attention_mask)",
+                          hint="pad nothing, or leave static_cache off")
     return _stream(model, token_ids, max_new_tokens, temperature=temperature, top_k=top_k,
                    top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
-                   attention_mask=attention_mask)
+                   attention_mask=attention_mask, static_cache=static_cache)
 
 
 @torch.inference_mode()
 def _stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
             temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
-            stop_at_eos: bool, attention_mask: torch.Tensor | None) -> Iterator[torch.Tensor]:
+            stop_at_eos: bool, attention_mask: torch.Tensor | None, static_cache: bool
+            ) -> Iterator[torch.Tensor]:
     vocabulary = model.config["vocab_size"]  # ids past it are padding rows: never chosen
     generator = None
     if seed is not None:
@@ -99,7 +109,8 @@ def _stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
     if attention_mask is not None:
         mask = torch.ones(batch, total, dtype=torch.long, device=token_ids.device)
         mask[:, :prompt_length] = attention_mask
-    cache = KVCache(model, batch, min(context, total))
+    cache = (StaticKVCache if static_cache else KVCache)(model, batch, min(context, total))
+    captured = None  # with static_cache: the step, captured at the first one
 
     def run_window(end: int) -> torch.Tensor:  # the last ``context`` ids up to ``end``, afresh
         begin = max(0, end - context)
@@ -123,6 +134,10 @@ def _stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
         ids[:, end - 1:end] = chosen
         if cache.length == cache.capacity:  # the window is full: slide it
             logits = run_window(end)
+        elif static_cache:
+            captured = captured or CapturedStep(model, cache)
+            logits = captured(chosen, cache.length)[:, :vocabulary]
+            cache.length += 1
         else:
             step_mask = mask[:, :end] if mask is not None else None
             with kernels.decoding(model.token_embedding_table.weight, batch):

@@ -155,7 +155,9 @@ class GPTModel(nn.Module):
                              f"{self.config['context_length']}")
         positions = torch.arange(start, start + tokens, device=token_ids.device)  # (T,)
         mask = None
-        if attention_mask is not None:
+        if isinstance(cache, StaticKVCache) and tokens == 1:  # shapes fixed: see StaticKVCache
+            positions, mask = cache.position.view(1), cache.visible_keys()
+        elif attention_mask is not None:
             real = attention_mask.bool()  # (B, S)
             positions = (real.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # (B, T)
             mask = _attention_mask(real, start, tokens)
@@ -166,7 +168,7 @@ class GPTModel(nn.Module):
         for layer, block in enumerate(self.transformer_blocks):
             x = block(x, cache, layer, mask)  # (B, T, D)
         if cache is not None:
-            cache.length += tokens
+            cache.advance(tokens)
         if last_only:
             x = x[:, -1:]  # (B, 1, D)
         return self.output_head(self.layer_norm(x))  # (B, T, V)
@@ -219,6 +221,42 @@ class KVCache:
         self.keys[layer, :, :, self.length:end] = keys
         self.values[layer, :, :, self.length:end] = values
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, tokens: int) -> None:
+        """Count ``tokens`` more as cached (the model calls it after every block stored them)."""
+        self.length += tokens
+
+
+class StaticKVCache(KVCache):
+    """A cache whose one-token steps keep every shape and address fixed, so that a step can be
+    captured once as a CUDA graph and replayed for each token: the position is a tensor, a
+    step writes its keys at that position, and attention runs over the whole capacity with the
+    keys not yet written masked out. A prompt of several tokens is stored as in ``KVCache``;
+    ``position`` must then be set to ``length`` before the next step."""
+
+    def __init__(self, model: GPTModel, batch_size: int, capacity: int | None = None):
+        super().__init__(model, batch_size, capacity)
+        device = self.keys.device
+        self.position = torch.zeros((), dtype=torch.long, device=device)  # where a step writes
+        self.key_index = torch.arange(self.capacity, device=device)  # (S,)
+
+    def visible_keys(self) -> torch.Tensor:
+        """(1, 1, 1, S) booleans: the keys up to and including this step's position."""
+        return (self.key_index <= self.position)[None, None, None]
+
+    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        if keys.shape[2] > 1:  # a prompt: as in KVCache
+            return super().store(layer, keys, values)
+        self.keys[layer].index_copy_(2, self.position.view(1), keys.to(self.keys.dtype))
+        self.values[layer].index_copy_(2, self.position.view(1), values.to(self.values.dtype))
+        return self.keys[layer], self.values[layer]  # (B, H, S, Dh): masked by visible_keys
+
+    def advance(self, tokens: int) -> None:
+        """A prompt moves ``length``; a one-token step leaves it to the caller, who sets
+        ``position`` (a captured graph must not hold a Python counter)."""
+        if tokens > 1:
+            super().advance(tokens)
 
 
 @contextmanager

@@ -172,3 +172,36 @@ def test_openblas_stays_out_of_batches_half_precision_and_training(pair, matvec_
     with kernels.streaming():
         layer(x).sum().backward()
     assert matvec_calls == [] and x.grad is not None
+
+
+def test_a_static_cache_gives_the_same_ids(pair):
+    """The fixed-shape step a CUDA graph replays, run on the CPU: ids equal the regular path's
+    and transformers', through the sliding window past the context (64) too."""
+    ours, reference = pair
+    prompts = torch.tensor([[5, 6, 7], [1, 2, 3]])
+    static = generate(ours, prompts, 100, static_cache=True)
+    assert torch.equal(static, generate(ours, prompts, 100))
+    assert static[0, :43].tolist() == reference_greedy(reference, [5, 6, 7], 40)
+    sampled = {"temperature": 0.8, "top_k": 20, "seed": 3}
+    assert torch.equal(generate(ours, prompts[:1], 30, static_cache=True, **sampled),
+                       generate(ours, prompts[:1], 30, **sampled))
+
+
+def test_a_static_cache_takes_prompts_of_one_length(pair):
+    ours, _ = pair
+    with pytest.raises(ConfigError, match="static_cache takes prompts of one length"):
+        stream(ours, torch.tensor([[0, 5]]), 3, attention_mask=torch.tensor([[0, 1]]),
+               static_cache=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device here: the captured CUDA graph runs where one is")
+def test_a_cuda_graph_gives_the_same_ids(pair):
+    ours, _ = pair
+    model = ours.to("cuda")
+    try:
+        prompts = torch.tensor([[5, 6, 7]], device="cuda")
+        assert torch.equal(generate(model, prompts, 80, static_cache=True),
+                           generate(model, prompts, 80))
+    finally:
+        ours.to("cpu")
