@@ -272,3 +272,14 @@ def test_version():
     done = subprocess.run([sys.executable, "-m", "gpt2port", "--version"], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0 and done.stdout.startswith("gpt2port 0.")
+
+
+def test_verify_prints_only_its_own_report(place):
+    """transformers' load report and progress bar are silenced: stdout is gpt2port's report,
+    stderr is empty."""
+    done = subprocess.run([sys.executable, "-m", "gpt2port", "verify", str(place / "model"),
+                           "--reference", "transformers"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.splitlines()[0] == "reference: transformers GPT2LMHeadModel"
+    assert done.stdout.splitlines()[-1] == "PASSED"
