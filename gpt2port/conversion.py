@@ -113,8 +113,8 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
     tokenizer when the source has it. ``dtype`` None keeps the source's own. A destination
     ending in the format's file suffix (``model.gguf``) is written as that one file.
 
-    The output appears only when complete, with the permissions the umask gives. Changes the target makes are issued as
-    ``ConversionWarning``s.
+    The output appears only when complete, with the permissions the umask gives. Changes the
+    target makes are issued as ``ConversionWarning``s.
 
     Raises:
         ConfigError: for an unknown format or dtype, or a model the target cannot hold.

@@ -140,8 +140,8 @@ def hub_name(name: str) -> str:
     if name in PRESETS:
         return name
     path = Path(name).expanduser()
-    if (name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
-            or path.suffix in WEIGHTS_SUFFIXES or not REPO_ID.fullmatch(name)
+    # REPO_ID already refuses "/x", "~/x", "a/b/c" and backslashes; the Hub also refuses these
+    if (not REPO_ID.fullmatch(name) or name.startswith(".") or path.suffix in WEIGHTS_SUFFIXES
             or ".." in name or "--" in name or name.endswith((".", "-"))):
         raise CheckpointError(f"{name}: no such file or folder", hint=_nearby(path))
     if "/" not in name:

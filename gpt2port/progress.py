@@ -8,9 +8,9 @@ import sys
 from huggingface_hub.utils import tqdm
 
 
-def progress(description: str, total: int, *, unit: str = "step") -> tqdm:
-    """A bar of ``total`` ``unit``s; use as a context manager and ``update()`` it."""
-    return tqdm(total=total, desc=description, unit=unit, disable=None, file=sys.stderr,
+def progress(description: str, total: int) -> tqdm:
+    """A bar of ``total`` steps; use as a context manager and ``update()`` it per step."""
+    return tqdm(total=total, desc=description, unit="step", disable=None, file=sys.stderr,
                 leave=False)
 
 

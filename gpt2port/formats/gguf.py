@@ -201,7 +201,7 @@ class Gguf(Format):
         if bpe is not None:
             _add_tokenizer(writer, gguf, *bpe, config["padded_vocab_size"])
         # streamed: every tensor's info first, then each tensor encoded and written in turn,
-        # so at most one converted tensor is in memory
+        # so at most one encoded (f16, quantized) array is in memory beside the model
         kind = getattr(gguf.GGMLQuantizationType, TENSOR_TYPES[dtype])
         encodings = {name: _encoding(tensor, dtype) for name, tensor in tensors.items()}
         for name, tensor in tensors.items():
