@@ -1,11 +1,12 @@
-"""Batch-1 decoding at the memory limit on the CPU: one token's fp32 matrix-vector products
-through NumPy's OpenBLAS.
+"""Batch-1 decoding at the memory limit on the CPU: the matrix-vector kernel that reads each
+dtype's weights fastest.
 
 A decoding step streams every weight once, so its speed is the rate a kernel reads them. On the
 CPUs measured (docs/benchmarks.md) PyTorch's MKL reads a row-major fp32 weight at 12-13 GB/s at
 batch 1, one core's worth, while OpenBLAS's ``sgemv`` reads it at 26-30 GB/s on all cores. The two
 thread pools contend when both spin (3x slower than either alone), so while ``streaming()`` is on,
-torch runs its small per-step operations on one thread and leaves the cores to OpenBLAS.
+torch runs its small per-step operations on one thread and leaves the cores to OpenBLAS. In bf16
+oneDNN's kernel reads 10 GB/s where PyTorch's own reads 25 GB/s: ``without_onednn()``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,27 @@ _active = False
 
 
 def decoding(weight: torch.Tensor, batch: int) -> AbstractContextManager:
-    """The context a decoding step of a model with this weight runs in: OpenBLAS for batch 1 in
-    fp32 on the CPU (``streaming``), else nothing changes (MKL's half-precision kernels already
-    stream at the memory limit, on all threads)."""
-    if batch == 1 and weight.dtype == torch.float32 and weight.device.type == "cpu":
+    """The context a decoding step of a model with this weight runs in. For batch 1 on the CPU:
+    OpenBLAS in fp32 (``streaming``), PyTorch's own kernel in bf16 (``without_onednn``); else
+    nothing changes (the fp16 kernel already streams at the memory limit, on all threads)."""
+    if batch != 1 or weight.device.type != "cpu":
+        return nullcontext()
+    if weight.dtype == torch.float32:
         return streaming()
+    if weight.dtype == torch.bfloat16:
+        return without_onednn()
     return nullcontext()
+
+
+@contextmanager
+def without_onednn() -> Iterator[None]:
+    """Products by PyTorch's own CPU kernels instead of oneDNN's, inside."""
+    was_enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = was_enabled
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from .config import PRESETS, hub_source, validate_config
 from .errors import CheckpointError, ConfigError, MappingError, NetworkError
 from .formats import Checkpoint
 from .formats.table import MappingTable, to_model
-from .model import GPTModel, empty_model
+from .model import GPTModel, MultiHeadAttention, empty_model, stacked_rows
 
 REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -87,6 +87,35 @@ def _placed(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype
     return tensor.to(device=device, dtype=dtype, memory_format=torch.contiguous_format)
 
 
+def _placed_state(state: dict[str, torch.Tensor], device: torch.device | str,
+                  dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor placed; each block's query, key and value tensors stay (or become) views of
+    one tensor, so that inference runs them as one product (``MultiHeadAttention``)."""
+    placed = {}
+    for names in _projection_groups(state):
+        parts = tuple(state[name] for name in names)
+        together = stacked_rows(parts)
+        if together is None and parts[0].dtype == dtype and parts[0].device == torch.device(device):
+            continue  # apart in the checkpoint, not converted: no copy just to pack them
+        together = torch.cat(parts) if together is None else together
+        placed.update(zip(names, _placed(together, device, dtype).split(parts[0].shape[0]),
+                          strict=True))
+    return {name: placed[name] if name in placed else _placed(tensor, device, dtype)
+            for name, tensor in state.items()}
+
+
+def _projection_groups(state: dict[str, torch.Tensor]) -> list[tuple[str, ...]]:
+    """The names of each block's query, key and value weights, and of their biases."""
+    first, *others = MultiHeadAttention.PROJECTIONS
+    groups = []
+    for name in state:
+        layer, _, tensor = name.rpartition(".")  # "transformer_blocks.0.attention.query_projection"
+        if layer.endswith(f".attention.{first}"):
+            attention = layer.removesuffix(first)
+            groups.append(tuple(f"{attention}{part}.{tensor}" for part in (first, *others)))
+    return groups
+
+
 def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | None = None,
                           device: torch.device | str = "cpu") -> GPTModel:
     """Build the model on the meta device and assign the checkpoint's tensors to it.
@@ -118,7 +147,7 @@ def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | 
         raise MappingError(checkpoint.origin, [summary, *error.problems], config) from None
     _refuse_non_finite(checkpoint.origin, tensors, checkpoint.table)
     dtype = parse_dtype(dtype) or state["token_embedding_table.weight"].dtype
-    state = {name: _placed(tensor, device, dtype) for name, tensor in state.items()}
+    state = _placed_state(state, device, dtype)
     if config["tie_output_head"]:
         state["output_head.weight"] = state["token_embedding_table.weight"]
     model.load_state_dict(state, assign=True)

@@ -17,14 +17,34 @@ from . import kernels
 from .config import validate_config
 
 
-class Linear(nn.Linear):
-    """``nn.Linear``; inside ``kernels.streaming()`` one token's fp32 product on the CPU streams
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear``; inside ``kernels.streaming()`` one token's fp32 product on the CPU streams
     its weight through OpenBLAS, twice as fast as MKL's kernel at batch 1."""
+    if kernels.takes(x, weight):
+        return kernels.matvec(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear``, through ``linear``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if kernels.takes(x, self.weight):
-            return kernels.matvec(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
+
+
+def stacked_rows(parts: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """The parts, each (R, ...), as one (len(parts) * R, ...) view of the memory they share,
+    when each begins where the one before ends (splits of one packed tensor); else None."""
+    first = parts[0]
+    storage = first.untyped_storage().data_ptr()
+    step = first.shape[0] * first.stride(0) * first.element_size()
+    for index, part in enumerate(parts):
+        if (part.shape != first.shape or part.stride() != first.stride()
+                or part.dtype != first.dtype or part.device != first.device
+                or part.untyped_storage().data_ptr() != storage
+                or part.data_ptr() != first.data_ptr() + index * step):
+            return None
+    return first.as_strided((len(parts) * first.shape[0], *first.shape[1:]), first.stride())
 
 
 class LayerNorm(nn.Module):
@@ -41,7 +61,12 @@ class LayerNorm(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal self-attention: each token attends to itself and the tokens before it, in H heads."""
+    """Causal self-attention: each token attends to itself and the tokens before it, in H heads.
+
+    When the query, key and value weights are adjacent views of one packed tensor (the Hub's
+    ``c_attn``, or as the loader places them) inference runs them as one product."""
+
+    PROJECTIONS = ("query_projection", "key_projection", "value_projection")
 
     def __init__(self, embedding_dimension: int, number_of_heads: int, dropout_rate: float,
                  qkv_bias: bool, bias: bool = True):
@@ -53,6 +78,25 @@ class MultiHeadAttention(nn.Module):
         self.key_projection = Linear(embedding_dimension, embedding_dimension, bias=qkv_bias)
         self.value_projection = Linear(embedding_dimension, embedding_dimension, bias=qkv_bias)
         self.output_projection = Linear(embedding_dimension, embedding_dimension, bias=bias)
+        self._packed: tuple = ((), [], None)  # the tensors, their addresses, the packed pair
+
+    def packed_projection(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The three projections as one (3D, D) weight and (3D,) bias, or None where their
+        tensors are not adjacent or autograd needs them apart. Remade when a tensor changes."""
+        layers = [getattr(self, name) for name in self.PROJECTIONS]
+        tensors = [t for layer in layers for t in (layer.weight, layer.bias) if t is not None]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return None
+        made_from, addresses, packed = self._packed
+        if (len(made_from) != len(tensors) or any(a is not b for a, b in zip(made_from, tensors))
+                or addresses != [t.data_ptr() for t in tensors]):
+            weight = stacked_rows(tuple(layer.weight for layer in layers))
+            has_bias = layers[0].bias is not None
+            bias = stacked_rows(tuple(layer.bias for layer in layers)) if has_bias else None
+            packed = (weight, bias) if weight is not None and (bias is not None or not has_bias) \
+                else None
+            self._packed = (tensors, [t.data_ptr() for t in tensors], packed)
+        return packed
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = x.shape
@@ -62,9 +106,12 @@ class MultiHeadAttention(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` (B, 1, T, S) says which of the S keys each query sees; None means causal."""
         batch, tokens, width = x.shape  # (B, T, D)
-        queries = self.split_heads(self.query_projection(x))  # (B, H, T, Dh)
-        keys = self.split_heads(self.key_projection(x))  # (B, H, T, Dh)
-        values = self.split_heads(self.value_projection(x))  # (B, H, T, Dh)
+        packed = self.packed_projection()
+        if packed is not None:
+            projected = linear(x, *packed).split(width, dim=-1)  # 3 x (B, T, D)
+        else:
+            projected = (getattr(self, name)(x) for name in self.PROJECTIONS)
+        queries, keys, values = map(self.split_heads, projected)  # 3 x (B, H, T, Dh)
         if cache is not None:  # append to the preallocated cache, attend to all of it
             keys, values = cache.store(layer, keys, values)  # (B, H, S, Dh), S = cached + T
         context = F.scaled_dot_product_attention(

@@ -69,3 +69,52 @@ def test_full_size_hub_layout_matches_transformers(full_size_hub_folder):
     prompt = torch.tensor([[464, 3290]])
     assert generate(model, prompt, 18).tolist() == reference_greedy(reference, prompt, 18).tolist()
 
+
+
+@pytest.mark.parametrize(("source", "dtype", "packed"), [
+    ("hub", torch.float32, True),  # views of the mapped c_attn: no copy
+    ("hub", torch.float16, True),  # converted into one buffer
+    ("book", torch.float32, False),  # three tensors in the file: not copied just to pack them
+    ("book", torch.float16, True),
+])
+def test_query_key_value_run_as_one_product_where_packed(source, dtype, packed, tmp_path):
+    """Inference runs the three projections as one product where their tensors are adjacent;
+    the logits are transformers' either way, and training keeps them apart."""
+    from gpt2port.conversion import convert
+
+    folder = write_layout("hub", tmp_path / "hub")
+    if source == "book":
+        folder = convert(folder, tmp_path / "book", to="book")
+    model = load_pretrained(folder, dtype=dtype)
+    attention = model.transformer_blocks[1].attention
+    with torch.no_grad():
+        found = attention.packed_projection()
+        assert (found is not None) == packed
+        if packed:
+            weights = [getattr(attention, name).weight for name in attention.PROJECTIONS]
+            assert found[0].data_ptr() == weights[0].data_ptr()  # a view, not a copy
+            assert torch.equal(found[0], torch.cat(weights))
+    assert attention.packed_projection() is None  # autograd needs the three parameters
+    ids = torch.randint(0, TINY["vocab_size"], (2, 30), generator=torch.Generator().manual_seed(2))
+    bound = 1e-5 if dtype == torch.float32 else 2e-2
+    with torch.no_grad():
+        expected = load_reference(write_layout("hub", tmp_path / "again")).to(dtype)(ids).logits
+        assert (model(ids).float() - expected.float()).abs().max() <= bound * expected.abs().max()
+
+
+@pytest.mark.parametrize("change", ["replace the parameter", "replace its data"])
+def test_a_changed_projection_is_used_at_once(change, tmp_path):
+    """The packed product is remade when a projection's tensor is replaced or moved: the
+    logits then equal the three products' apart (the path autograd takes)."""
+    model = load_pretrained(write_layout("hub", tmp_path / "hub"))
+    ids = torch.randint(0, TINY["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(3))
+    key = model.transformer_blocks[0].attention.key_projection
+    with torch.no_grad():
+        model(ids)  # packed once
+        if change == "replace the parameter":
+            key.weight = torch.nn.Parameter(key.weight * 3)
+        else:
+            key.weight.data = key.weight.data * 3
+        found = model(ids)
+    assert torch.allclose(found, model(ids).detach(), atol=1e-6)
+    assert not torch.allclose(found, load_pretrained(tmp_path / "hub")(ids).detach(), atol=1e-3)

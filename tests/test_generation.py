@@ -1,5 +1,6 @@
 """Generation with the preallocated KV cache, batched prompts and dtypes, against transformers."""
 
+import copy
 import re
 
 import pytest
@@ -147,8 +148,30 @@ def test_batch_one_fp32_decoding_streams_through_openblas_with_transformers_ids(
     found = generate(ours, torch.tensor([[5, 6, 7]]), 40)[0].tolist()
     assert found == reference_greedy(reference, [5, 6, 7], 40)
     layers = ours.config["number_of_layers"]
-    assert len(matvec_calls) == 39 * (6 * layers + 1)  # every decoding step's products
+    assert len(matvec_calls) == 39 * (4 * layers + 1)  # every step's products, q/k/v as one
     assert torch.get_num_threads() == threads  # given back after every step
+
+
+def test_batch_one_bf16_decoding_bypasses_onednn_with_transformers_ids(pair, tmp_path,
+                                                                       monkeypatch):
+    """oneDNN's bf16 matrix-vector kernel reads 10 GB/s, PyTorch's own 25 (docs/benchmarks.md):
+    the decoding steps run without it, and the ids are transformers' own in bf16."""
+    _, reference = pair
+    model = load_pretrained(write_hub_layout(reference, tmp_path / "tiny"), dtype="bfloat16")
+    seen = []
+    real_linear = torch.nn.functional.linear
+
+    def spied(*args):
+        seen.append(torch.backends.mkldnn.enabled)
+        return real_linear(*args)
+    monkeypatch.setattr(torch.nn.functional, "linear", spied)
+    found = generate(model, torch.tensor([[5, 6, 7]]), 40)[0].tolist()
+    monkeypatch.undo()
+    assert found == reference_greedy(copy.deepcopy(reference).bfloat16(), [5, 6, 7], 40)
+    layers = model.config["number_of_layers"]
+    steps = seen[4 * layers + 1:]  # after the prompt's products
+    assert len(steps) == 39 * (4 * layers + 1) and not any(steps)
+    assert all(seen[:4 * layers + 1]) and torch.backends.mkldnn.enabled  # given back
 
 
 def test_openblas_products_equal_torch_ones(pair):
