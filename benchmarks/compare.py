@@ -287,22 +287,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp())
-    folder = write_full_size_folder(work / "gpt2-124m")
-    results = {name: median_of(LOAD, 5, folder, name) for name in IMPLEMENTATIONS}
-    exports = gguf_exports(folder, work)
-    speeds = {name: [] for name in IMPLEMENTATIONS}
-    llama_runs = []
-    for _ in range(ROUNDS):  # interleaved, so that a noisy spell does not favour one side
-        for name in IMPLEMENTATIONS:
-            speeds[name].append(child(SPEED, folder, name, NEW_TOKENS))
-        if exports:
-            llama_runs.append(llama_cpp(exports))
-    for name, runs in speeds.items():
-        results[name].update({key: (max if key.endswith("per_s") else min)(r[key] for r in runs)
-                              for key in runs[0]})
+    with tempfile.TemporaryDirectory() as temporary:  # ~1.3 GB: checkpoint and GGUFs
+        work = Path(temporary)
+        folder = write_full_size_folder(work / "gpt2-124m")
+        results = {name: median_of(LOAD, 5, folder, name) for name in IMPLEMENTATIONS}
+        exports = gguf_exports(folder, work)
+        speeds = {name: [] for name in IMPLEMENTATIONS}
+        llama_runs = []
+        for _ in range(ROUNDS):  # interleaved, so that a noisy spell does not favour one side
+            for name in IMPLEMENTATIONS:
+                speeds[name].append(child(SPEED, folder, name, NEW_TOKENS))
+            if exports:
+                llama_runs.append(llama_cpp(exports))
+        for name, runs in speeds.items():
+            results[name].update({key: (max if key.endswith("per_s") else min)(r[key] for r in runs)
+                                  for key in runs[0]})
+        gpu = gpu_rows(folder)
     llama = {key: max(run[key] for run in llama_runs) for key in llama_runs[0]} if llama_runs else {}
-    lines = table(results["gpt2port"], results["transformers"], llama) + gpu_rows(folder)
+    lines = table(results["gpt2port"], results["transformers"], llama) + gpu
     print(f"machine: {machine()}\n" + "\n".join(lines))
     if args.write_docs:
         docs = ROOT / "docs" / "benchmarks.md"
