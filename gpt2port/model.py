@@ -82,10 +82,12 @@ class MultiHeadAttention(nn.Module):
 
     def packed_projection(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The three projections as one (3D, D) weight and (3D,) bias, or None where their
-        tensors are not adjacent or autograd needs them apart. Remade when a tensor changes."""
+        tensors are not adjacent, autograd needs them apart, or ``torch.compile`` traces the
+        model (it cannot follow the address check). Remade when a tensor changes."""
         layers = [getattr(self, name) for name in self.PROJECTIONS]
         tensors = [t for layer in layers for t in (layer.weight, layer.bias) if t is not None]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        if torch.compiler.is_compiling() or (
+                torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
             return None
         made_from, addresses, packed = self._packed
         if (len(made_from) != len(tensors) or any(a is not b for a, b in zip(made_from, tensors))

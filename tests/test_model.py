@@ -2,9 +2,17 @@
 
 import pytest
 import torch
+from checkpoints import write_layout
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt2port import GPT_CONFIG_124M, PRESETS, ConfigError, GPTModel, load_tokenizer
+from gpt2port import (
+    GPT_CONFIG_124M,
+    PRESETS,
+    ConfigError,
+    GPTModel,
+    load_pretrained,
+    load_tokenizer,
+)
 
 
 def test_the_books_example_runs_as_written():
@@ -74,3 +82,12 @@ def test_every_config_problem_is_reported_at_once():
         GPTModel({**config, "number_of_heads": -1, "colour": "red"})
     for part in ("unknown key 'colour'", "missing key 'qkv_bias'", "number_of_heads must be"):
         assert part in str(caught.value)
+
+
+def test_torch_compile_traces_the_model_in_one_graph(tmp_path):
+    """No graph break (the packed q/k/v product's address check stays out of a trace)."""
+    model = load_pretrained(write_layout("hub", tmp_path / "hub"))
+    ids = torch.randint(0, 500, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        traced = torch.compile(model, backend="eager", fullgraph=True)(ids)
+        assert torch.allclose(traced, model(ids), atol=1e-5)
