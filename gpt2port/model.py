@@ -82,9 +82,13 @@ class MultiHeadAttention(nn.Module):
 
     def packed_projection(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The three projections as one (3D, D) weight and (3D,) bias, or None where their
-        tensors are not adjacent, autograd needs them apart, or ``torch.compile`` traces the
+        tensors are not adjacent, autograd needs them apart, a projection is not a plain
+        ``Linear`` (replaced, say by an adapter, or hooked), or ``torch.compile`` traces the
         model (it cannot follow the address check). Remade when a tensor changes."""
         layers = [getattr(self, name) for name in self.PROJECTIONS]
+        if any(type(layer) is not Linear or layer._forward_hooks or layer._forward_pre_hooks
+               for layer in layers):
+            return None
         tensors = [t for layer in layers for t in (layer.weight, layer.bias) if t is not None]
         if torch.compiler.is_compiling() or (
                 torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):

@@ -118,3 +118,36 @@ def test_a_changed_projection_is_used_at_once(change, tmp_path):
         found = model(ids)
     assert torch.allclose(found, model(ids).detach(), atol=1e-6)
     assert not torch.allclose(found, load_pretrained(tmp_path / "hub")(ids).detach(), atol=1e-3)
+
+
+class WithAdapter(torch.nn.Module):
+    """A projection plus a low-rank change, as an adapter (LoRA) wraps one."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer, self.weight, self.bias = layer, layer.weight, layer.bias
+        self.down = torch.nn.Linear(layer.in_features, 2, bias=False)
+        self.up = torch.nn.Linear(2, layer.out_features, bias=False)
+
+    def forward(self, x):
+        return self.layer(x) + self.up(self.down(x))
+
+
+def test_a_wrapped_or_hooked_projection_is_not_packed_past(tmp_path):
+    """An adapter around a projection, or a hook on one, runs: the packed product would skip
+    both (the adapter keeps the frozen weights, so autograd would not stop it)."""
+    model = load_pretrained(write_layout("hub", tmp_path / "hub"))
+    ids = torch.randint(0, TINY["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(4))
+    attention = model.transformer_blocks[0].attention
+    with torch.no_grad():
+        plain = model(ids)
+        attention.value_projection = WithAdapter(attention.value_projection)
+        adapted = model(ids)
+    assert not torch.allclose(plain, adapted, atol=1e-3)
+    assert torch.allclose(adapted, model(ids).detach(), atol=1e-6)  # the unpacked path agrees
+    seen = []
+    model.transformer_blocks[1].attention.key_projection.register_forward_hook(
+        lambda module, args, output: seen.append(output.shape))
+    with torch.no_grad():
+        model(ids)
+    assert seen == [(1, 12, TINY["n_embd"])]
