@@ -162,6 +162,7 @@ def umask():
     os.umask(previous)
 
 
+@pytest.mark.filterwarnings("ignore::gpt2port.conversion.ConversionWarning")  # see test_other_projects
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
 @pytest.mark.parametrize("to", list(BY_NAME))
 def test_outputs_get_the_permissions_the_umask_gives(to, mask, umask, tmp_path):
