@@ -113,11 +113,12 @@ class MultiHeadAttention(nn.Module):
         """``mask`` (B, 1, T, S) says which of the S keys each query sees; None means causal."""
         batch, tokens, width = x.shape  # (B, T, D)
         packed = self.packed_projection()
-        if packed is not None:
-            projected = linear(x, *packed).split(width, dim=-1)  # 3 x (B, T, D)
+        if packed is not None:  # (B, T, 3D) -> 3 x (B, H, T, Dh)
+            queries, keys, values = linear(x, *packed).view(
+                batch, tokens, 3, self.number_of_heads, self.head_dimension).permute(2, 0, 3, 1, 4)
         else:
-            projected = (getattr(self, name)(x) for name in self.PROJECTIONS)
-        queries, keys, values = map(self.split_heads, projected)  # 3 x (B, H, T, Dh)
+            queries, keys, values = (self.split_heads(getattr(self, name)(x))
+                                     for name in self.PROJECTIONS)  # 3 x (B, H, T, Dh)
         if cache is not None:  # append to the preallocated cache, attend to all of it
             keys, values = cache.store(layer, keys, values)  # (B, H, S, Dh), S = cached + T
         context = F.scaled_dot_product_attention(
@@ -260,6 +261,7 @@ class KVCache:
         dtype = torch.float32 if weight.device.type == "cpu" else weight.dtype
         self.keys = torch.empty(shape, dtype=dtype, device=weight.device)
         self.values = torch.empty_like(self.keys)
+        self.by_layer = list(zip(self.keys.unbind(0), self.values.unbind(0), strict=True))
         self.length = 0
 
     @property
@@ -269,12 +271,13 @@ class KVCache:
     def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's (B, H, T, Dh) keys and values after the cached ones; return all."""
-        end = self.length + keys.shape[2]
-        if end > self.capacity:
-            raise ValueError(f"the cache holds {self.capacity} tokens; {end} were given")
-        self.keys[layer, :, :, self.length:end] = keys
-        self.values[layer, :, :, self.length:end] = values
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        start, tokens = self.length, keys.shape[2]
+        if start + tokens > self.capacity:
+            raise ValueError(f"the cache holds {self.capacity} tokens; {start + tokens} were given")
+        layer_keys, layer_values = self.by_layer[layer]  # (B, H, capacity, Dh) each
+        layer_keys.narrow(2, start, tokens).copy_(keys)  # narrow: one op, where indexing is four
+        layer_values.narrow(2, start, tokens).copy_(values)
+        return layer_keys.narrow(2, 0, start + tokens), layer_values.narrow(2, 0, start + tokens)
 
     def advance(self, tokens: int) -> None:
         """Count ``tokens`` more as cached (the model calls it after every block stored them)."""
