@@ -36,21 +36,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llama-cpp", type=Path, help="llama.cpp source folder")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp())
+    with tempfile.TemporaryDirectory() as work:  # the checkpoint and its exports: ~1 GB
+        best = best_times(Path(work), args.llama_cpp)
+    print(f"{'conversion (process wall time, best of ' + str(ROUNDS) + ')':56} {'seconds':>8}")
+    for label, seconds in best.items():
+        print(f"{label:56} {seconds:8.2f}")
+    if LLAMA in best:
+        ratio = best["gpt2port convert --to gguf --dtype f16"] / best[LLAMA]
+        print(f"{'gguf f16: gpt2port / convert_hf_to_gguf.py':56} {ratio:8.2f}x")
+
+
+def best_times(work: Path, llama_cpp: Path | None) -> dict[str, float]:
+    """Each conversion's best process wall time over ROUNDS alternating rounds, in ``work``."""
     source = write_full_size_folder(work / "hub")
     export = work / "hf-export"  # what llama.cpp's converter reads (it stops at the Hub's masks)
     subprocess.run([sys.executable, "-m", "gpt2port", "convert", str(source), str(export),
                     "--to", "hf"], check=True, capture_output=True)
-    print(f"source: 124M-shape checkpoint in the Hub's layout, {source}")
     runs = {}  # label -> (command, output): timed in ROUNDS alternating rounds, best kept
     for to, dtype in CONVERSIONS:
         output = work / f"{to}-{dtype}"
         runs[f"gpt2port convert --to {to}" + (f" --dtype {dtype}" if dtype else "")] = (
             [sys.executable, "-m", "gpt2port", "convert", str(source), str(output), "--to", to]
             + (["--dtype", dtype] if dtype else []), output)
-    if args.llama_cpp is not None:
+    if llama_cpp is not None:
         output = work / "llama.gguf"
-        runs[LLAMA] = ([sys.executable, str(args.llama_cpp / "convert_hf_to_gguf.py"),
+        runs[LLAMA] = ([sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"),
                         str(export), "--outtype", "f16", "--outfile", str(output)], output)
     best: dict[str, float] = {}
     for _ in range(ROUNDS):
@@ -60,13 +70,7 @@ def main() -> None:
                 raise SystemExit(f"{label} failed: {done.stderr[-500:]}")
             best[label] = min(seconds, best.get(label, seconds))
             shutil.rmtree(output) if output.is_dir() else output.unlink()
-    print(f"{'conversion (process wall time, best of ' + str(ROUNDS) + ')':56} {'seconds':>8}")
-    for label, seconds in best.items():
-        print(f"{label:56} {seconds:8.2f}")
-    if LLAMA in best:
-        ratio = best["gpt2port convert --to gguf --dtype f16"] / best[LLAMA]
-        print(f"{'gguf f16: gpt2port / convert_hf_to_gguf.py':56} {ratio:8.2f}x")
-    shutil.rmtree(work)
+    return best
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,7 +39,8 @@ def products_of(model: GPTModel) -> list[tuple[torch.Tensor, torch.Tensor | None
 
 
 @contextmanager
-def linear_replaced(replacement: Callable) -> None:
+def linear_replaced(replacement: Callable) -> Iterator[Callable]:
+    """``model.linear`` replaced inside; yields the real one."""
     real = model_module.linear
     model_module.linear = replacement
     try:

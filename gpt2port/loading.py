@@ -82,9 +82,13 @@ def _placed(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype
     changes. A converted tensor is made row-major: half-precision matrix-vector kernels are
     up to 40x slower on a transposed (Conv1D [in, out]) layout, while an fp32 view keeps it
     (faster for fp32 there, and no copy)."""
-    if tensor.dtype == dtype and torch.device(device) == tensor.device:
+    if _is_placed(tensor, device, dtype):
         return tensor
     return tensor.to(device=device, dtype=dtype, memory_format=torch.contiguous_format)
+
+
+def _is_placed(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype) -> bool:
+    return tensor.dtype == dtype and tensor.device == torch.device(device)
 
 
 def _placed_state(state: dict[str, torch.Tensor], device: torch.device | str,
@@ -95,7 +99,7 @@ def _placed_state(state: dict[str, torch.Tensor], device: torch.device | str,
     for names in _projection_groups(state):
         parts = tuple(state[name] for name in names)
         together = stacked_rows(parts)
-        if together is None and parts[0].dtype == dtype and parts[0].device == torch.device(device):
+        if together is None and _is_placed(parts[0], device, dtype):
             continue  # apart in the checkpoint, not converted: no copy just to pack them
         together = torch.cat(parts) if together is None else together
         placed.update(zip(names, _placed(together, device, dtype).split(parts[0].shape[0]),

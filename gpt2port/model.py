@@ -94,14 +94,13 @@ class MultiHeadAttention(nn.Module):
                 torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
             return None
         made_from, addresses, packed = self._packed
-        if (len(made_from) != len(tensors) or any(a is not b for a, b in zip(made_from, tensors))
-                or addresses != [t.data_ptr() for t in tensors]):
+        now = [t.data_ptr() for t in tensors]  # a list of another length: a bias came or went
+        if addresses != now or any(a is not b for a, b in zip(made_from, tensors)):
             weight = stacked_rows(tuple(layer.weight for layer in layers))
             has_bias = layers[0].bias is not None
             bias = stacked_rows(tuple(layer.bias for layer in layers)) if has_bias else None
-            packed = (weight, bias) if weight is not None and (bias is not None or not has_bias) \
-                else None
-            self._packed = (tensors, [t.data_ptr() for t in tensors], packed)
+            packed = None if weight is None or (has_bias and bias is None) else (weight, bias)
+            self._packed = (tensors, now, packed)
         return packed
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -305,9 +304,10 @@ class StaticKVCache(KVCache):
               ) -> tuple[torch.Tensor, torch.Tensor]:
         if keys.shape[2] > 1:  # a prompt: as in KVCache
             return super().store(layer, keys, values)
-        self.keys[layer].index_copy_(2, self.position.view(1), keys.to(self.keys.dtype))
-        self.values[layer].index_copy_(2, self.position.view(1), values.to(self.values.dtype))
-        return self.keys[layer], self.values[layer]  # (B, H, S, Dh): masked by visible_keys
+        layer_keys, layer_values = self.by_layer[layer]
+        layer_keys.index_copy_(2, self.position.view(1), keys.to(layer_keys.dtype))
+        layer_values.index_copy_(2, self.position.view(1), values.to(layer_values.dtype))
+        return layer_keys, layer_values  # (B, H, S, Dh): masked by visible_keys
 
     def advance(self, tokens: int) -> None:
         """A prompt moves ``length``; a one-token step leaves it to the caller, who sets
