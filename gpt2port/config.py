@@ -58,22 +58,32 @@ def validate_config(config: dict, *, names: dict[str, str] | None = None) -> dic
     """
     if not isinstance(config, dict):
         raise ConfigError(f"a model config must be a dict, got {type(config).__name__}")
-    problems = _problems(config)
+    problems = config_problems(config, names=names)
     if problems:
-        names = names or {}
-        said = "; ".join(re.sub(r"\{(\w+)\}", lambda key: names.get(key[1], key[1]), problem)
-                         for problem in problems)
-        divides = any("does not divide" in problem for problem in problems)
-        hint = (f"{names.get('number_of_heads', 'number_of_heads')} must divide "
-                f"{names.get('embedding_dimension', 'embedding_dimension')}: GPT-2's sizes are "
-                "768/12, 1024/16, 1280/20 and 1600/25" if divides else
-                "start from gpt2port.GPT_CONFIG_124M and change only the sizes" if not names
-                else "fix the values named above")
-        raise ConfigError("model config cannot work: " + said, hint=hint)
+        raise ConfigError("model config cannot work: " + "; ".join(problems),
+                          hint=config_hint(problems, names=names))
     complete = {**OPTIONAL_KEYS, **_from_book_keys(config)[0]}
     if complete["padded_vocab_size"] is None:
         complete["padded_vocab_size"] = complete["vocab_size"]
     return complete
+
+
+def config_problems(config: dict, *, names: dict[str, str] | None = None) -> list[str]:
+    """What cannot work in ``config``, each key under the name ``names`` gives it."""
+    names = names or {}
+    return [re.sub(r"\{(\w+)\}", lambda key: names.get(key[1], key[1]), problem)
+            for problem in _problems(config)]
+
+
+def config_hint(problems: list[str], *, names: dict[str, str] | None = None) -> str:
+    """What to do about ``problems``."""
+    if any("does not divide" in problem for problem in problems):
+        names = names or {}
+        return (f"{names.get('number_of_heads', 'number_of_heads')} must divide "
+                f"{names.get('embedding_dimension', 'embedding_dimension')}: GPT-2's sizes are "
+                "768/12, 1024/16, 1280/20 and 1600/25")
+    return ("fix the values named above" if names else
+            "start from gpt2port.GPT_CONFIG_124M and change only the sizes")
 
 
 def _problems(config: dict) -> list[str]:
@@ -127,11 +137,6 @@ def _from_book_keys(config: dict) -> tuple[dict, list[str]]:
     return renamed, problems
 
 
-def book_config(config: dict) -> dict:
-    """A model config as the book writes it: GPT_CONFIG_124M's seven keys under the book's names
-    (``emb_dim``, ``n_heads``...)."""
-    ours_to_book = {ours: book for book, ours in BOOK_KEYS.items()}
-    return {ours_to_book.get(key, key): config[key] for key in GPT_CONFIG_124M}
 
 
 @dataclass(frozen=True)

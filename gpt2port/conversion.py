@@ -17,8 +17,9 @@ from .errors import ConfigError
 from .files import write_file, write_folder
 from .formats import BY_NAME, Format
 from .loading import model_from_checkpoint, open_checkpoint, resolve
-from .model import GPTModel, empty_model
+from .model import GPTModel
 from .progress import progress, stage
+from .skeleton import empty_model
 from .verification import prompt_for
 
 
@@ -141,14 +142,9 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
         bar.update()
         stage(bar, "writing")
         destination = Path(destination)
-        if target.file_suffix is not None and destination.suffix == target.file_suffix:
-            written_to = write_file(destination, lambda output: target.write_file(
-                written, output, dtype=dtype, tokenizer=tokenizer))
-        else:
-            def fill(output: Path) -> None:
-                target.write(written, output, dtype=dtype, tokenizer=tokenizer)
-                target.write_tokenizer(tokenizer, output)
-
-            written_to = write_folder(destination, fill)
+        one_file = target.file_suffix is not None and destination.suffix == target.file_suffix
+        written_to = (write_file if one_file else write_folder)(
+            destination, lambda output: target.write(written, output, dtype=dtype,
+                                                     tokenizer=tokenizer))
         bar.update()
     return written_to

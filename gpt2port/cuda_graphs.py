@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from .model import GPTModel, StaticKVCache
-
 
 class CapturedStep:
-    """``model``'s one-token step over a ``StaticKVCache``: captured as a CUDA graph when the
-    cache is on a CUDA device, else run as it is (the same computation, which is how the CPU
-    checks it)."""
+    """A ``decoding.Decoder``'s one-token step over its ``StaticKVCache``: captured as a CUDA
+    graph when the cache is on a CUDA device, else run as it is (the same computation, which is
+    how the CPU checks it). The decoder advances the cache after each call, outside the graph."""
 
-    def __init__(self, model: GPTModel, cache: StaticKVCache):
-        self.model, self.cache = model, cache
-        batch, device = cache.keys.shape[1], cache.keys.device
+    def __init__(self, decoder):
+        self.decoder = decoder
+        batch, device = decoder.cache.keys.shape[1], decoder.cache.keys.device
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)  # (B, 1)
         self.graph = None
         if device.type == "cuda":
@@ -30,12 +28,13 @@ class CapturedStep:
                 self.logits = self._step()  # (B, V): the graph's output buffer
 
     def _step(self) -> torch.Tensor:
-        return self.model(self.token, cache=self.cache, last_only=True)[:, -1]
+        return self.decoder.logits(self.token, None, self.decoder.step_product,
+                                   last_only=True)[:, -1]
 
-    def __call__(self, token: torch.Tensor, position: int) -> torch.Tensor:
-        """The logits (B, V) after ``token`` (B, 1) at ``position``; its keys are cached."""
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        """The logits (B, V) after ``token`` (B, 1) at the cache's position; its keys are
+        cached."""
         self.token.copy_(token)
-        self.cache.position.fill_(position)
         if self.graph is None:
             return self._step()
         self.graph.replay()

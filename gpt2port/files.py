@@ -77,7 +77,16 @@ def _write(destination: Path, fill: Callable[[Path], object], make: Callable[...
 
 
 def current_umask() -> int:
-    """The process's umask (reading it means setting it; it is set straight back)."""
+    """The process's umask, read from ``/proc/self/status`` (Linux 4.7 and later) without
+    setting it; where that is not there, through ``os.umask``, which sets it and at once back
+    (for a moment another thread would create files with 0o022)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -1,4 +1,4 @@
-"""Text generation: greedy or sampled, one token at a time."""
+"""Text generation: greedy or sampled, one token at a time (``decoding`` runs the model)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ from collections.abc import Iterator
 
 import torch
 
-from . import kernels
-from .cuda_graphs import CapturedStep
+from .decoding import Continuation
 from .errors import ConfigError
-from .model import GPTModel, KVCache, StaticKVCache
+from .model import GPTModel
 from .tokenizer import END_OF_TEXT_ID
 
 
@@ -70,13 +69,14 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
            ) -> Iterator[torch.Tensor]:
     """Yield each new column of ids (B, 1) as soon as it is chosen.
 
-    Keys and values go to a preallocated cache, so each step runs the model on one token. Past
-    the context length the window slides and is recomputed, as GPT-2's absolute positions need.
+    Keys and values go to a preallocated cache (``decoding.Continuation``), so each step runs the
+    model on one token. Past the context length the window slides and is recomputed, as GPT-2's
+    absolute positions need.
     ``attention_mask`` (B, T) marks left padding (see ``pad_left``). With ``stop_at_eos`` a row
     that has produced <|endoftext|> keeps producing it until every row has.
 
-    ``static_cache`` runs the one-token steps over a ``StaticKVCache``, on CUDA replayed from a
-    CUDA graph (``cuda_graphs.CapturedStep``); prompts of one length only (no
+    ``static_cache`` runs the one-token steps over a ``kv_cache.StaticKVCache``, on CUDA
+    replayed from a CUDA graph (``cuda_graphs.CapturedStep``); prompts of one length only (no
     ``attention_mask``). Opt-in: its GPU speed is still to be measured (docs/benchmarks.md).
 
     Raises:
@@ -100,49 +100,20 @@ def _stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
     generator = None
     if seed is not None:
         generator = torch.Generator(device=token_ids.device).manual_seed(seed)
-    context = model.config["context_length"]
-    batch, prompt_length = token_ids.shape
-    total = prompt_length + max_new_tokens
-    ids = torch.empty(batch, total, dtype=torch.long, device=token_ids.device)
-    ids[:, :prompt_length] = token_ids
-    mask = None
-    if attention_mask is not None:
-        mask = torch.ones(batch, total, dtype=torch.long, device=token_ids.device)
-        mask[:, :prompt_length] = attention_mask
-    cache = (StaticKVCache if static_cache else KVCache)(model, batch, min(context, total))
-    captured = None  # with static_cache: the step, captured at the first one
-
-    def run_window(end: int) -> torch.Tensor:  # the last ``context`` ids up to ``end``, afresh
-        begin = max(0, end - context)
-        cache.length = 0
-        window_mask = mask[:, begin:end] if mask is not None else None
-        return model(ids[:, begin:end], cache=cache, attention_mask=window_mask,
-                     last_only=True)[:, -1, :vocabulary]
-
-    logits = run_window(prompt_length)  # (B, V)
-    finished = torch.zeros(batch, 1, dtype=torch.bool, device=token_ids.device)
+    continuation = Continuation(model, token_ids, max_new_tokens, attention_mask=attention_mask,
+                                static_cache=static_cache)
+    logits = continuation.start()  # (B, V)
+    finished = torch.zeros(token_ids.shape[0], 1, dtype=torch.bool, device=token_ids.device)
     for step in range(max_new_tokens):
-        chosen = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                            generator=generator)  # (B, 1)
+        chosen = next_token(logits[:, :vocabulary], temperature=temperature, top_k=top_k,
+                            top_p=top_p, generator=generator)  # (B, 1)
         if stop_at_eos:
             chosen = chosen.masked_fill(finished, END_OF_TEXT_ID)
             finished |= chosen == END_OF_TEXT_ID
         yield chosen
-        end = prompt_length + step + 1
         if step + 1 == max_new_tokens or (stop_at_eos and bool(finished.all())):
             return
-        ids[:, end - 1:end] = chosen
-        if cache.length == cache.capacity:  # the window is full: slide it
-            logits = run_window(end)
-        elif static_cache:
-            captured = captured or CapturedStep(model, cache)
-            logits = captured(chosen, cache.length)[:, :vocabulary]
-            cache.length += 1
-        else:
-            step_mask = mask[:, :end] if mask is not None else None
-            with kernels.decoding(model.token_embedding_table.weight, batch):
-                logits = model(chosen, cache=cache, attention_mask=step_mask,
-                               last_only=True)[:, -1, :vocabulary]
+        logits = continuation.extend(chosen)
 
 
 def generate(model: GPTModel, token_ids: torch.Tensor | list[list[int]], max_new_tokens: int,

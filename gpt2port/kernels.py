@@ -1,72 +1,50 @@
-"""Batch-1 decoding at the memory limit on the CPU: the matrix-vector kernel that reads each
-dtype's weights fastest.
+"""The kernel a decoding step computes its products with: at batch 1 on the CPU, the one that
+reads each dtype's weights fastest.
 
 A decoding step streams every weight once, so its speed is the rate a kernel reads them. On the
-CPUs measured (docs/benchmarks.md) PyTorch's MKL reads a row-major fp32 weight at 12-13 GB/s at
-batch 1, one core's worth, while OpenBLAS's ``sgemv`` reads it at 26-30 GB/s on all cores. The two
-thread pools contend when both spin (3x slower than either alone), so while ``streaming()`` is on,
-torch runs its small per-step operations on one thread and leaves the cores to OpenBLAS. In bf16
-oneDNN's kernel reads 10 GB/s where PyTorch's own reads 25 GB/s: ``without_onednn()``.
+CPUs measured (docs/benchmarks.md) PyTorch's MKL reads a row-major fp32 weight at 10-13 GB/s at
+batch 1, while NumPy's OpenBLAS ``sgemv`` reads it at 15-30 GB/s. In bf16 oneDNN's kernel behind
+``F.linear`` read 10 GB/s on one CPU where PyTorch's own matrix-vector kernel (``torch.mv``) read
+25 GB/s. The choice is a plain function the caller holds: no flag of torch's or of this module
+changes, so other threads' products are untouched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
-_active = False
+Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-def decoding(weight: torch.Tensor, batch: int) -> AbstractContextManager:
-    """The context a decoding step of a model with this weight runs in. For batch 1 on the CPU:
-    OpenBLAS in fp32 (``streaming``), PyTorch's own kernel in bf16 (``without_onednn``); else
-    nothing changes (the fp16 kernel already streams at the memory limit, on all threads)."""
+def for_decoding(weight: torch.Tensor, batch: int) -> Product:
+    """The product for one-token steps of a model with this weight: OpenBLAS in fp32 and
+    PyTorch's own matrix-vector kernel in bf16 at batch 1 on the CPU; ``F.linear`` elsewhere
+    (the fp16 kernel already streams at the memory limit)."""
     if batch != 1 or weight.device.type != "cpu":
-        return nullcontext()
+        return F.linear
     if weight.dtype == torch.float32:
-        return streaming()
+        return openblas_matvec
     if weight.dtype == torch.bfloat16:
-        return without_onednn()
-    return nullcontext()
+        return torch_matvec
+    return F.linear
 
 
-@contextmanager
-def without_onednn() -> Iterator[None]:
-    """Products by PyTorch's own CPU kernels instead of oneDNN's, inside."""
-    was_enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = was_enabled
-
-
-@contextmanager
-def streaming() -> Iterator[None]:
-    """Route single-token fp32 CPU products to OpenBLAS, with torch on one thread, inside."""
-    global _active
-    threads, was_active = torch.get_num_threads(), _active
-    torch.set_num_threads(1)
-    _active = True
-    try:
-        yield
-    finally:
-        _active = was_active
-        torch.set_num_threads(threads)
-
-
-def takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``matvec`` computes this product: one token, fp32, CPU, nothing to differentiate."""
-    return (_active and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
-            and weight.device.type == "cpu" and x.numel() == weight.shape[1]
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
-
-
-def matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for one token x (..., in) -> (..., out), by OpenBLAS."""
+def openblas_matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                    ) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for one fp32 token x (..., in) -> (..., out), by OpenBLAS."""
     result = weight.detach().numpy() @ x.detach().reshape(-1).numpy()  # (out,)
     if bias is not None:
         result += bias.detach().numpy()
     return torch.from_numpy(result).view(*x.shape[:-1], weight.shape[0])
+
+
+def torch_matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                 ) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for one token, by ``torch.mv`` (not oneDNN's kernel)."""
+    result = torch.mv(weight, x.reshape(-1))  # (out,)
+    if bias is not None:
+        result += bias
+    return result.view(*x.shape[:-1], weight.shape[0])

@@ -9,14 +9,17 @@ from pathlib import Path
 import torch
 
 from . import formats
-from .config import PRESETS, hub_source, validate_config
+from .config import PRESETS, hub_source
+from .decoding import stacked_rows
 from .errors import CheckpointError, ConfigError, MappingError, NetworkError
 from .formats import Checkpoint
 from .formats.table import MappingTable, to_model
-from .model import GPTModel, MultiHeadAttention, empty_model, stacked_rows
+from .model import GPTModel
+from .skeleton import empty_model
 
 REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 COMMIT = re.compile(r"[0-9a-f]{40}")
+PROJECTIONS = ("query_projection", "key_projection", "value_projection")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "f32": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "f16": torch.float16,
@@ -36,23 +39,6 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 def open_checkpoint(path: Path) -> Checkpoint:
     """Read a folder or one weights file of any format in ``gpt2port.formats.FORMATS``."""
     return formats.read(Path(path))
-
-
-def _decide_tying(checkpoint: Checkpoint) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Tie the output head when the checkpoint has none, or one equal to the embedding.
-
-    Returns the config and the tensors to map (without a head that is only a copy).
-    """
-    table, tensors = checkpoint.table, checkpoint.tensors
-    head = table.source_name("output_head.weight")  # None: the format always ties
-    embedding = tensors.get(table.source_name("token_embedding_table.weight"))
-    if head is None or head not in tensors:
-        return {**checkpoint.config, "tie_output_head": True}, tensors
-    same = (embedding is not None and tensors[head].shape == embedding.shape
-            and torch.equal(tensors[head], embedding))
-    if same:
-        tensors = {name: tensor for name, tensor in tensors.items() if name != head}
-    return {**checkpoint.config, "tie_output_head": same}, tensors
 
 
 def _refuse_non_finite(origin: str, tensors: dict[str, torch.Tensor], table: MappingTable
@@ -94,7 +80,7 @@ def _is_placed(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dt
 def _placed_state(state: dict[str, torch.Tensor], device: torch.device | str,
                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Every tensor placed; each block's query, key and value tensors stay (or become) views of
-    one tensor, so that inference runs them as one product (``MultiHeadAttention``)."""
+    one tensor, so that decoding runs them as one product (``decoding.packed_projection``)."""
     placed = {}
     for names in _projection_groups(state):
         parts = tuple(state[name] for name in names)
@@ -110,7 +96,7 @@ def _placed_state(state: dict[str, torch.Tensor], device: torch.device | str,
 
 def _projection_groups(state: dict[str, torch.Tensor]) -> list[tuple[str, ...]]:
     """The names of each block's query, key and value weights, and of their biases."""
-    first, *others = MultiHeadAttention.PROJECTIONS
+    first, *others = PROJECTIONS
     groups = []
     for name in state:
         layer, _, tensor = name.rpartition(".")  # "transformer_blocks.0.attention.query_projection"
@@ -129,21 +115,12 @@ def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | 
     Raises:
         MappingError: listing every tensor that does not fit.
     """
-    config, tensors = _decide_tying(checkpoint)
-    try:
-        config = validate_config(config, names={key.ours: key.theirs
-                                                for key in checkpoint.format.config_keys})
-    except ConfigError as error:
-        raise ConfigError(f"{checkpoint.origin}: {error.message}", hint=error.hint) from None
+    config, tensors = checkpoint.config, checkpoint.tensors
     blocks, layers = checkpoint.table.block_count(tensors), config["number_of_layers"]
-    # a config claiming far more blocks than the file holds must not build them all
-    model = empty_model({**config, "number_of_layers": min(layers, blocks + 1)})
-    expected = model.state_dict()
-    if config["tie_output_head"]:
-        del expected["output_head.weight"]
+    # a config claiming far more blocks than the file holds must not be mapped block by block
+    checked = {**config, "number_of_layers": min(layers, blocks + 1)}
     try:
-        state = to_model(checkpoint.table, tensors, expected, model.config,
-                         origin=checkpoint.origin)
+        state = to_model(checkpoint.table, tensors, checked, origin=checkpoint.origin)
     except MappingError as error:
         if blocks == layers:
             raise
@@ -154,6 +131,7 @@ def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | 
     state = _placed_state(state, device, dtype)
     if config["tie_output_head"]:
         state["output_head.weight"] = state["token_embedding_table.weight"]
+    model = empty_model(config)
     model.load_state_dict(state, assign=True)
     model.tie_output_head()
     return model.eval()

@@ -6,7 +6,6 @@ docs cannot drift from the code.
 
 from pathlib import Path
 
-from gpt2port.config import validate_config
 from gpt2port.formats import FORMATS
 from gpt2port.inspection import table_markdown
 
@@ -21,9 +20,6 @@ where it has no key (a conversion into it states or refuses the difference).
 """
 HEADS = {"tied": "always tied (no head tensor)", "either": "stored when untied",
          "separate": "always stored; tied on reading when equal to the embedding"}
-EXAMPLE = validate_config({"vocab_size": 50257, "context_length": 1024,
-                           "embedding_dimension": 768, "number_of_heads": 12,
-                           "number_of_layers": 12, "dropout_rate": 0.1, "qkv_bias": True})
 
 
 def mapping_docs() -> str:
@@ -31,7 +27,7 @@ def mapping_docs() -> str:
     for each in FORMATS:
         module = type(each).__module__.replace(".", "/")
         parts += [f"\n## {each.title}: `--to {each.name}` (`{module}.py`)\n",
-                  table_markdown(each.table(EXAMPLE)), each.config_table_markdown(), ""]
+                  table_markdown(each.name_table), each.config_table_markdown(), ""]
     return "\n".join(parts)
 
 

@@ -5,6 +5,7 @@ import torch
 from checkpoints import LAYOUTS, TINY, load_reference, write_layout
 
 from gpt2port import generate, load_pretrained
+from gpt2port.decoding import Decoder, packed_projection
 
 FULL_SIZE_PARAMETERS = 124_439_808
 
@@ -78,8 +79,8 @@ def test_full_size_hub_layout_matches_transformers(full_size_hub_folder):
     ("book", torch.float16, True),
 ])
 def test_query_key_value_run_as_one_product_where_packed(source, dtype, packed, tmp_path):
-    """Inference runs the three projections as one product where their tensors are adjacent;
-    the logits are transformers' either way, and training keeps them apart."""
+    """Decoding runs the three projections as one product where their tensors are adjacent;
+    the logits are transformers' either way."""
     from gpt2port.conversion import convert
 
     folder = write_layout("hub", tmp_path / "hub")
@@ -87,37 +88,37 @@ def test_query_key_value_run_as_one_product_where_packed(source, dtype, packed, 
         folder = convert(folder, tmp_path / "book", to="book")
     model = load_pretrained(folder, dtype=dtype)
     attention = model.transformer_blocks[1].attention
-    with torch.no_grad():
-        found = attention.packed_projection()
-        assert (found is not None) == packed
-        if packed:
-            weights = [getattr(attention, name).weight for name in attention.PROJECTIONS]
-            assert found[0].data_ptr() == weights[0].data_ptr()  # a view, not a copy
-            assert torch.equal(found[0], torch.cat(weights))
-    assert attention.packed_projection() is None  # autograd needs the three parameters
+    found = packed_projection(attention)
+    assert (found is not None) == packed
+    if packed:
+        weights = [attention.query_projection.weight, attention.key_projection.weight,
+                   attention.value_projection.weight]
+        assert found[0].data_ptr() == weights[0].data_ptr()  # a view, not a copy
+        assert torch.equal(found[0], torch.cat(weights))
     ids = torch.randint(0, TINY["vocab_size"], (2, 30), generator=torch.Generator().manual_seed(2))
     bound = 1e-5 if dtype == torch.float32 else 2e-2
     with torch.no_grad():
         expected = load_reference(write_layout("hub", tmp_path / "again")).to(dtype)(ids).logits
-        assert (model(ids).float() - expected.float()).abs().max() <= bound * expected.abs().max()
+        for found in (model(ids), Decoder(model, 2).forward(ids)):
+            assert (found.float() - expected.float()).abs().max() <= bound * expected.abs().max()
 
 
 @pytest.mark.parametrize("change", ["replace the parameter", "replace its data"])
 def test_a_changed_projection_is_used_at_once(change, tmp_path):
-    """The packed product is remade when a projection's tensor is replaced or moved: the
-    logits then equal the three products' apart (the path autograd takes)."""
+    """Decoding takes the projections' tensors as they are when it starts: a tensor replaced or
+    changed in place is used by the next generation."""
     model = load_pretrained(write_layout("hub", tmp_path / "hub"))
     ids = torch.randint(0, TINY["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(3))
     key = model.transformer_blocks[0].attention.key_projection
     with torch.no_grad():
-        model(ids)  # packed once
+        before = Decoder(model, 1).forward(ids)
         if change == "replace the parameter":
             key.weight = torch.nn.Parameter(key.weight * 3)
         else:
             key.weight.data = key.weight.data * 3
-        found = model(ids)
-    assert torch.allclose(found, model(ids).detach(), atol=1e-6)
-    assert not torch.allclose(found, load_pretrained(tmp_path / "hub")(ids).detach(), atol=1e-3)
+        found = Decoder(model, 1).forward(ids)
+        assert torch.allclose(found, model(ids), atol=1e-5)
+    assert not torch.allclose(found, before, atol=1e-3)
 
 
 class WithAdapter(torch.nn.Module):
@@ -134,20 +135,20 @@ class WithAdapter(torch.nn.Module):
 
 
 def test_a_wrapped_or_hooked_projection_is_not_packed_past(tmp_path):
-    """An adapter around a projection, or a hook on one, runs: the packed product would skip
-    both (the adapter keeps the frozen weights, so autograd would not stop it)."""
+    """An adapter around a projection, or a hook on one, runs in decoding too: the packed
+    product would skip both (the adapter keeps the frozen weights)."""
     model = load_pretrained(write_layout("hub", tmp_path / "hub"))
     ids = torch.randint(0, TINY["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(4))
     attention = model.transformer_blocks[0].attention
     with torch.no_grad():
-        plain = model(ids)
+        plain = Decoder(model, 1).forward(ids)
         attention.value_projection = WithAdapter(attention.value_projection)
-        adapted = model(ids)
-    assert not torch.allclose(plain, adapted, atol=1e-3)
-    assert torch.allclose(adapted, model(ids).detach(), atol=1e-6)  # the unpacked path agrees
+        assert packed_projection(attention) is None
+        adapted = Decoder(model, 1).forward(ids)
+        assert not torch.allclose(plain, adapted, atol=1e-3)
+        assert torch.allclose(adapted, model(ids), atol=1e-5)  # the model's own forward agrees
     seen = []
     model.transformer_blocks[1].attention.key_projection.register_forward_hook(
         lambda module, args, output: seen.append(output.shape))
-    with torch.no_grad():
-        model(ids)
-    assert seen == [(1, 12, TINY["n_embd"])]
+    generate(model, ids, 2)
+    assert seen == [(1, 12, TINY["n_embd"]), (1, 1, TINY["n_embd"])]

@@ -136,7 +136,7 @@ def test_a_damaged_index_is_refused(exported, damage):
 
 def test_bad_hparams_are_named(exported):
     (exported / "hparams.json").write_text('{"n_vocab": 512, "n_ctx": 64, "n_embd": "64"}')
-    with pytest.raises(ConfigError, match="n_embd, n_head, n_layer missing or not a positive"):
+    with pytest.raises(ConfigError, match="lacks n_head, n_layer; n_embd must be a positive integer"):
         load_pretrained(exported)
 
 

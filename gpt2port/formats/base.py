@@ -1,40 +1,130 @@
-"""What every checkpoint format declares in one place, and the registry the rest iterates.
+"""What every checkpoint format declares, and the base class that does the common work.
 
 A format is one module under ``gpt2port/formats/`` holding one ``Format`` subclass: its name
-(the ``--to`` value), how it recognises a path, its reader and writer, its tensor-name table and
-config table (with the defaults it assumes), head tying, the dtypes it stores and what it cannot
-represent. ``load_pretrained``, ``convert``, ``inspect``, ``verify``, the CLI and the docs only
-iterate ``FORMATS``.
+(the ``--to`` value), how it recognises a path, its raw reader and writer (named tensors and its
+own config values), its tensor-name table and config table (with the values it assumes), head
+tying, the dtypes it stores and what it cannot represent. ``Format.read`` and ``Format.write``
+apply the tables, decide head tying, validate the config once and write the tokenizer;
+``load_pretrained``, ``convert``, ``inspect``, ``verify``, the CLI and the docs only iterate
+``FORMATS``.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 
+from ..config import config_hint, config_problems, validate_config
+from ..errors import ConfigError
 from ..files import copy_tokenizer
 from ..readers import load_pickle, read_safetensors
 from ..tokenizer import FILE_NAMES
-from .table import MappingTable
+from .table import MappingTable, from_model
 
 REQUIRED = "(required)"  # a ConfigKey default: the format has no value to assume
+FLOAT_KEYS = ("dropout_rate", "layer_norm_epsilon")  # JSON may write 1 for 1.0
 
 
 @dataclass(frozen=True)
 class ConfigKey:
-    """A key of the format's own config, the model config key it holds, and the value the format
-    assumes when the key is absent."""
+    """A key of the format's own config, the model config key it holds, the value the format
+    assumes when the key is absent, and (``values``) their values -> the model's, where they
+    differ."""
 
     theirs: str
     ours: str
     default: object = REQUIRED
+    values: dict | None = None
+    values_are: str = "a value this format knows"  # what ``values`` holds, for errors
+
+
+@dataclass(frozen=True)
+class ConfigTable:
+    """A format's config keys, and the model config values it has no key for (``assumes``)."""
+
+    keys: tuple[ConfigKey, ...]
+    assumes: dict = field(default_factory=dict)
+    derived: dict = field(default_factory=dict)  # model config key -> where it is read from
+
+    def names(self) -> dict[str, str]:
+        """Model config key -> the format's key, for error messages in the user's terms."""
+        return {key.ours: key.theirs for key in self.keys}
+
+    def to_model(self, theirs: Mapping, *, origin: str, extra: dict | None = None,
+                 hint: str | None = None) -> dict:
+        """The format's config values -> the validated model config (``extra``: values read
+        from elsewhere, such as tensor shapes).
+
+        Raises:
+            ConfigError: naming every key that is missing or cannot work, in the format's terms.
+        """
+        if not isinstance(theirs, Mapping):
+            raise ConfigError(f"{origin}: the config is not a dict", hint=hint)
+        missing = [key.theirs for key in self.keys
+                   if key.default == REQUIRED and key.theirs not in theirs]
+        problems = [f"lacks {', '.join(missing)}"] if missing else []
+        config = {}
+        for key in self.keys:
+            value = theirs.get(key.theirs, key.default)
+            if key.theirs in missing:
+                continue
+            if key.values is not None:
+                if not (isinstance(value, str) and value in key.values):
+                    problems.append(f"{key.theirs} {value!r} is not {key.values_are} "
+                                    f"({', '.join(key.values)})")
+                    continue
+                value = key.values[value]
+            if key.ours in FLOAT_KEYS and type(value) is int:
+                value = float(value)
+            config[key.ours] = value
+        config = {**config, **self.assumes, **(extra or {})}
+        found = config_problems(config, names=self.names())
+        if found and not problems:
+            raise ConfigError(f"{origin}: model config cannot work: " + "; ".join(found),
+                              hint=config_hint(found, names=self.names()))
+        problems += [problem for problem in found if not problem.startswith("missing key")]
+        if problems:
+            raise ConfigError(f"{origin}: " + "; ".join(problems), hint=hint or (
+                "it needs " + ", ".join(key.theirs for key in self.keys)))
+        return validate_config(config)
+
+    def from_model(self, config: dict) -> dict:
+        """The model config -> the format's keys (a value map's first spelling is written)."""
+        theirs = {}
+        for key in self.keys:
+            value = config[key.ours]
+            if key.values is not None:
+                value = next(name for name, ours in key.values.items() if ours == value)
+            theirs[key.theirs] = value
+        return theirs
+
+    def markdown(self) -> str:
+        rows = [f"| `{key.theirs}` | `{key.ours}` | {_shown(key.default)} |" for key in self.keys]
+        rows += [f"| (none) | `{ours}` | {_shown(value)} |" for ours, value in self.assumes.items()]
+        rows += [f"| ({where}) | `{ours}` | |" for ours, where in self.derived.items()]
+        return "\n".join(["| their key | model config key | assumed when absent |",
+                          "|---|---|---|", *rows])
+
+
+@dataclass
+class Raw:
+    """What a format's reader gives: the tensors under their own names (memory-mapped views), the
+    format's own config values, and model config values read from elsewhere."""
+
+    origin: str
+    tensors: dict[str, torch.Tensor]
+    config: Mapping
+    extra: dict = field(default_factory=dict)
+    config_origin: str | None = None  # the file the config is in, where not ``origin``
+    config_table: ConfigTable | None = None  # where not the format's own (a config.json of
+    # Hugging Face's keys beside the book's weights)
 
 
 @dataclass
@@ -112,48 +202,39 @@ class Candidate:
 
 
 class Format:
-    """One checkpoint layout. Subclasses set the attributes and implement the methods."""
+    """One checkpoint layout. A subclass declares its tables and attributes, recognises paths and
+    implements ``read_raw`` and ``write_raw``; ``read`` and ``write`` apply the tables."""
 
     name: str  # the --to value
-    name_table: MappingTable  # checkpoint names <-> model names (``table`` when it depends on
-    # the config)
+    name_table: MappingTable  # checkpoint names <-> model slots
+    config_table: ConfigTable
     title: str
     summary: str  # the files it is, in a few words
     dtypes: tuple[str, ...] = ("f32", "f16", "bf16")  # --dtype values it stores
     # "tied": no head tensor of its own; "either": stored when untied; "separate": always stored
     # (tied again on reading when it equals the token embedding)
     head: str = "either"
-    config_keys: tuple[ConfigKey, ...] = ()
-    # model config values the format has no place for: what it holds instead
-    assumes: ClassVar[dict] = {}
     vocabulary: str = "both"  # "rows": it knows only the tables' rows, not a padded vocabulary
     cannot_represent: str = "nothing"
     proof: str = ""
-    tokenizer_names: tuple[str, str] | None = FILE_NAMES[0]  # None: the writer stores it
+    tokenizer_names: tuple[str, str] | None = FILE_NAMES[0]  # None: write_tokenizer says how
     read_by_transformers = False  # a folder transformers' GPT2LMHeadModel loads as it is
     file_suffix: str | None = None  # a destination ending so is written as one file
-
-    def write_tokenizer(self, source: Path | None, folder: Path) -> None:
-        """Copy the tokenizer files of ``source`` (a folder) beside the weights."""
-        if self.tokenizer_names is not None:
-            copy_tokenizer(source, folder, self.tokenizer_names)
-
-    def table(self, config: dict) -> MappingTable:
-        return self.name_table
+    config_hint: str | None = None  # the hint for a config that cannot work
+    converts_dtype = True  # False: write_raw gets the model's own tensors and encodes --dtype
 
     def recognises(self, candidate: Candidate) -> bool:
         raise NotImplementedError
 
-    def read(self, candidate: Candidate) -> Checkpoint:
+    def read_raw(self, candidate: Candidate) -> Raw:
+        """The checkpoint's tensors under their own names and its own config values."""
         raise NotImplementedError
 
-    def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
-        """Write ``model`` into the new ``folder`` (``dtype`` None: the model's own)."""
-        raise NotImplementedError
-
-    def write_file(self, model, path: Path, *, dtype: str | None, tokenizer: Path | None
-                   ) -> None:
-        """Write ``model`` as the one file ``path`` (formats with a ``file_suffix``)."""
+    def write_raw(self, destination: Path, tensors: Iterator[tuple[str, torch.Tensor]],
+                  config: dict, *, dtype: str | None, tokenizer: Path | None) -> None:
+        """Write ``tensors`` (the format's names, in ``dtype`` unless the format encodes them
+        itself) and ``config`` (the model config) into the new folder ``destination``, or the
+        file ``destination`` for a format with a ``file_suffix``."""
         raise NotImplementedError
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -161,6 +242,57 @@ class Format:
         [in, out]) by code independent of the mapping table, and its model config: what the
         NumPy reference runs."""
         raise NotImplementedError
+
+    @property
+    def assumes(self) -> dict:
+        return self.config_table.assumes
+
+    def read(self, candidate: Candidate) -> Checkpoint:
+        """The checkpoint at ``candidate``: tensors without optional prefixes, the validated
+        model config, the head tied where the checkpoint has none or a copy of the embedding."""
+        raw = self.read_raw(candidate)
+        tensors = self.name_table.strip_prefix(raw.tensors)
+        tied, tensors = self._tying(tensors)
+        config_table = raw.config_table or self.config_table
+        config = config_table.to_model(raw.config, origin=raw.config_origin or raw.origin,
+                                       hint=self.config_hint,
+                                       extra={**raw.extra, "tie_output_head": tied})
+        return Checkpoint(raw.origin, tensors, config, self.name_table, self)
+
+    def _tying(self, tensors: dict[str, torch.Tensor]) -> tuple[bool, dict[str, torch.Tensor]]:
+        """Whether the head is tied, and the tensors to map (without a head that is a copy)."""
+        head = self.name_table.source_name("output_head.weight")
+        if head is None or head not in tensors:
+            return True, tensors
+        embedding = tensors.get(self.name_table.source_name("token_embedding_table.weight"))
+        if embedding is None or tensors[head].shape != embedding.shape or not torch.equal(
+                tensors[head], embedding):
+            return False, tensors
+        return True, {name: tensor for name, tensor in tensors.items() if name != head}
+
+    def write(self, model, destination: Path, *, dtype: str | None, tokenizer: Path | None
+              ) -> None:
+        """Write ``model`` (of a config ``held_config`` gives) to ``destination`` (a new folder,
+        or a file for a format with a ``file_suffix``), with the tokenizer of the folder
+        ``tokenizer`` where it has one."""
+        config = model.config
+        dtype = self.writing_dtype(dtype, model)
+        if self.head == "separate":  # a tied head is written as its own tensor too
+            config = {**config, "tie_output_head": False}
+        state = state_for_writing(model, dtype if self.converts_dtype else None, self.head)
+        tensors = from_model(self.name_table, state, config)
+        self.write_raw(Path(destination), tensors, config, dtype=dtype, tokenizer=tokenizer)
+        if Path(destination).is_dir():
+            self.write_tokenizer(tokenizer, Path(destination), config)
+
+    def writing_dtype(self, dtype: str | None, model) -> str | None:
+        """The --dtype to write (None: the model's own)."""
+        return dtype
+
+    def write_tokenizer(self, source: Path | None, folder: Path, config: dict) -> None:
+        """Give ``folder`` the tokenizer files of ``source`` (a folder), when it has them."""
+        if self.tokenizer_names is not None:
+            copy_tokenizer(source, folder, self.tokenizer_names)
 
     def held_config(self, config: dict) -> dict:
         """The model config as this format stores it: values it has no place for become the
@@ -173,11 +305,7 @@ class Format:
         return held
 
     def config_table_markdown(self) -> str:
-        rows = [f"| `{key.theirs}` | `{key.ours}` | {_shown(key.default)} |"
-                for key in self.config_keys]
-        rows += [f"| (none) | `{ours}` | {_shown(value)} |" for ours, value in self.assumes.items()]
-        return "\n".join(["| their key | model config key | assumed when absent |",
-                          "|---|---|---|", *rows])
+        return self.config_table.markdown()
 
 
 def _shown(value: object) -> str:
@@ -191,11 +319,12 @@ def torch_dtype(dtype: str | None, model) -> torch.dtype:
     return {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
-def state_for_writing(model, dtype: str | None) -> dict[str, torch.Tensor]:
-    """The model's tensors in ``dtype``, contiguous, without a tied head's duplicate."""
+def state_for_writing(model, dtype: str | None, head: str = "either") -> dict[str, torch.Tensor]:
+    """The model's tensors in ``dtype`` (views where nothing changes), with a tied head's
+    duplicate only where the format stores the head ``"separate"``ly."""
     wanted = torch_dtype(dtype, model)
-    state = {name: tensor.detach().to(wanted).contiguous()
+    state = {name: tensor.detach().to(wanted)
              for name, tensor in model.state_dict().items()}
-    if model.config["tie_output_head"]:
+    if model.config["tie_output_head"] and head != "separate":
         del state["output_head.weight"]
     return state

@@ -10,48 +10,49 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 
-from ..config import GPT2_HEADS, book_config, validate_config
+from ..config import GPT2_HEADS
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json
-from .base import Candidate, Checkpoint, ConfigKey, Format, state_for_writing
-from .huggingface import BLOCK, config_to_model
+from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
+from .huggingface import CONFIG_TABLE as HF_CONFIG_TABLE
+from .huggingface import check_architecture
 from .native import to_conv1d_names
-from .table import MappingTable, from_model, rule
+from .table import MappingTable
 
 FILENAME = "model.pth"
 # model_and_optimizer.pth is {"model_state_dict": ..., "optimizer_state_dict": ...}
 WRAPPER = "model_state_dict"
 SENTINEL = "tok_emb.weight"
-BOOK_BLOCK = "trf_blocks.{}"
-TABLE = MappingTable(
-    format="book",
-    rules=(
-        rule("tok_emb.weight", "token_embedding_table.weight"),
-        rule("pos_emb.weight", "position_embedding_table.weight"),
-        *(rule(f"{BOOK_BLOCK}.att.W_{part}.{kind}", f"{BLOCK}.attention.{part}_projection.{kind}")
-          for part in ("query", "key", "value") for kind in ("weight", "bias")),
-        rule(f"{BOOK_BLOCK}.att.out_proj.weight", f"{BLOCK}.attention.output_projection.weight"),
-        rule(f"{BOOK_BLOCK}.att.out_proj.bias", f"{BLOCK}.attention.output_projection.bias"),
-        rule(f"{BOOK_BLOCK}.ff.layers.0.weight", f"{BLOCK}.feed_forward.expansion.weight"),
-        rule(f"{BOOK_BLOCK}.ff.layers.0.bias", f"{BLOCK}.feed_forward.expansion.bias"),
-        rule(f"{BOOK_BLOCK}.ff.layers.2.weight", f"{BLOCK}.feed_forward.contraction.weight"),
-        rule(f"{BOOK_BLOCK}.ff.layers.2.bias", f"{BLOCK}.feed_forward.contraction.bias"),
-        rule(f"{BOOK_BLOCK}.norm1.scale", f"{BLOCK}.attention_norm.scale"),
-        rule(f"{BOOK_BLOCK}.norm1.shift", f"{BLOCK}.attention_norm.shift"),
-        rule(f"{BOOK_BLOCK}.norm2.scale", f"{BLOCK}.feed_forward_norm.scale"),
-        rule(f"{BOOK_BLOCK}.norm2.shift", f"{BLOCK}.feed_forward_norm.shift"),
-        rule("final_norm.scale", "layer_norm.scale"),
-        rule("final_norm.shift", "layer_norm.shift"),
-        rule("out_head.weight", "output_head.weight"),  # written always; re-tied when equal
-    ),
-    ignored=(f"{BOOK_BLOCK}.att.mask",),  # the causal mask, a buffer
+TABLE = MappingTable.parse("book", """
+    token_embedding_table.weight        tok_emb.weight
+    position_embedding_table.weight     pos_emb.weight
+    attention.query_projection.weight   trf_blocks.{}.att.W_query.weight
+    attention.query_projection.bias     trf_blocks.{}.att.W_query.bias
+    attention.key_projection.weight     trf_blocks.{}.att.W_key.weight
+    attention.key_projection.bias       trf_blocks.{}.att.W_key.bias
+    attention.value_projection.weight   trf_blocks.{}.att.W_value.weight
+    attention.value_projection.bias     trf_blocks.{}.att.W_value.bias
+    attention.output_projection.weight  trf_blocks.{}.att.out_proj.weight
+    attention.output_projection.bias    trf_blocks.{}.att.out_proj.bias
+    feed_forward.expansion.weight       trf_blocks.{}.ff.layers.0.weight
+    feed_forward.expansion.bias         trf_blocks.{}.ff.layers.0.bias
+    feed_forward.contraction.weight     trf_blocks.{}.ff.layers.2.weight
+    feed_forward.contraction.bias       trf_blocks.{}.ff.layers.2.bias
+    attention_norm.scale                trf_blocks.{}.norm1.scale
+    attention_norm.shift                trf_blocks.{}.norm1.shift
+    feed_forward_norm.scale             trf_blocks.{}.norm2.scale
+    feed_forward_norm.shift             trf_blocks.{}.norm2.shift
+    layer_norm.scale                    final_norm.scale
+    layer_norm.shift                    final_norm.shift
+    output_head.weight                  out_head.weight
+    """,  # out_head is written always; tied again on reading when it equals tok_emb
+    ignored=("trf_blocks.{}.att.mask",),  # the causal mask, a buffer
 )
-CONFIG_KEYS = (
+CONFIG_TABLE = ConfigTable((
     ConfigKey("vocab_size", "vocab_size"),
     ConfigKey("context_length", "context_length"),
     ConfigKey("emb_dim", "embedding_dimension"),
@@ -59,7 +60,9 @@ CONFIG_KEYS = (
     ConfigKey("n_layers", "number_of_layers"),
     ConfigKey("drop_rate", "dropout_rate", 0.1),
     ConfigKey("qkv_bias", "qkv_bias", False),
-)
+), assumes={"layer_norm_epsilon": 1e-5, "bias": True, "gelu_approximation": "tanh"})
+HINT = ("config.json holds the book's config dict: "
+        + ", ".join(key.theirs for key in CONFIG_TABLE.keys))
 
 
 def infer_config(tensors: dict[str, torch.Tensor], origin: str) -> dict:
@@ -80,26 +83,27 @@ def infer_config(tensors: dict[str, torch.Tensor], origin: str) -> dict:
             f"sizes ({', '.join(map(str, GPT2_HEADS))}), so the head count is unknown",
             hint="put the book's config dict beside it as config.json "
             '(json.dump(GPT_CONFIG_124M, open("config.json", "w")))')
-    blocks = TABLE.block_count(tensors)
     return {"vocab_size": rows, "context_length": context, "emb_dim": width,
-            "n_heads": GPT2_HEADS[width], "n_layers": blocks, "drop_rate": 0.1,
+            "n_heads": GPT2_HEADS[width], "n_layers": TABLE.block_count(tensors),
             "qkv_bias": "trf_blocks.0.att.W_query.bias" in tensors}
 
 
-def read_config(folder: Path, tensors: dict[str, torch.Tensor], origin: str) -> dict:
-    """The model config from a config.json beside the weights (the book's keys or Hugging
-    Face's), else from the shapes."""
+def read_config(folder: Path, tensors: dict[str, torch.Tensor], origin: str
+                ) -> tuple[dict, str, ConfigTable]:
+    """The config beside the weights (the book's keys or Hugging Face's), else the one the
+    shapes give: the values, the file they are from, and the table that reads them."""
     path = folder / "config.json"
     if not path.is_file():
-        return validate_config(infer_config(tensors, origin))
+        return infer_config(tensors, origin), origin, CONFIG_TABLE
     found = read_json(path)
-    if "n_embd" in found:
-        return config_to_model(found, origin=str(path))
-    try:
-        return validate_config(found)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error.message}", hint="config.json holds the book's config "
-                          "dict: " + ", ".join(key.theirs for key in CONFIG_KEYS)) from None
+    if isinstance(found, dict) and "n_embd" in found:
+        check_architecture(found, origin=str(path))
+        return found, str(path), HF_CONFIG_TABLE
+    known = {key.theirs for key in CONFIG_TABLE.keys}
+    unknown = sorted(set(found) - known) if isinstance(found, dict) else []
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}", hint=HINT)
+    return found, str(path), CONFIG_TABLE
 
 
 def causal_mask(context: int, dtype: torch.dtype) -> torch.Tensor:
@@ -110,13 +114,12 @@ def causal_mask(context: int, dtype: torch.dtype) -> torch.Tensor:
 class Book(Format):
     name = "book"
     name_table = TABLE
+    config_table = CONFIG_TABLE
+    config_hint = HINT
     title = "The book's `GPTModel` state dict"
     summary = ("`model.pth` (or `model_and_optimizer.pth`, or `.safetensors`) + `config.json` "
                "with the book's config dict")
     head = "separate"
-    config_keys = CONFIG_KEYS
-    assumes: ClassVar[dict] = {"layer_norm_epsilon": 1e-5, "bias": True,
-                               "gelu_approximation": "tanh"}
     vocabulary = "rows"
     cannot_represent = ("an epsilon other than 1e-5 (refused); the exact GELU (refused unless "
                         "approximated); no biases (zeros: exact); a padded vocabulary")
@@ -139,28 +142,25 @@ class Book(Format):
     def recognises(self, candidate: Candidate) -> bool:
         return self.weights_file(candidate) is not None
 
-    def read(self, candidate: Candidate) -> Checkpoint:
+    def read_raw(self, candidate: Candidate) -> Raw:
         weights = self.weights_file(candidate)
         tensors = weights.state_dict((WRAPPER,))
         origin = str(weights.path)
-        return Checkpoint(origin, tensors, read_config(weights.path.parent, tensors, origin),
-                          TABLE, self)
+        config, config_origin, config_table = read_config(weights.path.parent, tensors, origin)
+        return Raw(origin, tensors, config, config_origin=config_origin,
+                   config_table=config_table)
 
-    def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
+    def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
+                  tokenizer: Path | None) -> None:
         """``model.pth`` with the mask buffers (so the book's ``GPTModel.load_state_dict(...,
         strict=True)`` takes it) and ``config.json`` holding the book's config dict."""
-        config = model.config
-        state = state_for_writing(model, dtype)  # the book's head is its own tensor, always
-        state["output_head.weight"] = model.output_head.weight.detach().to(
-            state["token_embedding_table.weight"].dtype).contiguous()
-        tensors = from_model(TABLE, state, config["number_of_layers"])
+        tensors = {name: tensor.contiguous() for name, tensor in tensors}
         mask = causal_mask(config["context_length"], tensors["tok_emb.weight"].dtype)
         for index in range(config["number_of_layers"]):
             tensors[f"trf_blocks.{index}.att.mask"] = mask
-        folder = Path(folder)
-        torch.save(tensors, folder / FILENAME)
-        book = {**book_config(config), "vocab_size": config["padded_vocab_size"]}
-        (folder / "config.json").write_text(json.dumps(book, indent=2))
+        torch.save(tensors, destination / FILENAME)
+        book = CONFIG_TABLE.from_model({**config, "vocab_size": config["padded_vocab_size"]})
+        (destination / "config.json").write_text(json.dumps(book, indent=2))
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         """The book's names -> the model's by hand-written patterns, then GPT-2's."""
@@ -183,5 +183,6 @@ class Book(Format):
             for pattern, replacement in patterns:
                 name = re.sub(pattern, replacement, name)
             ours[name] = tensor.float().numpy()
-        config = read_config(weights.path.parent, state, str(weights.path))
+        values, origin, config_table = read_config(weights.path.parent, state, str(weights.path))
+        config = config_table.to_model(values, origin=origin, extra={"tie_output_head": False})
         return to_conv1d_names(ours, config), config

@@ -8,49 +8,44 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError
 from ..tokenizer import read_bpe
-from .base import Candidate, Checkpoint, ConfigKey, Format
-from .huggingface import BLOCK, QKV
-from .table import MappingTable, Split, from_model, rule
+from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
+from .table import MappingTable
 
 FILENAME = "model.gguf"
-TABLE = MappingTable(
-    format="gguf",
-    rules=(
-        rule("token_embd.weight", "token_embedding_table.weight"),
-        rule("position_embd.weight", "position_embedding_table.weight"),
-        rule("blk.{}.attn_norm.weight", f"{BLOCK}.attention_norm.scale"),
-        rule("blk.{}.attn_norm.bias", f"{BLOCK}.attention_norm.shift"),
-        rule("blk.{}.attn_qkv.weight", tuple(f"{p}.weight" for p in QKV), Split(3, dim=0)),
-        rule("blk.{}.attn_qkv.bias", tuple(f"{p}.bias" for p in QKV), Split(3, dim=0)),
-        rule("blk.{}.attn_output.weight", f"{BLOCK}.attention.output_projection.weight"),
-        rule("blk.{}.attn_output.bias", f"{BLOCK}.attention.output_projection.bias"),
-        rule("blk.{}.ffn_norm.weight", f"{BLOCK}.feed_forward_norm.scale"),
-        rule("blk.{}.ffn_norm.bias", f"{BLOCK}.feed_forward_norm.shift"),
-        rule("blk.{}.ffn_up.weight", f"{BLOCK}.feed_forward.expansion.weight"),
-        rule("blk.{}.ffn_up.bias", f"{BLOCK}.feed_forward.expansion.bias"),
-        rule("blk.{}.ffn_down.weight", f"{BLOCK}.feed_forward.contraction.weight"),
-        rule("blk.{}.ffn_down.bias", f"{BLOCK}.feed_forward.contraction.bias"),
-        rule("output_norm.weight", "layer_norm.scale"),
-        rule("output_norm.bias", "layer_norm.shift"),
-        rule("output.weight", "output_head.weight"),  # written always; re-tied on import
-    ),
-)
-# gpt2.* metadata key <-> model config key (all required)
-CONFIG_KEYS = (
+TABLE = MappingTable.parse("gguf", """
+    token_embedding_table.weight        token_embd.weight
+    position_embedding_table.weight     position_embd.weight
+    attention_norm.scale                blk.{}.attn_norm.weight
+    attention_norm.shift                blk.{}.attn_norm.bias
+    attention.qkv.weight                blk.{}.attn_qkv.weight     split
+    attention.qkv.bias                  blk.{}.attn_qkv.bias       split
+    attention.output_projection.weight  blk.{}.attn_output.weight
+    attention.output_projection.bias    blk.{}.attn_output.bias
+    feed_forward_norm.scale             blk.{}.ffn_norm.weight
+    feed_forward_norm.shift             blk.{}.ffn_norm.bias
+    feed_forward.expansion.weight       blk.{}.ffn_up.weight
+    feed_forward.expansion.bias         blk.{}.ffn_up.bias
+    feed_forward.contraction.weight     blk.{}.ffn_down.weight
+    feed_forward.contraction.bias       blk.{}.ffn_down.bias
+    layer_norm.scale                    output_norm.weight
+    layer_norm.shift                    output_norm.bias
+    output_head.weight                  output.weight
+    """)  # output.weight is written always; tied again on import when it equals token_embd
+# gpt2.* metadata key <-> model config key (all required); the vocabulary is token_embd's rows
+CONFIG_TABLE = ConfigTable((
     ConfigKey("gpt2.block_count", "number_of_layers"),
     ConfigKey("gpt2.context_length", "context_length"),
     ConfigKey("gpt2.embedding_length", "embedding_dimension"),
     ConfigKey("gpt2.attention.head_count", "number_of_heads"),
     ConfigKey("gpt2.attention.layer_norm_epsilon", "layer_norm_epsilon"),
-    ConfigKey("token_embd.weight rows", "vocab_size"),
-)
+), assumes={"dropout_rate": 0.1, "qkv_bias": True, "bias": True, "gelu_approximation": "tanh"},
+   derived={"vocab_size": "rows of `token_embd.weight`"})
 END_OF_TEXT_ID = 50256
 # --dtype -> the type of 2-D weights (norms and biases stay f32, as llama.cpp's converter does)
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
@@ -102,18 +97,22 @@ def _fields(gguf, reader, path: Path) -> dict:
             if found.types and found.types[0] != gguf.GGUFValueType.ARRAY and found.data}
 
 
-def _config(fields: dict, rows: int, path: Path) -> dict:
+def _config(fields: dict, path: Path) -> dict:
+    """The GGUF's gpt2.* metadata for the config table.
+
+    Raises:
+        CheckpointError: for another architecture.
+    """
     if fields.get("general.architecture") != "gpt2":
         raise CheckpointError(f"{path}: GGUF architecture is "
                               f"{fields.get('general.architecture')!r}, not 'gpt2'")
-    missing = [key.theirs for key in CONFIG_KEYS[:-1] if key.theirs not in fields]
-    if missing:
-        raise CheckpointError(f"{path}: GGUF metadata lacks {', '.join(map(repr, missing))}")
-    config = {key.ours: fields[key.theirs] for key in CONFIG_KEYS[:-1]}
-    # stored as float32: take the shortest decimal that is that float32 (1e-05, not 9.99999974e-06)
-    config["layer_norm_epsilon"] = float(np.format_float_scientific(
-        np.float32(config["layer_norm_epsilon"]), unique=True))
-    return {**config, **Gguf.assumes, "vocab_size": rows}
+    config = {key.theirs: fields[key.theirs] for key in CONFIG_TABLE.keys
+              if key.theirs in fields}
+    epsilon = config.get("gpt2.attention.layer_norm_epsilon")
+    if isinstance(epsilon, float):  # stored as float32: the shortest decimal that is that float32
+        config["gpt2.attention.layer_norm_epsilon"] = float(np.format_float_scientific(
+            np.float32(epsilon), unique=True))
+    return config
 
 
 def _tensors(gguf, reader) -> dict[str, np.ndarray]:
@@ -148,9 +147,8 @@ class Gguf(Format):
     summary = ("one `.gguf` file (or a folder holding `model.gguf`) with the tokenizer inside "
                "(needs the `gguf` package)")
     dtypes = tuple(FILE_TYPES)
-    config_keys = CONFIG_KEYS
-    assumes: ClassVar[dict] = {"dropout_rate": 0.1, "qkv_bias": True, "bias": True,
-                               "gelu_approximation": "tanh"}
+    config_table = CONFIG_TABLE
+    converts_dtype = False  # norms and biases stay f32: write_raw encodes each tensor
     vocabulary = "rows"
     cannot_represent = ("dropout (GPT-2's 0.1 assumed); the exact GELU (refused unless "
                         "approximated); no biases (zeros: exact); a padded vocabulary")
@@ -163,32 +161,28 @@ class Gguf(Format):
         path = candidate.path
         return path.suffix == ".gguf" or (path.is_dir() and (path / FILENAME).is_file())
 
-    def read(self, candidate: Candidate) -> Checkpoint:
-        """Tensors (dequantized to f32 where quantized) and the model config of a GGUF file."""
+    def read_raw(self, candidate: Candidate) -> Raw:
+        """Tensors (dequantized to f32 where quantized) and the metadata of a GGUF file."""
         path = candidate.path / FILENAME if candidate.path.is_dir() else candidate.path
 
         def read(gguf, reader):
             tensors = {name: torch.from_numpy(array)
                        for name, array in _tensors(gguf, reader).items()}
-            rows = tensors["token_embd.weight"].shape[0] if "token_embd.weight" in tensors else 0
-            return _config(_fields(gguf, reader, path), rows, path), tensors
+            return _config(_fields(gguf, reader, path), path), tensors
 
         config, tensors = _read(path, read)
-        return Checkpoint(str(path), tensors, config, TABLE, self)
+        rows = tensors["token_embd.weight"].shape[0] if "token_embd.weight" in tensors else 0
+        return Raw(str(path), tensors, config, extra={"vocab_size": rows})
 
-    def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
-        """``folder/model.gguf``; see ``write_file``."""
-        self.write_file(model, Path(folder) / FILENAME, dtype=dtype, tokenizer=tokenizer)
-
-    def write_file(self, model, path: Path, *, dtype: str | None, tokenizer: Path | None
-                   ) -> None:
-        """One GGUF file: 2-D weights in ``dtype`` (f32 by default), norms and biases in f32 as
-        llama.cpp's converter writes them, and the tokenizer when its files are given."""
+    def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
+                  tokenizer: Path | None) -> None:
+        """One GGUF file (``model.gguf`` in a folder): 2-D weights in ``dtype`` (f32 by
+        default), norms and biases in f32 as llama.cpp's converter writes them, and the tokenizer
+        when its files are given."""
         gguf = _gguf()
+        path = destination / FILENAME if destination.is_dir() else destination
         dtype = dtype or "f32"
-        config = model.config
-        state = dict(model.state_dict())  # a tied head is written out as its own tensor
-        tensors = from_model(TABLE, state, config["number_of_layers"])
+        tensors = dict(tensors)  # views of the model's tensors: the infos come first
         writer = gguf.GGUFWriter(str(path), "gpt2")
         writer.add_block_count(config["number_of_layers"])
         writer.add_context_length(config["context_length"])
@@ -219,9 +213,9 @@ class Gguf(Format):
         for name, tensor in tensors.items():
             stored = encodings[name]
             if stored == "quantized":
-                array = gguf.quants.quantize(tensor.detach().float().contiguous().numpy(), kind)
+                array = gguf.quants.quantize(tensor.float().contiguous().numpy(), kind)
             else:
-                array = tensor.detach().to(TORCH_TYPES[stored]).contiguous().numpy()
+                array = tensor.to(TORCH_TYPES[stored]).contiguous().numpy()
             writer.write_tensor_data(array)
         writer.close()
 
@@ -241,7 +235,8 @@ class Gguf(Format):
                 if array.ndim == 2 and base not in ("token_embd", "position_embd", "output"):
                     array = array.T
                 arrays[f"{theirs}.{kind}"] = array.astype(np.float32)
-            rows = arrays["wte.weight"].shape[0]
-            return arrays, _config(_fields(gguf, reader, path), rows, path)
+            fields = _config(_fields(gguf, reader, path), path)
+            return arrays, CONFIG_TABLE.to_model(fields, origin=str(path), extra={
+                "vocab_size": arrays["wte.weight"].shape[0], "tie_output_head": False})
 
         return _read(path, read)

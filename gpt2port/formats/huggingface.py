@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..config import validate_config
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json, read_weights_file
 from ..tokenizer import END_OF_TEXT_ID
-from .base import Candidate, Checkpoint, ConfigKey, Format, state_for_writing
-from .table import Chain, MappingTable, Split, Transpose, from_model, rule
+from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
+from .table import MappingTable
 
 # Weights files of a Hugging Face folder, in order of preference.
 WEIGHTS_FILES = (
@@ -28,41 +26,34 @@ WEIGHTS_FILES = (
     "pytorch_model.bin.index.json",
     "pytorch_model.bin",
 )
-BLOCK = "transformer_blocks.{}"
-CONV1D = Transpose()
-PACKED_QKV_WEIGHT = Chain(Transpose(), Split(3, dim=0))
-PACKED_QKV_BIAS = Split(3, dim=0)
-QKV = tuple(f"{BLOCK}.attention.{part}_projection" for part in ("query", "key", "value"))
-
-TABLE = MappingTable(
-    format="huggingface",
-    rules=(
-        rule("wte.weight", "token_embedding_table.weight"),
-        rule("wpe.weight", "position_embedding_table.weight"),
-        rule("h.{}.ln_1.weight", f"{BLOCK}.attention_norm.scale"),
-        rule("h.{}.ln_1.bias", f"{BLOCK}.attention_norm.shift"),
-        rule("h.{}.attn.c_attn.weight", tuple(f"{p}.weight" for p in QKV), PACKED_QKV_WEIGHT),
-        rule("h.{}.attn.c_attn.bias", tuple(f"{p}.bias" for p in QKV), PACKED_QKV_BIAS),
-        rule("h.{}.attn.c_proj.weight", f"{BLOCK}.attention.output_projection.weight", CONV1D),
-        rule("h.{}.attn.c_proj.bias", f"{BLOCK}.attention.output_projection.bias"),
-        rule("h.{}.ln_2.weight", f"{BLOCK}.feed_forward_norm.scale"),
-        rule("h.{}.ln_2.bias", f"{BLOCK}.feed_forward_norm.shift"),
-        rule("h.{}.mlp.c_fc.weight", f"{BLOCK}.feed_forward.expansion.weight", CONV1D),
-        rule("h.{}.mlp.c_fc.bias", f"{BLOCK}.feed_forward.expansion.bias"),
-        rule("h.{}.mlp.c_proj.weight", f"{BLOCK}.feed_forward.contraction.weight", CONV1D),
-        rule("h.{}.mlp.c_proj.bias", f"{BLOCK}.feed_forward.contraction.bias"),
-        rule("ln_f.weight", "layer_norm.scale"),
-        rule("ln_f.bias", "layer_norm.shift"),
-        rule("lm_head.weight", "output_head.weight"),  # absent when tied to wte
-    ),
+TABLE = MappingTable.parse("huggingface", """
+    token_embedding_table.weight        wte.weight
+    position_embedding_table.weight     wpe.weight
+    attention_norm.scale                h.{}.ln_1.weight
+    attention_norm.shift                h.{}.ln_1.bias
+    attention.qkv.weight                h.{}.attn.c_attn.weight   transpose, split
+    attention.qkv.bias                  h.{}.attn.c_attn.bias     split
+    attention.output_projection.weight  h.{}.attn.c_proj.weight   transpose
+    attention.output_projection.bias    h.{}.attn.c_proj.bias
+    feed_forward_norm.scale             h.{}.ln_2.weight
+    feed_forward_norm.shift             h.{}.ln_2.bias
+    feed_forward.expansion.weight       h.{}.mlp.c_fc.weight      transpose
+    feed_forward.expansion.bias         h.{}.mlp.c_fc.bias
+    feed_forward.contraction.weight     h.{}.mlp.c_proj.weight    transpose
+    feed_forward.contraction.bias       h.{}.mlp.c_proj.bias
+    layer_norm.scale                    ln_f.weight
+    layer_norm.shift                    ln_f.bias
+    output_head.weight                  lm_head.weight
+    """,  # lm_head.weight is absent when tied to wte
     # Causal-mask buffers older transformers saved with the weights; they hold no weights.
     ignored=("h.{}.attn.bias", "h.{}.attn.masked_bias"),
     # GPT2LMHeadModel.save_pretrained writes the body under "transformer."; the Hub file does not.
     optional_prefixes=("transformer.",),
 )
 
-# config.json key <-> model config key, with the default GPT2Config assumes when a key is absent.
-CONFIG_KEYS = (
+# config.json key <-> model config key, with the default GPT2Config assumes when a key is absent;
+# activation_function values -> the model's gelu_approximation (the first of each is written).
+CONFIG_TABLE = ConfigTable((
     ConfigKey("vocab_size", "vocab_size", 50257),
     ConfigKey("n_positions", "context_length", 1024),
     ConfigKey("n_embd", "embedding_dimension", 768),
@@ -70,32 +61,39 @@ CONFIG_KEYS = (
     ConfigKey("n_layer", "number_of_layers", 12),
     ConfigKey("resid_pdrop", "dropout_rate", 0.1),
     ConfigKey("layer_norm_epsilon", "layer_norm_epsilon", 1e-5),
-    ConfigKey("tie_word_embeddings", "tie_output_head", True),
-    ConfigKey("activation_function", "gelu_approximation", "gelu_new"),
-)
-# activation_function values -> the model's gelu_approximation; the first of each is written
-ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
+    ConfigKey("activation_function", "gelu_approximation", "gelu_new",
+              values={"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"},
+              values_are="a GELU GPT-2 uses"),
+), assumes={"bias": True, "qkv_bias": True},
+   derived={"tie_output_head": "the tensors: no `lm_head.weight`, or one equal to `wte`; "
+                               "written as `tie_word_embeddings`"})
 # Options GPT2Config has that this model does not implement, with the value it needs.
 UNSUPPORTED_OPTIONS = (
     ("scale_attn_by_inverse_layer_idx", False),
     ("add_cross_attention", False),
     ("scale_attn_weights", True),
 )
+HINT = "gpt2port loads the GPT-2 architecture only"
 
 
 def config_to_model(hf_config: dict, *, origin: str) -> dict:
-    """A ``config.json`` dict -> the model config.
+    """A ``config.json`` dict -> the model config (the head tied, as GPT-2's is).
 
     Raises:
         ConfigError: for a non-GPT-2 model or an option this model does not implement.
     """
+    check_architecture(hf_config, origin=origin)
+    return CONFIG_TABLE.to_model(hf_config, origin=origin, extra={"tie_output_head": True})
+
+
+def check_architecture(hf_config: object, *, origin: str) -> None:
+    """Raise ConfigError for a non-GPT-2 ``config.json`` or an option this model does not
+    implement."""
     problems = []
+    if not isinstance(hf_config, dict):
+        raise ConfigError(f"{origin}: the config is not a dict", hint=HINT)
     if hf_config.get("model_type", "gpt2") != "gpt2":
         problems.append(f"model_type is {hf_config['model_type']!r}, not 'gpt2'")
-    activation = hf_config.get("activation_function", "gelu_new")
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        problems.append(f"activation_function {activation!r} is not a GELU GPT-2 uses "
-                        f"({', '.join(ACTIVATIONS)})")
     problems += [f"{key}={hf_config[key]!r} is not supported (needs {needed!r})"
                  for key, needed in UNSUPPORTED_OPTIONS
                  if key in hf_config and hf_config[key] != needed]
@@ -103,32 +101,18 @@ def config_to_model(hf_config: dict, *, origin: str) -> dict:
     if hf_config.get("n_inner") not in (None, 4 * width if isinstance(width, int) else None):
         problems.append(f"n_inner={hf_config['n_inner']!r} is not 4 x n_embd")
     if problems:
-        raise ConfigError(f"{origin}: " + "; ".join(problems),
-                          hint="gpt2port loads the GPT-2 architecture only")
-    config = {key.ours: hf_config.get(key.theirs, key.default) for key in CONFIG_KEYS}
-    config["gelu_approximation"] = ACTIVATIONS[activation]
-    epsilon = config["layer_norm_epsilon"]
-    if isinstance(epsilon, int) and not isinstance(epsilon, bool):
-        config["layer_norm_epsilon"] = float(epsilon)  # an integer in JSON, e.g. 1
-    try:
-        return validate_config({**config, "qkv_bias": True},
-                               names={key.ours: key.theirs for key in CONFIG_KEYS})
-    except ConfigError as error:
-        raise ConfigError(f"{origin}: {error.message}", hint=error.hint) from None
+        raise ConfigError(f"{origin}: " + "; ".join(problems), hint=HINT)
 
 
 def config_from_model(config: dict) -> dict:
     """The model config -> a ``config.json`` that ``GPT2LMHeadModel`` loads."""
-    hf_config = {key.theirs: config[key.ours] for key in CONFIG_KEYS}
-    hf_config["vocab_size"] = config["padded_vocab_size"]
-    hf_config["activation_function"] = next(
-        name for name, ours in ACTIVATIONS.items() if ours == config["gelu_approximation"])
     dropout = config["dropout_rate"]
     end_of_text = END_OF_TEXT_ID if config["vocab_size"] > END_OF_TEXT_ID else None
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        **hf_config,
+        **CONFIG_TABLE.from_model({**config, "vocab_size": config["padded_vocab_size"]}),
+        "tie_word_embeddings": config["tie_output_head"],
         "n_ctx": config["context_length"],
         "embd_pdrop": dropout,
         "attn_pdrop": dropout,
@@ -145,16 +129,16 @@ def find_weights(folder: Path) -> Path | None:
 class HuggingFace(Format):
     name = "hf"
     name_table = TABLE
+    config_table = CONFIG_TABLE
     title = "Hugging Face (`GPT2LMHeadModel`)"
     summary = ("`config.json` + `model.safetensors` (also sharded, or `pytorch_model.bin`), "
                "Conv1D `[in, out]` weights")
-    config_keys = CONFIG_KEYS
-    assumes: ClassVar[dict] = {"bias": True, "qkv_bias": True}
     vocabulary = "rows"
     cannot_represent = ("a model without biases (written as zero biases: exact); a padded "
                         "vocabulary (its padding rows become ordinary ids)")
     proof = "transformers' `GPT2LMHeadModel.from_pretrained` reads the export: logits bit-equal"
     read_by_transformers = True
+    config_hint = HINT
 
     def recognises(self, candidate: Candidate) -> bool:
         path = candidate.path
@@ -163,7 +147,7 @@ class HuggingFace(Format):
         return path.name.endswith(".index.json") or path.suffix in (
             ".safetensors", ".bin", ".pt", ".pth")
 
-    def read(self, candidate: Candidate) -> Checkpoint:
+    def read_raw(self, candidate: Candidate) -> Raw:
         path = candidate.path
         weights = find_weights(path) if path.is_dir() else path
         if weights.suffix != ".json" and not (candidate.is_safetensors or candidate.is_pickle
@@ -177,24 +161,23 @@ class HuggingFace(Format):
         if not config_path.is_file():
             raise CheckpointError(f"{weights}: no config.json beside it",
                                   hint="put the model's config.json in the same folder")
-        config = config_to_model(read_json(config_path), origin=str(config_path))
-        tensors = TABLE.strip_prefix(read_weights_file(weights))
-        return Checkpoint(str(weights), tensors, config, TABLE, self)
+        hf_config = read_json(config_path)
+        check_architecture(hf_config, origin=str(config_path))
+        return Raw(str(weights), read_weights_file(weights), hf_config,
+                   config_origin=str(config_path))
 
-    def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
+    def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
+                  tokenizer: Path | None) -> None:
         """``config.json``, ``generation_config.json`` and ``model.safetensors`` in the Hub's
         layout (no prefix; a tied head left out, as on the Hub) for
         ``GPT2LMHeadModel.from_pretrained``."""
-        state = state_for_writing(model, dtype)
-        tensors = from_model(TABLE, state, model.config["number_of_layers"])
-        folder = Path(folder)
-        hf_config = config_from_model(model.config)
-        (folder / "config.json").write_text(json.dumps(hf_config, indent=2))
+        hf_config = config_from_model(config)
+        (destination / "config.json").write_text(json.dumps(hf_config, indent=2))
         # what GPT2LMHeadModel.save_pretrained writes beside it: generate() stops at <|endoftext|>
-        (folder / "generation_config.json").write_text(json.dumps(
+        (destination / "generation_config.json").write_text(json.dumps(
             {key: hf_config[key] for key in ("bos_token_id", "eos_token_id")}, indent=2))
-        save_file({name: t.contiguous() for name, t in tensors.items()},
-                  folder / "model.safetensors", metadata={"format": "pt"})
+        save_file({name: tensor.contiguous() for name, tensor in tensors},
+                  destination / "model.safetensors", metadata={"format": "pt"})
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         from safetensors.torch import load_file  # the safetensors library, not our reader

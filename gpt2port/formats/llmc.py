@@ -14,17 +14,15 @@ from __future__ import annotations
 import mmap
 import struct
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 
-from ..config import LARGEST_SIZE, validate_config
+from ..config import LARGEST_SIZE
 from ..errors import CheckpointError, ConfigError, unreadable
 from ..tokenizer import END_OF_TEXT_ID, has_tokenizer, load_tokenizer
-from .base import Candidate, Checkpoint, ConfigKey, Format, state_for_writing
-from .huggingface import BLOCK, QKV
-from .table import MappingTable, Split, from_model, rule
+from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
+from .table import MappingTable
 
 MAGIC, TOKENIZER_MAGIC = 20240326, 20240328
 VERSIONS = {3: torch.float32, 5: torch.bfloat16}  # version -> dtype of every tensor
@@ -32,36 +30,36 @@ DTYPE_VERSIONS = {"f32": 3, "bf16": 5}
 HEADER_INTS = 256
 FILENAME, TOKENIZER_FILENAME = "model.bin", "gpt2_tokenizer.bin"
 WHOLE = ("wte", "wpe", "lnfw", "lnfb")  # the tensors that are not stacked across layers
-TABLE = MappingTable(
-    format="llmc",
-    rules=(
-        rule("wte", "token_embedding_table.weight"),
-        rule("wpe", "position_embedding_table.weight"),
-        rule("ln1w.{}", f"{BLOCK}.attention_norm.scale"),
-        rule("ln1b.{}", f"{BLOCK}.attention_norm.shift"),
-        rule("qkvw.{}", tuple(f"{p}.weight" for p in QKV), Split(3)),
-        rule("qkvb.{}", tuple(f"{p}.bias" for p in QKV), Split(3)),
-        rule("attprojw.{}", f"{BLOCK}.attention.output_projection.weight"),
-        rule("attprojb.{}", f"{BLOCK}.attention.output_projection.bias"),
-        rule("ln2w.{}", f"{BLOCK}.feed_forward_norm.scale"),
-        rule("ln2b.{}", f"{BLOCK}.feed_forward_norm.shift"),
-        rule("fcw.{}", f"{BLOCK}.feed_forward.expansion.weight"),
-        rule("fcb.{}", f"{BLOCK}.feed_forward.expansion.bias"),
-        rule("fcprojw.{}", f"{BLOCK}.feed_forward.contraction.weight"),
-        rule("fcprojb.{}", f"{BLOCK}.feed_forward.contraction.bias"),
-        rule("lnfw", "layer_norm.scale"),
-        rule("lnfb", "layer_norm.shift"),
-    ),
-)
-# header slot <-> model config key
-CONFIG_KEYS = (
-    ConfigKey("header[2] max_seq_len", "context_length"),
-    ConfigKey("header[3] vocab_size", "vocab_size"),
-    ConfigKey("header[4] num_layers", "number_of_layers"),
-    ConfigKey("header[5] num_heads", "number_of_heads"),
-    ConfigKey("header[6] channels", "embedding_dimension"),
-    ConfigKey("header[7] padded_vocab_size", "padded_vocab_size"),
-)
+TABLE = MappingTable.parse("llmc", """
+    token_embedding_table.weight        wte
+    position_embedding_table.weight     wpe
+    attention_norm.scale                ln1w.{}
+    attention_norm.shift                ln1b.{}
+    attention.qkv.weight                qkvw.{}      split
+    attention.qkv.bias                  qkvb.{}      split
+    attention.output_projection.weight  attprojw.{}
+    attention.output_projection.bias    attprojb.{}
+    feed_forward_norm.scale             ln2w.{}
+    feed_forward_norm.shift             ln2b.{}
+    feed_forward.expansion.weight       fcw.{}
+    feed_forward.expansion.bias         fcb.{}
+    feed_forward.contraction.weight     fcprojw.{}
+    feed_forward.contraction.bias       fcprojb.{}
+    layer_norm.scale                    lnfw
+    layer_norm.shift                    lnfb
+    """)
+# header[2:8], in order <-> model config key (all required)
+CONFIG_TABLE = ConfigTable((
+    ConfigKey("max_seq_len", "context_length"),  # header[2]
+    ConfigKey("vocab_size", "vocab_size"),
+    ConfigKey("num_layers", "number_of_layers"),
+    ConfigKey("num_heads", "number_of_heads"),
+    ConfigKey("channels", "embedding_dimension"),
+    ConfigKey("padded_vocab_size", "padded_vocab_size"),
+), assumes={"dropout_rate": 0.0, "layer_norm_epsilon": 1e-5, "qkv_bias": True, "bias": True,
+            "gelu_approximation": "tanh"},
+   derived={"tie_output_head": "always: the head is `wte`"})
+FIELDS = tuple(key.theirs for key in CONFIG_TABLE.keys)
 
 
 def tensor_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
@@ -79,7 +77,7 @@ def tensor_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def read_header(path: Path, data: bytes) -> tuple[dict, torch.dtype]:
-    """The model config and the tensors' dtype from the 1024-byte header.
+    """The header's config fields (``FIELDS``, by name) and the tensors' dtype.
 
     Raises:
         CheckpointError: naming the field that is wrong.
@@ -94,22 +92,29 @@ def read_header(path: Path, data: bytes) -> tuple[dict, torch.dtype]:
         raise CheckpointError(f"{path}: llm.c model version {header[1]} is not one this reader "
                               f"knows ({', '.join(map(str, VERSIONS))})",
                               hint="re-export it with llm.c's current train_gpt2.py")
-    names = [key.theirs.split()[1] for key in CONFIG_KEYS]
-    values = header[2:8]
-    bad = [f"{name}={value}" for name, value in zip(names, values, strict=True)
-           if not 0 < value <= LARGEST_SIZE]
+    fields = dict(zip(FIELDS, header[2:2 + len(FIELDS)], strict=True))
+    bad = [f"{name}={value}" for name, value in fields.items() if not 0 < value <= LARGEST_SIZE]
     if bad:
         raise CheckpointError(f"{path}: header fields out of range: {', '.join(bad)}")
-    config = {key.ours: value for key, value in zip(CONFIG_KEYS, values, strict=True)}
+    return fields, VERSIONS[header[1]]
+
+
+def header_config(path: Path, fields: dict) -> dict:
+    """The model config of the header's fields (llm.c always ties the head).
+
+    Raises:
+        CheckpointError: for fields no model can have.
+    """
     try:
-        return validate_config({**config, **LlmC.assumes, "tie_output_head": True}), (
-            VERSIONS[header[1]])
+        return CONFIG_TABLE.to_model(fields, origin=f"{path}: header",
+                                     extra={"tie_output_head": True})
     except ConfigError as error:
-        raise CheckpointError(f"{path}: header: {error.message}") from None
+        raise CheckpointError(error.message) from None
 
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Per-layer views of the memory-mapped file (``qkvw.3`` is layer 3's slice), and the config.
+    """Per-layer views of the memory-mapped file (``qkvw.3`` is layer 3's slice), and the
+    header's fields.
 
     Raises:
         CheckpointError: for a bad header or a file whose size does not fit it.
@@ -119,7 +124,8 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
     except (OSError, ValueError) as error:
         raise unreadable(path, error) from None
-    config, dtype = read_header(path, mapped[:4 * HEADER_INTS])
+    fields, dtype = read_header(path, mapped[:4 * HEADER_INTS])
+    config = header_config(path, fields)
     shapes = tensor_shapes(config)
     needed = 4 * HEADER_INTS + sum(int(np.prod(shape)) for _, shape in shapes) * dtype.itemsize
     if len(mapped) != needed:
@@ -134,7 +140,7 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             tensors[name] = stacked
         else:
             tensors.update({f"{name}.{i}": stacked[i] for i in range(shape[0])})
-    return tensors, config
+    return tensors, fields
 
 
 def write_tokenizer(source: Path, path: Path, vocab_size: int) -> bool:
@@ -158,13 +164,11 @@ def write_tokenizer(source: Path, path: Path, vocab_size: int) -> bool:
 class LlmC(Format):
     name = "llmc"
     name_table = TABLE
+    config_table = CONFIG_TABLE
     title = "llm.c's model file"
     summary = f"`{FILENAME}` (header + stacked tensors) and `{TOKENIZER_FILENAME}`"
     dtypes = tuple(DTYPE_VERSIONS)
     head = "tied"
-    config_keys = CONFIG_KEYS
-    assumes: ClassVar[dict] = {"dropout_rate": 0.0, "layer_norm_epsilon": 1e-5, "qkv_bias": True,
-                               "bias": True, "gelu_approximation": "tanh"}
     cannot_represent = ("an untied head, an epsilon other than 1e-5 (refused); the exact GELU "
                         "(refused unless approximated); no biases (zeros: exact); dropout "
                         "(llm.c trains without it); f16")
@@ -182,40 +186,48 @@ class LlmC(Format):
     def recognises(self, candidate: Candidate) -> bool:
         return self.model_file(candidate) is not None
 
-    def read(self, candidate: Candidate) -> Checkpoint:
+    def read_raw(self, candidate: Candidate) -> Raw:
         path = self.model_file(candidate)
-        tensors, config = read_tensors(path)
-        return Checkpoint(str(path), tensors, config, TABLE, self)
+        tensors, fields = read_tensors(path)
+        return Raw(str(path), tensors, fields)
 
-    def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
-        """``model.bin`` (version 3 for f32, 5 for bf16) and, when the source has the tokenizer
-        files, ``gpt2_tokenizer.bin``."""
-        config = model.config
+    def writing_dtype(self, dtype: str | None, model) -> str:
+        """f32 unless bf16 is asked for or the model is bf16 (llm.c has no f16)."""
         if dtype is None:
-            dtype = "bf16" if model.token_embedding_table.weight.dtype == torch.bfloat16 else "f32"
-        if dtype not in DTYPE_VERSIONS:
-            raise ConfigError(f"llm.c stores f32 or bf16, not {dtype}",
-                              hint="use --dtype f32 or --dtype bf16")
-        tensors = from_model(TABLE, state_for_writing(model, dtype), config["number_of_layers"])
+            return "bf16" if model.token_embedding_table.weight.dtype == torch.bfloat16 else "f32"
+        return dtype
+
+    def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
+                  tokenizer: Path | None) -> None:
+        """``model.bin`` (version 3 for f32, 5 for bf16), each tensor written as it comes: the
+        table's order is the file's, each kind's layers back to back."""
         header = np.zeros(HEADER_INTS, dtype="<i4")
         header[:2] = (MAGIC, DTYPE_VERSIONS[dtype])
-        header[2:8] = [config[key.ours] for key in CONFIG_KEYS]
-        with open(Path(folder) / FILENAME, "wb") as file:
+        fields = CONFIG_TABLE.from_model(config)
+        header[2:2 + len(FIELDS)] = [fields[name] for name in FIELDS]
+        order = [name if name in WHOLE else f"{name}.{layer}"
+                 for name, shape in tensor_shapes(config)
+                 for layer in ([None] if name in WHOLE else range(shape[0]))]
+        tensors, pending = iter(tensors), {}  # pending: come before their turn (none, in order)
+        with open(destination / FILENAME, "wb") as file:
             file.write(header.tobytes())
-            for name, shape in tensor_shapes(config):
-                if name in WHOLE:
-                    stacked = tensors[name]
-                else:
-                    stacked = torch.stack([tensors[f"{name}.{i}"] for i in range(shape[0])])
-                file.write(stacked.contiguous().view(torch.uint8).numpy().tobytes())
-        if tokenizer is not None:
-            write_tokenizer(tokenizer, Path(folder) / TOKENIZER_FILENAME, config["vocab_size"])
+            for name in order:
+                while name not in pending:
+                    found, tensor = next(tensors)
+                    pending[found] = tensor
+                file.write(pending.pop(name).contiguous().view(torch.uint8).numpy().tobytes())
+
+    def write_tokenizer(self, source: Path | None, folder: Path, config: dict) -> None:
+        """``gpt2_tokenizer.bin``, when the source has tokenizer files of the model's size."""
+        if source is not None:
+            write_tokenizer(source, folder / TOKENIZER_FILENAME, config["vocab_size"])
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         """The file read afresh with NumPy, llm.c's stacked names mapped to GPT-2's by hand."""
         path = self.model_file(Candidate(path))
         data = path.read_bytes()
-        config, dtype = read_header(path, data)
+        fields, dtype = read_header(path, data)
+        config = header_config(path, fields)
         raw = np.frombuffer(data, dtype="<u2" if dtype == torch.bfloat16 else "<f4",
                             offset=4 * HEADER_INTS)
         values = (raw.astype(np.uint32) << 16).view(np.float32) if raw.dtype == "<u2" else raw

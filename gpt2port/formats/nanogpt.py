@@ -10,46 +10,41 @@ Linear and LayerNorm bias; the MLP computes the exact (erf) GELU. A model compil
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 
-from ..config import validate_config
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..readers import read_json
-from .base import Candidate, Checkpoint, ConfigKey, Format, state_for_writing
-from .huggingface import BLOCK, QKV
-from .table import MappingTable, Split, from_model, rule
+from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
+from .table import MappingTable
 
 FILENAME = "ckpt.pt"
 GPT2_VOCABULARY, PADDED_VOCABULARY = 50257, 50304  # train.py's default: 50257 rounded up
-TABLE = MappingTable(
-    format="nanogpt",
-    rules=(
-        rule("transformer.wte.weight", "token_embedding_table.weight"),
-        rule("transformer.wpe.weight", "position_embedding_table.weight"),
-        rule("transformer.h.{}.ln_1.weight", f"{BLOCK}.attention_norm.scale"),
-        rule("transformer.h.{}.ln_1.bias", f"{BLOCK}.attention_norm.shift"),
-        rule("transformer.h.{}.attn.c_attn.weight", tuple(f"{p}.weight" for p in QKV), Split(3)),
-        rule("transformer.h.{}.attn.c_attn.bias", tuple(f"{p}.bias" for p in QKV), Split(3)),
-        rule("transformer.h.{}.attn.c_proj.weight", f"{BLOCK}.attention.output_projection.weight"),
-        rule("transformer.h.{}.attn.c_proj.bias", f"{BLOCK}.attention.output_projection.bias"),
-        rule("transformer.h.{}.ln_2.weight", f"{BLOCK}.feed_forward_norm.scale"),
-        rule("transformer.h.{}.ln_2.bias", f"{BLOCK}.feed_forward_norm.shift"),
-        rule("transformer.h.{}.mlp.c_fc.weight", f"{BLOCK}.feed_forward.expansion.weight"),
-        rule("transformer.h.{}.mlp.c_fc.bias", f"{BLOCK}.feed_forward.expansion.bias"),
-        rule("transformer.h.{}.mlp.c_proj.weight", f"{BLOCK}.feed_forward.contraction.weight"),
-        rule("transformer.h.{}.mlp.c_proj.bias", f"{BLOCK}.feed_forward.contraction.bias"),
-        rule("transformer.ln_f.weight", "layer_norm.scale"),
-        rule("transformer.ln_f.bias", "layer_norm.shift"),
-        rule("lm_head.weight", "output_head.weight"),  # the same tensor as wte: tied
-    ),
+TABLE = MappingTable.parse("nanogpt", """
+    token_embedding_table.weight        transformer.wte.weight
+    position_embedding_table.weight     transformer.wpe.weight
+    attention_norm.scale                transformer.h.{}.ln_1.weight
+    attention_norm.shift                transformer.h.{}.ln_1.bias
+    attention.qkv.weight                transformer.h.{}.attn.c_attn.weight   split
+    attention.qkv.bias                  transformer.h.{}.attn.c_attn.bias     split
+    attention.output_projection.weight  transformer.h.{}.attn.c_proj.weight
+    attention.output_projection.bias    transformer.h.{}.attn.c_proj.bias
+    feed_forward_norm.scale             transformer.h.{}.ln_2.weight
+    feed_forward_norm.shift             transformer.h.{}.ln_2.bias
+    feed_forward.expansion.weight       transformer.h.{}.mlp.c_fc.weight
+    feed_forward.expansion.bias         transformer.h.{}.mlp.c_fc.bias
+    feed_forward.contraction.weight     transformer.h.{}.mlp.c_proj.weight
+    feed_forward.contraction.bias       transformer.h.{}.mlp.c_proj.bias
+    layer_norm.scale                    transformer.ln_f.weight
+    layer_norm.shift                    transformer.ln_f.bias
+    output_head.weight                  lm_head.weight
+    """,  # lm_head is the same tensor as wte: tied
     ignored=("transformer.h.{}.attn.bias",),  # the causal mask, saved when flash is absent
     optional_prefixes=("_orig_mod.",),  # torch.compile's wrapper
 )
 # model_args key <-> model config key (all required: train.py always writes them)
-CONFIG_KEYS = (
+CONFIG_TABLE = ConfigTable((
     ConfigKey("n_layer", "number_of_layers"),
     ConfigKey("n_head", "number_of_heads"),
     ConfigKey("n_embd", "embedding_dimension"),
@@ -57,47 +52,28 @@ CONFIG_KEYS = (
     ConfigKey("bias", "bias"),
     ConfigKey("vocab_size", "padded_vocab_size"),
     ConfigKey("dropout", "dropout_rate"),
-)
+), assumes={"layer_norm_epsilon": 1e-5, "gelu_approximation": "none"})
+HINT = "nanoGPT's train.py writes " + ", ".join(key.theirs for key in CONFIG_TABLE.keys)
 
 
-def config_from_model_args(model_args: object, *, origin: str) -> dict:
-    """``model_args`` -> the model config. A vocabulary of 50304 is GPT-2's 50257 padded.
-
-    Raises:
-        ConfigError: naming what is missing or wrong.
-    """
+def implied_config(model_args: object) -> dict:
+    """What nanoGPT's ``model_args`` imply beyond their keys: a vocabulary of 50304 is GPT-2's
+    50257 padded, and ``bias`` covers the query, key and value projections too."""
     if not isinstance(model_args, dict):
-        raise ConfigError(f"{origin}: model_args is not a dict")
-    missing = [key.theirs for key in CONFIG_KEYS if key.theirs not in model_args]
-    if missing:
-        raise ConfigError(f"{origin}: model_args lacks {', '.join(missing)}",
-                          hint="nanoGPT's train.py writes " +
-                          ", ".join(key.theirs for key in CONFIG_KEYS))
-    config = {key.ours: model_args[key.theirs] for key in CONFIG_KEYS}
-    rows = config["padded_vocab_size"]
-    config["vocab_size"] = GPT2_VOCABULARY if rows == PADDED_VOCABULARY else rows
-    if isinstance(config["dropout_rate"], int) and not isinstance(config["dropout_rate"], bool):
-        config["dropout_rate"] = float(config["dropout_rate"])
-    try:
-        return validate_config({**config, **NanoGPT.assumes, "qkv_bias": config["bias"],
-                                "tie_output_head": True})
-    except ConfigError as error:
-        raise ConfigError(f"{origin}: model_args: {error.message}") from None
-
-
-def model_args(config: dict) -> dict:
-    """The model config -> nanoGPT's ``GPTConfig`` keyword arguments."""
-    return {key.theirs: config[key.ours] for key in CONFIG_KEYS}
+        return {}
+    rows = model_args.get("vocab_size")
+    implied = {"vocab_size": GPT2_VOCABULARY if rows == PADDED_VOCABULARY else rows}
+    return {**implied, "qkv_bias": model_args.get("bias")}
 
 
 class NanoGPT(Format):
     name = "nanogpt"
     name_table = TABLE
+    config_table = CONFIG_TABLE
+    config_hint = HINT
     title = "nanoGPT's `ckpt.pt`"
     summary = "`ckpt.pt` holding `model` and `model_args` (a bare state dict needs a config.json)"
     head = "tied"
-    config_keys = CONFIG_KEYS
-    assumes: ClassVar[dict] = {"layer_norm_epsilon": 1e-5, "gelu_approximation": "none"}
     cannot_represent = ("an untied head, an epsilon other than 1e-5 (refused); GPT-2's tanh "
                         "GELU (nanoGPT computes the exact one: the export states the logit "
                         "change); qkv biases without the others (zeros: exact)")
@@ -132,7 +108,7 @@ class NanoGPT(Format):
     def recognises(self, candidate: Candidate) -> bool:
         return self.checkpoint_file(candidate) is not None
 
-    def read(self, candidate: Candidate) -> Checkpoint:
+    def read_raw(self, candidate: Candidate) -> Raw:
         found = self.checkpoint_file(candidate)
         origin = str(found.path)
         saved = found.pickled
@@ -143,25 +119,24 @@ class NanoGPT(Format):
                 raise CheckpointError(f"{origin}: 'model' is not a dict of name -> tensor")
         else:
             state, args = saved, self.config_beside(found.path)
-        config = config_from_model_args(args, origin=origin)
-        return Checkpoint(origin, TABLE.strip_prefix(state), config, TABLE, self)
+        return Raw(origin, state, args, extra=implied_config(args))
 
     def config_beside(self, path: Path) -> dict:
         config_path = path.parent / "config.json"
         if not config_path.is_file():
             raise CheckpointError(f"{path}: a bare nanoGPT state dict, and no config.json "
                                   "beside it", hint="put nanoGPT's model_args in config.json: "
-                                  + ", ".join(key.theirs for key in CONFIG_KEYS))
+                                  + ", ".join(key.theirs for key in CONFIG_TABLE.keys))
         return read_json(config_path)
 
-    def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
+    def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
+                  tokenizer: Path | None) -> None:
         """``ckpt.pt`` with ``model`` (``lm_head.weight`` sharing ``wte``'s storage, as
         nanoGPT saves it) and ``model_args``, for ``sample.py --init_from=resume``."""
-        state = state_for_writing(model, dtype)
-        tensors = from_model(TABLE, state, model.config["number_of_layers"])
+        tensors = {name: tensor.contiguous() for name, tensor in tensors}
         tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
-        torch.save({"model": tensors, "model_args": model_args(model.config), "iter_num": 0,
-                    "best_val_loss": float("inf")}, Path(folder) / FILENAME)
+        torch.save({"model": tensors, "model_args": CONFIG_TABLE.from_model(config),
+                    "iter_num": 0, "best_val_loss": float("inf")}, destination / FILENAME)
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         """nanoGPT's names are GPT-2's with ``transformer.``; Linear [out, in] transposed."""
@@ -176,4 +151,6 @@ class NanoGPT(Format):
                 continue
             array = tensor.float().numpy()
             arrays[name] = array.T if name.startswith("h.") and array.ndim == 2 else array
-        return arrays, config_from_model_args(args, origin=str(found))
+        config = CONFIG_TABLE.to_model(args, origin=str(found), hint=HINT,
+                                       extra={**implied_config(args), "tie_output_head": True})
+        return arrays, config

@@ -14,56 +14,57 @@ from safetensors.torch import save_file
 
 from ..config import validate_config
 from ..errors import CheckpointError, ConfigError
-from ..model import empty_model
-from .base import Candidate, Checkpoint, ConfigKey, Format, state_for_writing
-from .table import MappingTable, rule
+from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
+from .table import MappingTable
 
 CONFIG_KEY = "gpt2port_config"  # safetensors metadata key holding the model config as JSON
 FILENAME = "model.safetensors"
 
 
-def table(config: dict) -> MappingTable:
-    """The identity mapping: every tensor of this config's model under its own name."""
-    names = empty_model({**config, "number_of_layers": 1}).state_dict()
-    templates = [name.replace("transformer_blocks.0.", "transformer_blocks.{}.") for name in names]
-    return MappingTable("native", tuple(rule(name, name) for name in templates))
+TABLE = MappingTable.identity("native")
 
 
-def config_from_metadata(metadata: dict[str, str], *, origin: str) -> dict:
-    """The model config a native file carries."""
-    try:
-        return validate_config(json.loads(metadata[CONFIG_KEY]))
-    except (json.JSONDecodeError, TypeError) as error:
-        raise CheckpointError(f"{origin}: metadata {CONFIG_KEY!r} is not JSON ({error})") from None
-    except ConfigError as error:
-        raise CheckpointError(f"{origin}: {error.message}") from None
+class EveryKey(ConfigTable):
+    """The model config as it is, JSON in the safetensors metadata."""
+
+    def to_model(self, theirs, *, origin: str, extra: dict | None = None,
+                 hint: str | None = None) -> dict:
+        try:
+            config = json.loads(theirs[CONFIG_KEY])
+            return validate_config({**config, **(extra or {})})
+        except (json.JSONDecodeError, TypeError) as error:
+            raise CheckpointError(f"{origin}: metadata {CONFIG_KEY!r} is not JSON "
+                                  f"({error})") from None
+        except ConfigError as error:
+            raise CheckpointError(f"{origin}: {error.message}") from None
+
+    def from_model(self, config: dict) -> dict:
+        return {CONFIG_KEY: json.dumps(config)}
 
 
 class Native(Format):
     name = "native"
+    name_table = TABLE
+    config_table = EveryKey((ConfigKey(f"{CONFIG_KEY} (JSON)", "every key"),))
     title = "gpt2port native"
     summary = f"one `{FILENAME}` in the model's own names, the config in its metadata"
-    config_keys = (ConfigKey(f"{CONFIG_KEY} (JSON)", "every key"),)
     proof = "round trips with every other format are bit-exact; the safetensors library reads it"
-
-    def table(self, config: dict) -> MappingTable:
-        return table(config)
 
     def recognises(self, candidate: Candidate) -> bool:
         found = _weights(candidate)
         return found.is_safetensors and CONFIG_KEY in found.safetensors[1]
 
-    def read(self, candidate: Candidate) -> Checkpoint:
+    def read_raw(self, candidate: Candidate) -> Raw:
         found = _weights(candidate)
         tensors, metadata = found.safetensors
-        origin = str(found.path)
-        config = config_from_metadata(metadata, origin=origin)
-        return Checkpoint(origin, tensors, config, table(config), self)
+        return Raw(str(found.path), tensors, metadata)
 
-    def write(self, model, folder: Path, *, dtype: str | None, tokenizer: Path | None) -> None:
+    def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
+                  tokenizer: Path | None) -> None:
         """``folder/model.safetensors``: the model's names, a tied head stored once."""
-        save_file(state_for_writing(model, dtype), Path(folder) / FILENAME,
-                  metadata={"format": "pt", CONFIG_KEY: json.dumps(model.config)})
+        save_file({name: tensor.contiguous() for name, tensor in tensors},
+                  destination / FILENAME,
+                  metadata={"format": "pt", **self.config_table.from_model(config)})
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         from safetensors import safe_open  # the safetensors library, not our reader

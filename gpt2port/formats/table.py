@@ -1,17 +1,19 @@
 """The mapping engine: applies a format's name table in either direction.
 
-A table is data: rules that pair a checkpoint's tensor names with the model's, each with a
-transform that knows both directions. ``{}`` in a name stands for the block index.
+A table is data: one line per rule pairing a model slot (``gpt2port.slots``) with the
+checkpoint's tensor name, and the transform that knows both directions. ``{}`` in a name stands
+for the block index.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 
+from .. import slots
 from ..errors import MappingError
 
 
@@ -106,6 +108,9 @@ class Chain(Transform):
 
 
 AS_IS = Transform()
+# a table's transform words -> the transform, given how many model tensors the rule fills
+TRANSFORMS = {"transpose": lambda parts: Transpose(), "squeeze": lambda parts: Squeeze(0),
+              "split": lambda parts: Split(parts, dim=0)}
 
 
 @dataclass(frozen=True)
@@ -124,16 +129,27 @@ class Rule:
         )
 
 
-def rule(source: str | tuple[str, ...], target: str | tuple[str, ...],
-         transform: Transform = AS_IS) -> Rule:
-    """A rule from one name or a tuple of names on each side."""
-    as_tuple = (lambda names: (names,) if isinstance(names, str) else tuple(names))
-    return Rule(as_tuple(source), as_tuple(target), transform)
-
-
 def _pattern(template: str) -> re.Pattern:
     """A name template as a regex; group 1 is the block index where there is one."""
     return re.compile(re.escape(template).replace(r"\{\}", r"(\d+)") + r"\Z")
+
+
+def _rule(line: str) -> Rule:
+    """``SLOT  THEIR_NAME  [WORD, WORD...]``: a slot key (or group key) of ``slots``, the
+    format's name for it, and the transform words (``TRANSFORMS``) from theirs to the model's."""
+    key, theirs, *rest = line.split(None, 2)
+    if key not in slots.BY_KEY and key not in slots.GROUPS:
+        raise ValueError(f"name table line {line!r}: {key!r} is not a slot of gpt2port.slots")
+    targets = tuple(slots.BY_KEY[each].name for each in slots.GROUPS.get(key, (key,)))
+    if ("{}" in theirs) != ("{}" in targets[0]):
+        raise ValueError(f"name table line {line!r}: one side is per layer, the other is not")
+    words = [word.strip() for word in rest[0].split(",")] if rest else []
+    unknown = [word for word in words if word not in TRANSFORMS]
+    if unknown:
+        raise ValueError(f"name table line {line!r}: unknown transform {unknown[0]!r}")
+    steps = [TRANSFORMS[word](len(targets)) for word in words]
+    transform = AS_IS if not steps else steps[0] if len(steps) == 1 else Chain(*steps)
+    return Rule((theirs,), targets, transform)
 
 
 @dataclass(frozen=True)
@@ -144,6 +160,17 @@ class MappingTable:
     rules: tuple[Rule, ...]
     ignored: tuple[str, ...] = ()  # buffers with no weights, e.g. causal masks
     optional_prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, format: str, text: str, **options) -> MappingTable:
+        """A table from one line per rule (see ``_rule``), as docs/mapping.md shows it."""
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        return cls(format, tuple(map(_rule, lines)), **options)
+
+    @classmethod
+    def identity(cls, format: str) -> MappingTable:
+        """Every slot under the model's own name."""
+        return cls(format, tuple(Rule((slot.name,), (slot.name,)) for slot in slots.SLOTS))
 
     def expand(self, number_of_layers: int) -> list[Rule]:
         """Every rule with ``{}`` replaced by each block index."""
@@ -185,42 +212,42 @@ class MappingTable:
         return None
 
 
-def applicable_rules(table: MappingTable, model_state: Mapping[str, torch.Tensor],
-                     number_of_layers: int) -> list[Rule]:
-    """The table's rules whose model tensors all exist in ``model_state``."""
-    return [
-        each for each in table.expand(number_of_layers)
-        if all(name in model_state for name in each.target)
-    ]
+def applicable_rules(table: MappingTable, config: dict) -> tuple[list[Rule], dict]:
+    """The table's rules for the tensors a model of ``config`` has, and those tensors' shapes."""
+    expected = slots.expected_tensors(config)
+    rules = [each for each in table.expand(config["number_of_layers"])
+             if all(name in expected for name in each.target)]
+    return rules, expected
 
 
-def from_model(table: MappingTable, model_state: Mapping[str, torch.Tensor],
-               number_of_layers: int) -> dict[str, torch.Tensor]:
-    """Model tensors -> the format's names and layout."""
-    converted = {}
-    for each in applicable_rules(table, model_state, number_of_layers):
-        outputs = each.transform.from_model([model_state[name] for name in each.target])
-        converted.update(zip(each.source, outputs, strict=True))
-    return converted
+def from_model(table: MappingTable, model_state: Mapping[str, torch.Tensor], config: dict
+               ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Model tensors -> the format's names and layout, one rule at a time."""
+    for each in applicable_rules(table, config)[0]:
+        if all(name in model_state for name in each.target):
+            outputs = each.transform.from_model([model_state[name] for name in each.target])
+            yield from zip(each.source, outputs, strict=True)
 
 
-def to_model(table: MappingTable, source: Mapping[str, torch.Tensor],
-             model_state: Mapping[str, torch.Tensor], config: dict, *,
+def source_shapes(table: MappingTable, config: dict) -> dict[str, tuple[int, ...]]:
+    """Each tensor the format holds for a model of ``config``, with its shape."""
+    rules, expected = applicable_rules(table, config)
+    shapes = {}
+    for each in rules:
+        found = each.transform.from_model_shapes([expected[name] for name in each.target])
+        shapes.update(zip(each.source, found, strict=True))
+    return shapes
+
+
+def to_model(table: MappingTable, source: Mapping[str, torch.Tensor], config: dict, *,
              origin: str) -> dict[str, torch.Tensor]:
-    """The format's tensors -> model names and layout.
-
-    ``model_state`` holds what the model expects (meta tensors are enough). Every problem is
-    gathered before anything is converted.
+    """The format's tensors -> model names and layout, for a model of ``config``. Every problem
+    is gathered before anything is converted.
 
     Raises:
         MappingError: listing every missing, unexpected, mis-shaped or non-float tensor.
     """
-    rules = applicable_rules(table, model_state, config["number_of_layers"])
-    expected = {}  # source name -> the shape the model needs it to have
-    for each in rules:
-        shapes = each.transform.from_model_shapes(
-            [tuple(model_state[name].shape) for name in each.target])
-        expected.update(zip(each.source, shapes, strict=True))
+    expected = source_shapes(table, config)
     problems = [f"missing tensor {name!r}, expected shape {list(expected[name])}"
                 for name in sorted(expected) if name not in source]
     problems += [f"unexpected tensor {name!r} with shape {list(source[name].shape)}"
@@ -236,7 +263,7 @@ def to_model(table: MappingTable, source: Mapping[str, torch.Tensor],
     if problems:
         raise MappingError(origin, problems, config)
     converted = {}
-    for each in rules:
+    for each in applicable_rules(table, config)[0]:
         tensors = each.transform.to_model([source[name] for name in each.source])
         converted.update(zip(each.target, tensors, strict=True))
     return converted

@@ -1,0 +1,179 @@
+"""The decoding engine: a ``GPTModel`` run token by token over a KV cache, fast.
+
+``Decoder`` runs the model's own modules (norms, GELU, embeddings: whatever the model holds) with
+three things a plain forward pass cannot have: the cache, the step's product kernel
+(``kernels.for_decoding``) and, where a block's query, key and value weights are adjacent rows of
+one tensor (the Hub's ``c_attn``, or as the loader places them), one product for the three.
+``Continuation`` keeps the ids of a generation and slides its window past the context length.
+Everything is prepared once per generation and held by these objects: nothing in torch or in
+this package changes for anyone else.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import kernels
+from .cuda_graphs import CapturedStep
+from .kv_cache import KVCache, StaticKVCache
+from .model import FeedForward, GPTModel, MultiHeadAttention
+
+
+def stacked_rows(parts: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """The parts, each (R, ...), as one (len(parts) * R, ...) view of the memory they share,
+    when each begins where the one before ends (splits of one packed tensor); else None."""
+    first = parts[0]
+    storage = first.untyped_storage().data_ptr()
+    step = first.shape[0] * first.stride(0) * first.element_size()
+    for index, part in enumerate(parts):
+        if (part.shape != first.shape or part.stride() != first.stride()
+                or part.dtype != first.dtype or part.device != first.device
+                or part.untyped_storage().data_ptr() != storage
+                or part.data_ptr() != first.data_ptr() + index * step):
+            return None
+    return first.as_strided((len(parts) * first.shape[0], *first.shape[1:]), first.stride())
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear`` itself, without hooks: its product may run by another kernel. A replaced
+    layer (an adapter, say) or a hooked one is called as the module it is."""
+    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+
+
+def packed_projection(attention: MultiHeadAttention
+                      ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The query, key and value projections as one (3D, D) weight and (3D,) bias, viewing their
+    tensors, or None where they are not adjacent or a projection is not a plain ``nn.Linear``."""
+    layers = (attention.query_projection, attention.key_projection, attention.value_projection)
+    if not all(map(is_plain_linear, layers)):
+        return None
+    weight = stacked_rows(tuple(layer.weight for layer in layers))
+    if layers[0].bias is None:
+        return None if weight is None else (weight, None)
+    bias = stacked_rows(tuple(layer.bias for layer in layers))
+    return None if weight is None or bias is None else (weight, bias)
+
+
+class Decoder:
+    """``model`` with a KV cache for ``batch_size`` sequences of up to ``capacity`` tokens.
+
+    ``forward`` runs tokens after the cached ones and caches them. One-token steps at batch 1
+    run their products by the kernel ``kernels.for_decoding`` chooses; with ``static_cache`` they
+    keep fixed shapes, and on CUDA replay one captured CUDA graph (``cuda_graphs``).
+    """
+
+    def __init__(self, model: GPTModel, batch_size: int, capacity: int | None = None, *,
+                 static_cache: bool = False):
+        self.model = model
+        self.cache = (StaticKVCache if static_cache else KVCache)(model, batch_size, capacity)
+        blocks = model.transformer_blocks
+        self.packed = [packed_projection(block.attention) for block in blocks]
+        self.step_product = kernels.for_decoding(model.token_embedding_table.weight, batch_size)
+        self.static_cache = static_cache
+        self.captured: CapturedStep | None = None  # with static_cache: made at the first step
+
+    def forward(self, token_ids: torch.Tensor, padding: torch.Tensor | None = None, *,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, V), or (B, 1, V) for the last position only, of ``token_ids`` (B, T)
+        after the cached tokens; ``padding`` (B, cached + T) marks left padding with 0."""
+        tokens = token_ids.shape[1]
+        if tokens == 1 and self.static_cache and padding is None:
+            self.captured = self.captured or CapturedStep(self)
+            logits = self.captured(token_ids)[:, None]
+        else:
+            product = self.step_product if tokens == 1 else F.linear
+            logits = self.logits(token_ids, padding, product, last_only=last_only)
+        self.cache.advance(tokens)
+        return logits
+
+    def logits(self, token_ids: torch.Tensor, padding: torch.Tensor | None,
+               product: kernels.Product, *, last_only: bool) -> torch.Tensor:
+        """The forward pass over the cache, which it fills but does not advance."""
+        model, cache = self.model, self.cache
+        positions, mask = cache.positions_and_mask(token_ids.shape[1], padding)
+        x = model.token_embedding_table(token_ids) + model.position_embedding_table(positions)
+        x = model.dropout_embedding(x)  # (B, T, D)
+        for layer, block in enumerate(model.transformer_blocks):
+            attended = self.attend(layer, block.attention, block.attention_norm(x), mask, product)
+            x = x + block.residual_dropout(attended)
+            normed = block.feed_forward_norm(x)
+            x = x + block.residual_dropout(self.feed_forward(block.feed_forward, normed, product))
+        if last_only:
+            x = x[:, -1:]  # (B, 1, D)
+        return self.linear(model.output_head, model.layer_norm(x), product)  # (B, T, V)
+
+    def attend(self, layer: int, attention: MultiHeadAttention, x: torch.Tensor,
+               mask: torch.Tensor | None, product: kernels.Product) -> torch.Tensor:
+        """The attention of block ``layer``, its keys and values cached."""
+        batch, tokens, _ = x.shape  # (B, T, D)
+        packed = self.packed[layer]
+        if packed is not None:  # (B, T, 3D) -> 3 x (B, H, T, Dh)
+            queries, keys, values = product(x, *packed).view(
+                batch, tokens, 3, attention.number_of_heads, attention.head_dimension
+            ).permute(2, 0, 3, 1, 4)
+        else:
+            queries, keys, values = (
+                attention.split_heads(self.linear(projection, x, product))
+                for projection in (attention.query_projection, attention.key_projection,
+                                   attention.value_projection))  # 3 x (B, H, T, Dh)
+        keys, values = self.cache.store(layer, keys, values)  # (B, H, S, Dh), S = cached + T
+        context = F.scaled_dot_product_attention(
+            queries.to(keys.dtype), keys, values, attn_mask=mask,
+            is_causal=mask is None and tokens > 1,
+            dropout_p=attention.dropout_rate if attention.training else 0.0,
+        ).to(x.dtype)  # (B, H, T, Dh); a CPU cache keeps half-precision models' keys in fp32
+        return self.linear(attention.output_projection, attention.merge_heads(context), product)
+
+    def feed_forward(self, feed_forward: nn.Module, x: torch.Tensor,
+                     product: kernels.Product) -> torch.Tensor:
+        if type(feed_forward) is not FeedForward:  # replaced: run as it is
+            return feed_forward(x)
+        hidden = feed_forward.activation(self.linear(feed_forward.expansion, x, product))
+        return self.linear(feed_forward.contraction, hidden, product)
+
+    @staticmethod
+    def linear(layer: nn.Module, x: torch.Tensor, product: kernels.Product) -> torch.Tensor:
+        return product(x, layer.weight, layer.bias) if is_plain_linear(layer) else layer(x)
+
+
+class Continuation:
+    """The ids of a generation: the prompts (B, T), then each chosen column; the logits of the
+    next token after each. Past the context length the window slides and is recomputed, as
+    GPT-2's absolute positions need."""
+
+    def __init__(self, model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
+                 attention_mask: torch.Tensor | None = None, static_cache: bool = False):
+        batch, prompt_length = token_ids.shape
+        total = prompt_length + max_new_tokens
+        self.context = model.config["context_length"]
+        self.ids = torch.empty(batch, total, dtype=torch.long, device=token_ids.device)
+        self.ids[:, :prompt_length] = token_ids
+        self.padding = None
+        if attention_mask is not None:  # (B, total): the new tokens are never padding
+            self.padding = torch.ones_like(self.ids)
+            self.padding[:, :prompt_length] = attention_mask
+        self.begin, self.end = 0, prompt_length  # the window the cache holds
+        self.decoder = Decoder(model, batch, min(self.context, total), static_cache=static_cache)
+
+    def start(self) -> torch.Tensor:
+        """The logits (B, V) after the prompts."""
+        return self._recompute()
+
+    def extend(self, chosen: torch.Tensor) -> torch.Tensor:
+        """Append ``chosen`` (B, 1); the logits (B, V) after it."""
+        self.ids[:, self.end:self.end + 1] = chosen
+        self.end += 1
+        if self.decoder.cache.is_full:
+            return self._recompute()
+        return self.decoder.forward(chosen, self._padding(), last_only=True)[:, -1]
+
+    def _recompute(self) -> torch.Tensor:
+        self.begin = max(0, self.end - self.context)
+        self.decoder.cache.reset()
+        return self.decoder.forward(self.ids[:, self.begin:self.end], self._padding(),
+                                    last_only=True)[:, -1]
+
+    def _padding(self) -> torch.Tensor | None:
+        return None if self.padding is None else self.padding[:, self.begin:self.end]
