@@ -28,7 +28,7 @@ class CapturedStep:
                 self.logits = self._step()  # (B, V): the graph's output buffer
 
     def _step(self) -> torch.Tensor:
-        return self.decoder.logits(self.token, None, self.decoder.step_product,
+        return self.decoder.logits(self.token, None, self.decoder.step.product,
                                    last_only=True)[:, -1]
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:

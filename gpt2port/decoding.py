@@ -60,7 +60,7 @@ class Decoder:
     """``model`` with a KV cache for ``batch_size`` sequences of up to ``capacity`` tokens.
 
     ``forward`` runs tokens after the cached ones and caches them. One-token steps at batch 1
-    run their products by the kernel ``kernels.for_decoding`` chooses; with ``static_cache`` they
+    run their products by the kernel ``kernels.for_decoding`` chooses (``step``); with ``static_cache`` they
     keep fixed shapes, and on CUDA replay one captured CUDA graph (``cuda_graphs``).
     """
 
@@ -70,7 +70,7 @@ class Decoder:
         self.cache = (StaticKVCache if static_cache else KVCache)(model, batch_size, capacity)
         blocks = model.transformer_blocks
         self.packed = [packed_projection(block.attention) for block in blocks]
-        self.step_product = kernels.for_decoding(model.token_embedding_table.weight, batch_size)
+        self.step = kernels.for_decoding(model.token_embedding_table.weight, batch_size)
         self.static_cache = static_cache
         self.captured: CapturedStep | None = None  # with static_cache: made at the first step
 
@@ -79,12 +79,15 @@ class Decoder:
         """Logits (B, T, V), or (B, 1, V) for the last position only, of ``token_ids`` (B, T)
         after the cached tokens; ``padding`` (B, cached + T) marks left padding with 0."""
         tokens = token_ids.shape[1]
-        if tokens == 1 and self.static_cache and padding is None:
+        if tokens > 1:
+            logits = self.logits(token_ids, padding, F.linear, last_only=last_only)
+        elif self.static_cache and padding is None:
             self.captured = self.captured or CapturedStep(self)
-            logits = self.captured(token_ids)[:, None]
+            with self.step.running():
+                logits = self.captured(token_ids)[:, None]
         else:
-            product = self.step_product if tokens == 1 else F.linear
-            logits = self.logits(token_ids, padding, product, last_only=last_only)
+            with self.step.running():
+                logits = self.logits(token_ids, padding, self.step.product, last_only=last_only)
         self.cache.advance(tokens)
         return logits
 

@@ -134,7 +134,7 @@ def counted(monkeypatch, name):
     real = getattr(kernels, name)
 
     def counting(*args):
-        calls.append(args[1].shape)
+        calls.append((args[1].shape, torch.get_num_threads()))
         return real(*args)
     monkeypatch.setattr(kernels, name, counting)
     return calls
@@ -157,7 +157,8 @@ def test_batch_one_fp32_decoding_streams_through_openblas_with_transformers_ids(
     assert found == reference_greedy(reference, [5, 6, 7], 40)
     layers = ours.config["number_of_layers"]
     assert len(matvec_calls) == 39 * (4 * layers + 1)  # every step's products, q/k/v as one
-    assert torch_flags() == flags  # nothing of torch's was changed
+    assert {threads for _, threads in matvec_calls} == {1}  # torch's ops leave OpenBLAS the cores
+    assert torch_flags() == flags  # given back
 
 
 def test_batch_one_bf16_decoding_runs_torchs_own_matvec_with_transformers_ids(pair, tmp_path,

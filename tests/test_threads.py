@@ -83,3 +83,30 @@ def test_the_umask_is_read_without_being_set(monkeypatch):
     finally:
         real(previous)
     assert calls == []
+
+
+def test_an_fp32_step_runs_torch_on_one_thread_for_its_own_thread_only(tmp_path):
+    """fp32 steps give torch's small operations one OpenMP thread (OpenBLAS streams the
+    weights on the others): the calling thread's own setting, never another thread's, nor what
+    threads started meanwhile get."""
+    model = load_pretrained(write_layout("hub", tmp_path / "hub"))
+    threads, done = torch.get_num_threads(), threading.Event()
+
+    def generating():
+        for _ in range(6):
+            generate(model, [[5, 6, 7]], 30)
+        done.set()
+
+    def watching():
+        seen = {torch.get_num_threads()}
+        while not done.is_set():
+            seen.add(torch.get_num_threads())
+            started = []
+            thread = threading.Thread(target=lambda: started.append(torch.get_num_threads()))
+            thread.start()
+            thread.join()
+            seen.update(started)
+        return seen
+
+    assert in_threads(generating, watching)[1] == {threads}
+    assert torch.get_num_threads() == threads
