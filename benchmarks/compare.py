@@ -1,7 +1,10 @@
 """gpt2port next to transformers (and llama.cpp where llama-cpp-python is installed), same
 checkpoint, same run, ratios printed.
 
-    python benchmarks/compare.py [--write-docs]     # ~6 min on 2 cores
+    python benchmarks/compare.py [--write-docs] [--baseline DIR]    # ~6 min on 2 cores
+
+``--baseline DIR`` measures the gpt2port of another checkout (a ``git worktree`` of an earlier
+commit, say) as a third implementation in the same rounds, and prints its ratios to this one.
 
 Every measurement runs in a fresh Python process per implementation, so none benefits from
 another's imports, allocations or warm caches. The checkpoint is the 124M shape in the Hub's
@@ -39,7 +42,7 @@ def peak_rss_mib():  # VmHWM: this process's own peak (ru_maxrss would carry the
 
 import torch
 folder, implementation = sys.argv[1], sys.argv[2]
-if implementation == "gpt2port":
+if implementation != "transformers":  # gpt2port, or the baseline checkout's
     from gpt2port import load_pretrained
     model = load_pretrained(folder)
     logits = lambda ids: model(ids)
@@ -70,7 +73,7 @@ def best(run, repeats):
         times.append(time.perf_counter() - start)
     return min(times)
 
-if implementation == "gpt2port":
+if implementation != "transformers":
     from gpt2port import generate, load_pretrained
     load = lambda dtype: load_pretrained(folder, dtype=dtype)
     forward = lambda model, ids: model(ids)
@@ -181,9 +184,18 @@ def gpu_rows(folder: Path) -> list[str]:
     return lines
 
 
+BASELINE: dict[str, str] = {}  # implementation -> the checkout its gpt2port is imported from
+
+
 def child(code: str, *args) -> dict:
+    """Run ``code`` in a fresh process; args[1], where it names the baseline, imports its
+    gpt2port."""
+    env = dict(os.environ)
+    if len(args) > 1 and args[1] in BASELINE:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [BASELINE[args[1]],
+                                                          env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
-                          text=True, check=False)
+                          text=True, check=False, env=env)
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -248,6 +260,15 @@ def table(ours: dict, theirs: dict, llama: dict) -> list[str]:
     return lines
 
 
+def baseline_table(ours: dict, baseline: dict, where: str) -> list[str]:
+    """This checkout's figures next to the baseline's, measured in the same rounds."""
+    lines = [f"| measure | gpt2port | baseline ({where}) | ratio |", "|---|---|---|---|"]
+    for key, label, unit, _ in ROWS:
+        lines.append(f"| {label} ({unit}) | {ours[key]:.3f} | {baseline[key]:.3f} | "
+                     f"{ours[key] / baseline[key]:.2f}x |")
+    return lines
+
+
 def machine() -> str:
     import torch
 
@@ -286,16 +307,21 @@ def chart(ours: dict, theirs: dict, llama: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--baseline", type=Path, help="another checkout, measured alongside")
     args = parser.parse_args()
+    implementations = IMPLEMENTATIONS
+    if args.baseline is not None:
+        BASELINE["baseline"] = str(args.baseline.resolve())
+        implementations = (*IMPLEMENTATIONS, "baseline")
     with tempfile.TemporaryDirectory() as temporary:  # ~1.3 GB: checkpoint and GGUFs
         work = Path(temporary)
         folder = write_full_size_folder(work / "gpt2-124m")
-        results = {name: median_of(LOAD, 5, folder, name) for name in IMPLEMENTATIONS}
+        results = {name: median_of(LOAD, 5, folder, name) for name in implementations}
         exports = gguf_exports(folder, work)
-        speeds = {name: [] for name in IMPLEMENTATIONS}
+        speeds = {name: [] for name in implementations}
         llama_runs = []
         for _ in range(ROUNDS):  # interleaved, so that a noisy spell does not favour one side
-            for name in IMPLEMENTATIONS:
+            for name in implementations:
                 speeds[name].append(child(SPEED, folder, name, NEW_TOKENS))
             if exports:
                 llama_runs.append(llama_cpp(exports))
@@ -306,6 +332,9 @@ def main() -> None:
     llama = {key: max(run[key] for run in llama_runs) for key in llama_runs[0]} if llama_runs else {}
     lines = table(results["gpt2port"], results["transformers"], llama) + gpu
     print(f"machine: {machine()}\n" + "\n".join(lines))
+    if args.baseline is not None:
+        print("\n".join(["", *baseline_table(results["gpt2port"], results["baseline"],
+                                             str(args.baseline))]))
     if args.write_docs:
         docs = ROOT / "docs" / "benchmarks.md"
         intro = docs.read_text().split("<!-- results -->")[0] if docs.exists() else ""

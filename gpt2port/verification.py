@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, VerificationError
 from .formats import Format
 from .generation import generate
 from .model import GPTModel
@@ -58,22 +61,36 @@ def prompt_for(config: dict) -> list[int]:
     return [token % config["vocab_size"] for token in PROMPT][: config["context_length"]]
 
 
-def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
-    """transformers' logits for ``ids``; its load report and progress bar are silenced."""
-    from transformers import GPT2LMHeadModel
-    from transformers.utils import logging
+# transformers' forward pass in a child process: its logs and progress bars are that process's,
+# so nothing of this process's (another thread's transformers, say) is silenced or changed.
+TRANSFORMERS_REFERENCE = r"""
+import sys
+import numpy, torch
+from transformers import GPT2LMHeadModel
+folder, ids, output = sys.argv[1], [int(i) for i in sys.argv[2].split(",")], sys.argv[3]
+model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+with torch.inference_mode():
+    numpy.save(output, model(torch.tensor([ids])).logits[0].numpy())
+"""
 
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
-    with torch.inference_mode():
-        return model(torch.tensor([ids])).logits[0].numpy()
+
+def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
+    """transformers' logits for ``ids``, computed in a child process of its own.
+
+    Raises:
+        VerificationError: when transformers cannot read the folder.
+    """
+    with tempfile.TemporaryDirectory() as work:
+        output = Path(work) / "logits.npy"
+        done = subprocess.run([sys.executable, "-c", TRANSFORMERS_REFERENCE, str(folder),
+                               ",".join(map(str, ids)), str(output)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not output.is_file():
+            said = (done.stderr.strip().splitlines() or ["it printed nothing"])[-1]
+            raise VerificationError(f"{folder}: transformers could not run the reference "
+                                    f"({said})", hint="check the transformers install, or use "
+                                    "--reference numpy")
+        return np.load(output)
 
 
 def choose_reference(reference: str, path: Path, source_format: Format) -> str:

@@ -98,15 +98,39 @@ def test_an_fp32_step_runs_torch_on_one_thread_for_its_own_thread_only(tmp_path)
         done.set()
 
     def watching():
-        seen = {torch.get_num_threads()}
+        seen, started = {torch.get_num_threads()}, []
         while not done.is_set():
             seen.add(torch.get_num_threads())
-            started = []
             thread = threading.Thread(target=lambda: started.append(torch.get_num_threads()))
             thread.start()
             thread.join()
-            seen.update(started)
-        return seen
+        return seen | set(started)
 
     assert in_threads(generating, watching)[1] == {threads}
     assert torch.get_num_threads() == threads
+
+
+def test_verify_leaves_transformers_logging_to_other_threads(tmp_path):
+    """transformers' reference runs in a child process: its verbosity and progress bars in this
+    process are never switched, not even for a moment."""
+    from transformers.utils import logging
+
+    from gpt2port.verification import verify
+
+    folder = write_layout("hub", tmp_path / "hub")
+    model, done = load_pretrained(folder), threading.Event()
+    state = (logging.get_verbosity(), logging.is_progress_bar_enabled())
+
+    def verifying():
+        passed = [verify(model, folder, reference="transformers").passed for _ in range(2)]
+        done.set()
+        return passed
+
+    def watching():
+        seen = {state}
+        while not done.is_set():
+            seen.add((logging.get_verbosity(), logging.is_progress_bar_enabled()))
+        return seen
+
+    passed, seen = in_threads(verifying, watching)
+    assert passed == [True, True] and seen == {state}

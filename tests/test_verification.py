@@ -79,6 +79,15 @@ def every_format(tmp_path_factory):
     exports["book file"] = exports["book"] / "model.pth"
     exports["nanogpt ckpt.pt, no biases"] = write_nanogpt_checkpoint(
         reference_model(activation_function="gelu"), root / "nano", bias=False)
+    # a fine-tune from init_from='gpt2': biases (trained: not zero as at init; c_attn.bias is
+    # not the causal mask)
+    fine_tune = reference_model(activation_function="gelu")
+    with torch.no_grad():
+        for name, parameter in fine_tune.named_parameters():
+            if name.endswith(".bias"):
+                parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    exports["nanogpt ckpt.pt, biases"] = write_nanogpt_checkpoint(
+        fine_tune, root / "nano-biases", bias=True)
     exports["llm.c bf16"] = write_llmc_model(reference_model(vocab_size=500),
                                              root / "gpt2_124M_bf16.bin",
                                              padded_vocab_size=512, bf16=True)
@@ -87,7 +96,7 @@ def every_format(tmp_path_factory):
 
 @pytest.mark.parametrize("which", ["hf", "openai", "native", "gguf", "book", "nanogpt", "llmc",
                                    "hf file", "book file", "nanogpt ckpt.pt, no biases",
-                                   "llm.c bf16"])
+                                   "nanogpt ckpt.pt, biases", "llm.c bf16"])
 def test_verify_passes_on_every_format(which, every_format):
     import subprocess
     import sys
@@ -96,6 +105,33 @@ def test_verify_passes_on_every_format(which, every_format):
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0 and "PASSED" in done.stdout, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def from_nanogpt_with_biases(every_format, tmp_path_factory):
+    """nanoGPT's fine-tune with biases converted to every format (the GELU approximated where a
+    format knows only the tanh one)."""
+    from gpt2port.conversion import convert
+    from gpt2port.formats import BY_NAME
+
+    root = tmp_path_factory.mktemp("from-nanogpt")
+    source = every_format["nanogpt ckpt.pt, biases"]
+    with pytest.warns():
+        return {name: convert(source, root / name, to=name, approximate_gelu=True)
+                for name in BY_NAME}
+
+
+@pytest.mark.parametrize("to", ["hf", "openai", "native", "gguf", "book", "nanogpt", "llmc"])
+def test_a_nanogpt_fine_tune_with_biases_converts_to_every_format_and_verifies(
+        to, from_nanogpt_with_biases, every_format):
+    export = from_nanogpt_with_biases[to]
+    model = load_pretrained(export)
+    assert verify(model, export, reference="numpy").passed
+    if to in ("hf", "native", "nanogpt"):  # they hold the exact GELU: the same model
+        source = load_pretrained(every_format["nanogpt ckpt.pt, biases"])
+        ids = torch.tensor([prompt_for(source.config)])
+        with torch.no_grad():
+            assert torch.allclose(model(ids), source(ids), atol=1e-5)
 
 
 @pytest.mark.parametrize("which", ["gguf", "book", "nanogpt", "llmc"])

@@ -71,10 +71,8 @@ class ConfigTable:
                    if key.default == REQUIRED and key.theirs not in theirs]
         problems = [f"lacks {', '.join(missing)}"] if missing else []
         config = {}
-        for key in self.keys:
+        for key in (key for key in self.keys if key.theirs not in missing):
             value = theirs.get(key.theirs, key.default)
-            if key.theirs in missing:
-                continue
             if key.values is not None:
                 if not (isinstance(value, str) and value in key.values):
                     problems.append(f"{key.theirs} {value!r} is not {key.values_are} "

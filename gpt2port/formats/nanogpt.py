@@ -9,6 +9,7 @@ Linear and LayerNorm bias; the MLP computes the exact (erf) GELU. A model compil
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +148,7 @@ class NanoGPT(Format):
         arrays = {}
         for name, tensor in state.items():
             name = name.removeprefix("_orig_mod.").removeprefix("transformer.")
-            if name.endswith("attn.bias"):
+            if re.fullmatch(r"h\.\d+\.attn\.bias", name):  # the causal mask, not c_attn.bias
                 continue
             array = tensor.float().numpy()
             arrays[name] = array.T if name.startswith("h.") and array.ndim == 2 else array
