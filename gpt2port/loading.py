@@ -189,7 +189,7 @@ def resolve(name_or_path: str | Path, *, revision: str | None = None,
     A preset pinned to a commit that is already cached resolves with no network request.
     """
     path = Path(name_or_path)
-    if path.exists():
+    if path.exists() or Path(f"{path}.index").is_file():  # a TensorFlow checkpoint's prefix
         return path
     name = hub_name(str(name_or_path))
     from . import hub  # imported here: a local load needs no network stack

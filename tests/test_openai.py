@@ -1,6 +1,9 @@
 """OpenAI's TF checkpoint: the tensor-bundle reader and writer, proved by TensorFlow itself, and
 the CRC-32C against an independent implementation (the ``crc32c`` package)."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +14,7 @@ from gpt2port.conversion import convert
 from gpt2port.crc32c import crc32c
 from gpt2port.formats import openai
 from gpt2port.tensor_bundle import data_path, decode_table, read_bundle, write_bundle
+from gpt2port.tokenizer import BUNDLED
 
 IDS = torch.arange(1, 30).view(1, 29)
 NO_TENSORFLOW = "TensorFlow is not installed (pip install tensorflow-cpu; .ci/run installs it)"
@@ -163,3 +167,70 @@ def test_entries_with_fields_of_the_wrong_wire_type_are_refused(exported):
         (exported / "model.ckpt.index").write_bytes(encode_table(entries))
         with pytest.raises(CheckpointError, match="malformed|shards"):
             read_bundle(exported / "model.ckpt")
+
+
+def write_training_run(folder, steps):
+    """A gpt-2-simple / OpenAI ``train.py`` run as TensorFlow's own ``Saver`` writes it:
+    ``model-STEP.index/.data/.meta`` per step, the ``checkpoint`` file naming the last by its
+    absolute path, ``hparams.json``, ``counter`` and the tokenizer files."""
+    tf = tensorflow()
+    folder.mkdir(parents=True)
+    for step, model in steps.items():
+        graph = tf.Graph()
+        with graph.as_default():
+            variables = {name: tf.compat.v1.get_variable(name, initializer=tensor.numpy())
+                         for name, tensor in openai_tensors(model).items()}
+            saver = tf.compat.v1.train.Saver(var_list=variables, max_to_keep=5)
+            with tf.compat.v1.Session(graph=graph) as session:
+                session.run(tf.compat.v1.global_variables_initializer())
+                saver.save(session, str(folder / "model"), global_step=step)
+    config = next(iter(steps.values())).config
+    (folder / "hparams.json").write_text(json.dumps({
+        "n_vocab": config.vocab_size, "n_ctx": config.n_positions, "n_embd": config.n_embd,
+        "n_head": config.n_head, "n_layer": config.n_layer}))
+    (folder / "counter").write_text(str(max(steps)))
+    for theirs, ours in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
+        shutil.copy(BUNDLED / ours, folder / theirs)  # the same files under OpenAI's names
+    return folder
+
+
+@pytest.fixture(scope="module")
+def training_run(tmp_path_factory):
+    """Two steps of a run, written in one place and copied to another (the checkpoint file's
+    absolute paths point at the first)."""
+    steps = {500: reference_model(seed=1), 1000: reference_model(seed=2)}
+    written = write_training_run(tmp_path_factory.mktemp("written") / "run1", steps)
+    copied = tmp_path_factory.mktemp("copied") / "run1"
+    shutil.copytree(written, copied)
+    shutil.rmtree(written)
+    return copied, steps
+
+
+def test_a_training_run_loads_the_step_its_checkpoint_file_names(training_run):
+    folder, steps = training_run
+    assert "model-1000" in (folder / "checkpoint").read_text()
+    model = load_pretrained(folder)
+    with torch.no_grad():
+        assert torch.allclose(model(IDS), steps[1000](IDS).logits, atol=1e-5)
+
+
+def test_a_prefix_given_directly_loads_that_step(training_run):
+    folder, steps = training_run
+    model = load_pretrained(folder / "model-500")
+    with torch.no_grad():
+        assert torch.allclose(model(IDS), steps[500](IDS).logits, atol=1e-5)
+    from gpt2port.verification import verify
+
+    assert verify(model, folder / "model-500", reference="numpy").passed
+
+
+def test_several_steps_and_no_checkpoint_file_is_an_error_naming_them(training_run, tmp_path):
+    folder, _ = training_run
+    shutil.copytree(folder, tmp_path / "run")
+    (tmp_path / "run" / "checkpoint").unlink()
+    with pytest.raises(CheckpointError, match=r"2 checkpoints \(model-500, model-1000\)") as caught:
+        load_pretrained(tmp_path / "run")
+    assert caught.value.hint.endswith("model-1000")
+    (tmp_path / "run" / "checkpoint").write_text('model_checkpoint_path: "model-2000"\n')
+    with pytest.raises(CheckpointError, match="names model-2000, but"):
+        load_pretrained(tmp_path / "run")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CheckpointError, unreadable
 from ..readers import read_json
 from ..tensor_bundle import read_bundle, write_bundle
 from ..tokenizer import FILE_NAMES
@@ -19,6 +20,7 @@ from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
 PREFIX = "model.ckpt"
+CHECKPOINT_STATE = "checkpoint"  # TensorFlow's note of the latest step of a run
 TOKENIZER_FILES = FILE_NAMES[1]  # encoder.json, vocab.bpe: Hugging Face's vocab.json, merges.txt
 # The files of a release in OpenAI's storage that loading needs, in the order they are fetched
 # (model.ckpt.meta, TF's graph definition, is left out: no reader here needs it).
@@ -67,13 +69,72 @@ def config_from_hparams(hparams: dict, *, origin: str) -> dict:
                                  extra={"tie_output_head": True})
 
 
+def bundle_prefix(path: Path) -> Path | None:
+    """The checkpoint ``path`` means, beside an ``hparams.json``: the prefix itself
+    (``checkpoint/run1/model-500``); in a folder the one its ``checkpoint`` file names (as
+    TensorFlow's ``Saver`` and gpt-2-simple write it), else ``model.ckpt`` (OpenAI's release),
+    else its only ``*.index``. None: not this format.
+
+    Raises:
+        CheckpointError: for a ``checkpoint`` file naming a step that is not there, or several
+            steps and nothing naming one.
+    """
+    path = Path(path)
+    if Path(f"{path}.index").is_file() and (path.parent / "hparams.json").is_file():
+        return path
+    if not (path.is_dir() and (path / "hparams.json").is_file()):
+        return None
+    named = _named_by_state_file(path)
+    if named is not None:
+        return named
+    if (path / f"{PREFIX}.index").is_file():
+        return path / PREFIX
+    steps = sorted((index.with_suffix("") for index in path.glob("*.index")), key=_step)
+    if len(steps) > 1:
+        raise CheckpointError(f"{path}: {len(steps)} checkpoints ("
+                              + ", ".join(step.name for step in steps)
+                              + ") and no checkpoint file naming one",
+                              hint=f"name the one to load, e.g. {steps[-1]}")
+    return steps[0] if steps else None
+
+
+def _named_by_state_file(folder: Path) -> Path | None:
+    """The prefix the folder's ``checkpoint`` file names (``model_checkpoint_path: "..."``),
+    taken beside the file when the path it gives is elsewhere (a run copied from another
+    machine)."""
+    state = folder / CHECKPOINT_STATE
+    if not state.is_file():
+        return None
+    try:
+        text = state.read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise unreadable(state, error) from None
+    found = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', text, re.MULTILINE)
+    if found is None:
+        return None
+    named = Path(found[1])
+    for prefix in (folder / named, folder / named.name):
+        if Path(f"{prefix}.index").is_file():
+            return prefix
+    raise CheckpointError(f"{state}: names {found[1]}, but {folder / named.name}.index is not "
+                          "there", hint="copy that step's .index and .data files beside it, or "
+                          "name another step: FOLDER/model-STEP")
+
+
+def _step(prefix: Path) -> tuple[int, str]:
+    """``model-1000`` sorts after ``model-500``."""
+    number = re.search(r"(\d+)$", prefix.name)
+    return (int(number[1]) if number else -1, prefix.name)
+
+
 class OpenAI(Format):
     name = "openai"
     name_table = TABLE
     config_table = CONFIG_TABLE
     config_hint = HINT
     title = "OpenAI's TF checkpoint"
-    summary = "`hparams.json`, `checkpoint`, `model.ckpt.index` + `.data-00000-of-00001`"
+    summary = ("`hparams.json`, `checkpoint`, `model.ckpt.index` + `.data-00000-of-00001` (or a "
+               "training run's `model-STEP.*`)")
     dtypes = ("f32", "f16", "bf16")
     head = "tied"
     vocabulary = "rows"
@@ -83,32 +144,32 @@ class OpenAI(Format):
     tokenizer_names = TOKENIZER_FILES
 
     def recognises(self, candidate: Candidate) -> bool:
-        folder = candidate.path
-        return (folder / "hparams.json").is_file() and (folder / f"{PREFIX}.index").is_file()
+        return bundle_prefix(candidate.path) is not None
 
     def read_raw(self, candidate: Candidate) -> Raw:
-        """Tensors (CRC-checked, memory-mapped) and the hparams of a release folder."""
-        folder = candidate.path
-        return Raw(str(folder / PREFIX), read_bundle(folder / PREFIX),
-                   read_json(folder / "hparams.json"), config_origin=str(folder / "hparams.json"))
+        """Tensors (CRC-checked, memory-mapped) and the hparams of a release or training run."""
+        prefix = bundle_prefix(candidate.path)
+        hparams = prefix.parent / "hparams.json"
+        return Raw(str(prefix), read_bundle(prefix), read_json(hparams), config_origin=str(hparams))
 
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
                   tokenizer: Path | None) -> None:
         """``hparams.json``, ``checkpoint`` and the ``model.ckpt`` bundle, as OpenAI released."""
         hparams = CONFIG_TABLE.from_model({**config, "vocab_size": config["padded_vocab_size"]})
         (destination / "hparams.json").write_text(json.dumps(hparams, indent=2))
-        (destination / "checkpoint").write_text(f'model_checkpoint_path: "{PREFIX}"\n'
+        (destination / CHECKPOINT_STATE).write_text(f'model_checkpoint_path: "{PREFIX}"\n'
                                                 f'all_model_checkpoint_paths: "{PREFIX}"\n')
         write_bundle(destination / PREFIX, dict(tensors))
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         """``model/h0/ln_1/g`` [1, D]... as ``h.0.ln_1.weight`` [D], as picoGPT reads them."""
+        prefix = bundle_prefix(Path(path))
         arrays = {}
-        for name, tensor in read_bundle(Path(path) / PREFIX).items():
+        for name, tensor in read_bundle(prefix).items():
             name = re.sub(r"^h(\d+)/", r"h.\1/", name.removeprefix("model/"))  # h.0/ln_1/g
             name = re.sub(r"/[wg]$", "/weight", re.sub(r"/b$", "/bias", name)).replace("/", ".")
             name = name if name.endswith(("weight", "bias")) else f"{name}.weight"  # wte, wpe
             array = tensor.float().numpy()
             arrays[name] = array[0] if array.ndim == 3 else array  # Conv1D's leading axis of 1
-        hparams = Path(path) / "hparams.json"
+        hparams = prefix.parent / "hparams.json"
         return arrays, config_from_hparams(read_json(hparams), origin=str(hparams))
