@@ -75,7 +75,10 @@ def openmp() -> ctypes.CDLL | None:
             paths = {line.split()[-1] for line in maps if "/" in line}
     except OSError:
         return None
-    found = sorted(path for path in paths if Path(path).name.startswith(OPENMP_RUNTIMES))
+    torch_libraries = Path(torch.__file__).parent / "lib"  # another package may bring its own
+    found = sorted((Path(path).parent != torch_libraries, path) for path in paths
+                   if Path(path).name.startswith(OPENMP_RUNTIMES))
+    found = [path for _, path in found]
     try:
         return ctypes.CDLL(found[0]) if found else None
     except OSError:
