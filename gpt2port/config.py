@@ -62,6 +62,12 @@ def validate_config(config: dict, *, names: dict[str, str] | None = None) -> dic
     if problems:
         raise ConfigError("model config cannot work: " + "; ".join(problems),
                           hint=config_hint(problems, names=names))
+    return complete_config(config)
+
+
+def complete_config(config: dict) -> dict:
+    """``config``, known to be free of problems (``config_problems``), with defaults filled in
+    and the book's key names as ours."""
     complete = {**OPTIONAL_KEYS, **_from_book_keys(config)[0]}
     if complete["padded_vocab_size"] is None:
         complete["padded_vocab_size"] = complete["vocab_size"]

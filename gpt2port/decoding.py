@@ -60,8 +60,9 @@ class Decoder:
     """``model`` with a KV cache for ``batch_size`` sequences of up to ``capacity`` tokens.
 
     ``forward`` runs tokens after the cached ones and caches them. One-token steps at batch 1
-    run their products by the kernel ``kernels.for_decoding`` chooses (``step``); with ``static_cache`` they
-    keep fixed shapes, and on CUDA replay one captured CUDA graph (``cuda_graphs``).
+    run their products by the kernel ``kernels.for_decoding`` chooses (``step``); with
+    ``static_cache`` they keep fixed shapes, and on CUDA replay one captured CUDA graph
+    (``cuda_graphs``).
     """
 
     def __init__(self, model: GPTModel, batch_size: int, capacity: int | None = None, *,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import formats
+from . import formats, slots
 from .config import PRESETS, hub_source
 from .decoding import stacked_rows
 from .errors import CheckpointError, ConfigError, MappingError, NetworkError
@@ -19,7 +19,6 @@ from .skeleton import empty_model
 
 REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 COMMIT = re.compile(r"[0-9a-f]{40}")
-PROJECTIONS = ("query_projection", "key_projection", "value_projection")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "f32": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "f16": torch.float16,
@@ -95,14 +94,15 @@ def _placed_state(state: dict[str, torch.Tensor], device: torch.device | str,
 
 
 def _projection_groups(state: dict[str, torch.Tensor]) -> list[tuple[str, ...]]:
-    """The names of each block's query, key and value weights, and of their biases."""
-    first, *others = PROJECTIONS
+    """The names of each block's query, key and value weights, and of their biases
+    (``slots.GROUPS``), where ``state`` has them."""
     groups = []
-    for name in state:
-        layer, _, tensor = name.rpartition(".")  # "transformer_blocks.0.attention.query_projection"
-        if layer.endswith(f".attention.{first}"):
-            attention = layer.removesuffix(first)
-            groups.append(tuple(f"{attention}{part}.{tensor}" for part in (first, *others)))
+    for parts in slots.GROUPS.values():
+        templates = [slots.BY_KEY[part].name for part in parts]
+        layer = 0
+        while templates[0].format(layer) in state:
+            groups.append(tuple(template.format(layer) for template in templates))
+            layer += 1
     return groups
 
 

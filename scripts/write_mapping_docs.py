@@ -27,7 +27,7 @@ def mapping_docs() -> str:
     for each in FORMATS:
         module = type(each).__module__.replace(".", "/")
         parts += [f"\n## {each.title}: `--to {each.name}` (`{module}.py`)\n",
-                  table_markdown(each.name_table), each.config_table_markdown(), ""]
+                  table_markdown(each.name_table), each.config_table.markdown(), ""]
     return "\n".join(parts)
 
 

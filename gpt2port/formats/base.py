@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import config_hint, config_problems, validate_config
+from ..config import complete_config, config_hint, config_problems
 from ..errors import ConfigError
 from ..files import copy_tokenizer
 from ..readers import load_pickle, read_safetensors
@@ -91,7 +91,7 @@ class ConfigTable:
         if problems:
             raise ConfigError(f"{origin}: " + "; ".join(problems), hint=hint or (
                 "it needs " + ", ".join(key.theirs for key in self.keys)))
-        return validate_config(config)
+        return complete_config(config)
 
     def from_model(self, config: dict) -> dict:
         """The model config -> the format's keys (a value map's first spelling is written)."""
@@ -302,8 +302,6 @@ class Format:
             held["tie_output_head"] = True
         return held
 
-    def config_table_markdown(self) -> str:
-        return self.config_table.markdown()
 
 
 def _shown(value: object) -> str:

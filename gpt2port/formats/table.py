@@ -224,14 +224,14 @@ def from_model(table: MappingTable, model_state: Mapping[str, torch.Tensor], con
                ) -> Iterator[tuple[str, torch.Tensor]]:
     """Model tensors -> the format's names and layout, one rule at a time."""
     for each in applicable_rules(table, config)[0]:
-        if all(name in model_state for name in each.target):
-            outputs = each.transform.from_model([model_state[name] for name in each.target])
-            yield from zip(each.source, outputs, strict=True)
+        outputs = each.transform.from_model([model_state[name] for name in each.target])
+        yield from zip(each.source, outputs, strict=True)
 
 
-def source_shapes(table: MappingTable, config: dict) -> dict[str, tuple[int, ...]]:
-    """Each tensor the format holds for a model of ``config``, with its shape."""
-    rules, expected = applicable_rules(table, config)
+def source_shapes(rules: list[Rule], expected: dict[str, tuple[int, ...]]
+                  ) -> dict[str, tuple[int, ...]]:
+    """Each tensor the format holds under ``rules``, with its shape (``expected``: the model's
+    tensors' shapes)."""
     shapes = {}
     for each in rules:
         found = each.transform.from_model_shapes([expected[name] for name in each.target])
@@ -247,7 +247,8 @@ def to_model(table: MappingTable, source: Mapping[str, torch.Tensor], config: di
     Raises:
         MappingError: listing every missing, unexpected, mis-shaped or non-float tensor.
     """
-    expected = source_shapes(table, config)
+    rules, model_shapes = applicable_rules(table, config)
+    expected = source_shapes(rules, model_shapes)
     problems = [f"missing tensor {name!r}, expected shape {list(expected[name])}"
                 for name in sorted(expected) if name not in source]
     problems += [f"unexpected tensor {name!r} with shape {list(source[name].shape)}"
@@ -263,7 +264,7 @@ def to_model(table: MappingTable, source: Mapping[str, torch.Tensor], config: di
     if problems:
         raise MappingError(origin, problems, config)
     converted = {}
-    for each in applicable_rules(table, config)[0]:
+    for each in rules:
         tensors = each.transform.to_model([source[name] for name in each.source])
         converted.update(zip(each.target, tensors, strict=True))
     return converted
