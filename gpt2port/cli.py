@@ -260,6 +260,9 @@ def run_generate(args: argparse.Namespace) -> None:
     model = load_pretrained(folder, dtype=args.dtype, device=device)
     # an empty prompt starts from <|endoftext|>, as GPT-2's unconditional samples do
     ids = torch.tensor([tokenizer.encode(args.prompt) or [END_OF_TEXT_ID]], device=device)
+    tokens = stream(model, ids, args.max_new_tokens, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                    stop_at_eos=args.stop_at_eos)  # refuses a classifier here, before any id
     vocabulary = model.config["vocab_size"]
     if int(ids.max()) >= vocabulary:
         raise TokenizerError(f"the prompt encodes to id {int(ids.max())}, but {args.model} has a "
@@ -269,9 +272,7 @@ def run_generate(args: argparse.Namespace) -> None:
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     start, produced = time.perf_counter(), 0
-    for token in stream(model, ids, args.max_new_tokens, temperature=args.temperature,
-                        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                        stop_at_eos=args.stop_at_eos):
+    for token in tokens:
         produced += 1
         sys.stdout.write(text.decode(tokenizer.decode_single_token_bytes(int(token[0, 0]))))
         sys.stdout.flush()

@@ -25,6 +25,10 @@ OPTIONAL_KEYS = {
     "gelu_approximation": "tanh",  # GPT-2's tanh GELU; "none" is the exact erf GELU (nanoGPT)
     "padded_vocab_size": None,  # rows of the embedding and head; None: vocab_size. Ids from
     # vocab_size up are padding (nanoGPT's and llm.c's 50304): generation never picks them
+    "output_size": None,  # rows of the output head; None: padded_vocab_size. Fewer rows make
+    # a classifier (the book's ch. 6 head, transformers' GPT2ForSequenceClassification)
+    "output_bias": False,  # a bias in the output head (the book's classifier; TransformerLens)
+    "output_labels": None,  # a classifier's class names, one per output (None: unnamed)
 }
 # The book's key names (ch. 4's GPT_CONFIG_124M) -> ours; a config may use either.
 BOOK_KEYS = {
@@ -71,7 +75,14 @@ def complete_config(config: dict) -> dict:
     complete = {**OPTIONAL_KEYS, **_from_book_keys(config)[0]}
     if complete["padded_vocab_size"] is None:
         complete["padded_vocab_size"] = complete["vocab_size"]
+    if complete["output_size"] is None:
+        complete["output_size"] = complete["padded_vocab_size"]
     return complete
+
+
+def is_classifier(config: dict) -> bool:
+    """Whether a complete ``config``'s head scores classes rather than the vocabulary."""
+    return config["output_size"] != config["padded_vocab_size"]
 
 
 def config_problems(config: dict, *, names: dict[str, str] | None = None) -> list[str]:
@@ -117,7 +128,7 @@ def _problems(config: dict) -> list[str]:
     epsilon = complete["layer_norm_epsilon"]
     if not (isinstance(epsilon, float) and epsilon > 0):
         problems.append(f"{{layer_norm_epsilon}} must be a positive float, got {epsilon!r}")
-    for key in ("qkv_bias", "tie_output_head", "bias"):
+    for key in ("qkv_bias", "tie_output_head", "bias", "output_bias"):
         if key in complete and not isinstance(complete[key], bool):
             problems.append(f"{{{key}}} must be True or False, got {complete[key]!r}")
     if complete["gelu_approximation"] not in GELU_APPROXIMATIONS:
@@ -128,6 +139,23 @@ def _problems(config: dict) -> list[str]:
                                  and vocabulary <= rows <= LARGEST_SIZE):
         problems.append(f"{{padded_vocab_size}} must be an integer from "
                         f"{{vocab_size}}={vocabulary!r} up, got {rows!r}")
+    return problems + _head_problems(complete)
+
+
+def _head_problems(complete: dict) -> list[str]:
+    """What cannot work in the output head's keys (``complete``: defaults filled in)."""
+    size, labels = complete["output_size"], complete["output_labels"]
+    if size is not None and not (type(size) is int and 0 < size <= LARGEST_SIZE):
+        return [f"{{output_size}} must be a positive integer, got {size!r}"]
+    rows = complete["padded_vocab_size"] or complete.get("vocab_size")
+    problems = []
+    if complete.get("tie_output_head") is True and size not in (None, rows):
+        problems.append(f"a head of {{output_size}}={size} rows cannot be tied to the token "
+                        f"embedding table of {rows!r} rows")
+    if labels is not None and not (isinstance(labels, list) and len(labels) == (size or rows)
+                                   and all(isinstance(label, str) for label in labels)):
+        problems.append(f"{{output_labels}} must be a list of {size or rows!r} names, "
+                        f"got {labels!r:.60}")
     return problems
 
 

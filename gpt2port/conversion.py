@@ -15,7 +15,7 @@ import torch
 
 from .errors import ConfigError
 from .files import write_file, write_folder
-from .formats import BY_NAME, Format
+from .formats import BY_NAME, FORMATS, Format
 from .loading import model_from_checkpoint, open_checkpoint, resolve
 from .model import GPTModel
 from .progress import progress, stage
@@ -48,7 +48,7 @@ def plan(config: dict, target: Format, *, approximate_gelu: bool = False) -> lis
         ConfigError: listing what the target cannot hold.
     """
     held = target.held_config(config)
-    changes, refused = [], []
+    changes, refused = [], {}
     for key in sorted(held):
         before, after = config[key], held[key]
         if before == after:
@@ -60,27 +60,72 @@ def plan(config: dict, target: Format, *, approximate_gelu: bool = False) -> lis
             changes.append(Change(key, before, after, f"{target.name} knows no padded "
                                   f"vocabulary: padding ids {before}..{after - 1} become "
                                   "ordinary ids (logits unchanged)"))
-        elif key in ("bias", "qkv_bias") and after:
+        elif key in ("bias", "qkv_bias", "output_bias") and after:
             changes.append(Change(key, before, after, "biases written as zeros (exact)"))
         elif key == "gelu_approximation" and (after == "none" or approximate_gelu):
             changes.append(Change(key, before, after, f"{target.name} computes "
                                   f"{'the exact' if after == 'none' else 'the tanh'} GELU",
                                   exact=False))
         elif key == "gelu_approximation":
-            refused.append(f"the model computes the exact (erf) GELU; {target.name} knows only "
-                           "GPT-2's tanh approximation")
+            refused[key] = (f"the model computes the exact (erf) GELU; {target.name} knows only "
+                            "GPT-2's tanh approximation")
         elif key == "tie_output_head":
-            refused.append(f"{target.name} has no output head of its own, and this model's "
-                           "head is not tied to the token embedding")
+            refused[key] = (f"{target.name} has no output head of its own, and this model's "
+                            "head is not tied to the token embedding")
+        elif key == "output_size":
+            refused[key] = (f"the model is a classifier ({before} outputs); {target.name} holds "
+                            f"only a language-model head ({after} rows)")
+        elif key == "output_bias" and bias_folds(config):
+            changes.append(Change(key, before, after, f"{target.name}'s head has no bias: the "
+                                  "final layer norm's shift absorbs it (W d = b)", exact=False))
+        elif key == "output_bias":
+            refused[key] = (f"the output head has a bias, and {target.name}'s has none (its "
+                            f"{config['output_size']} rows are more than the width "
+                            f"{config['embedding_dimension']}, so no shift absorbs it)")
+        elif key == "output_labels":
+            changes.append(Change(key, before, after, f"{target.name} has no place for class "
+                                  "names (logits unchanged)"))
         else:
-            refused.append(f"{key}={before!r}, but {target.name} holds only {after!r}")
+            refused[key] = (f"{key}={before!r}, but {target.name} holds only {after!r}")
     if refused:
-        gelu = any("GELU" in problem for problem in refused)
-        raise ConfigError(f"cannot convert to {target.name}: " + "; ".join(refused),
+        gelu = "gelu_approximation" in refused
+        raise ConfigError(f"cannot convert to {target.name}: " + "; ".join(refused.values()),
                           hint=("pass --approximate-gelu (approximate_gelu=True) to write it "
                                 "with the tanh GELU, and see the logit change it reports; or "
-                                if gelu else "") + "convert to native or hf, which hold it")
+                                if gelu else "") + _holders(config, refused))
     return changes
+
+
+def _holders(config: dict, refused: dict) -> str:
+    """Which formats hold the values ``plan`` refused."""
+    names = [each.name for each in FORMATS
+             if all(each.held_config(config)[key] == config[key] for key in refused)]
+    return f"convert to {' or '.join(names)}, which hold it"
+
+
+def bias_folds(config: dict) -> bool:
+    """Whether a head bias can move into the final norm's shift: ``W d = b`` has an exact
+    solution when the head has no more rows than the width (and full rank)."""
+    return config["output_size"] <= config["embedding_dimension"]
+
+
+def fold_head_bias(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The head's bias moved into the final norm's shift: ``W (x + d) = W x + b`` with ``d`` the
+    least-squares solution of ``W d = b`` (float64).
+
+    Raises:
+        ConfigError: when ``W d = b`` has no exact solution (a head of lower rank).
+    """
+    weight, bias = state["output_head.weight"], state.pop("output_head.bias")
+    shift = state["layer_norm.shift"]
+    solution = torch.linalg.lstsq(weight.double(), bias.double().unsqueeze(1)).solution[:, 0]
+    residual = float((weight.double() @ solution - bias.double()).abs().max())
+    if residual > 1e-6 * max(1.0, float(bias.abs().max())):
+        raise ConfigError(f"the output head's bias cannot move into the final norm's shift "
+                          f"(its rows are not independent: residual {residual:.3g})",
+                          hint="convert to native or book, which hold a head bias")
+    state["layer_norm.shift"] = (shift.double() + solution).to(shift.dtype)
+    return state
 
 
 def adapted(model: GPTModel, config: dict) -> GPTModel:
@@ -92,6 +137,8 @@ def adapted(model: GPTModel, config: dict) -> GPTModel:
     dtype = model.token_embedding_table.weight.dtype
     for name, tensor in result.state_dict().items():
         state.setdefault(name, torch.zeros(tensor.shape, dtype=dtype))
+    if model.config["output_bias"] and not config["output_bias"]:
+        state = fold_head_bias(state)
     if config["tie_output_head"]:
         state["output_head.weight"] = state["token_embedding_table.weight"]
     result.load_state_dict(state, assign=True)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
+from .config import is_classifier
 from .decoding import Continuation
 from .errors import ConfigError
 from .model import GPTModel
@@ -83,6 +84,11 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
         ConfigError: at once, for options that cannot work.
     """
     check_options(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if is_classifier(model.config):
+        raise ConfigError(f"the model is a classifier ({model.config['output_size']} outputs): "
+                          "it scores texts, it does not predict tokens",
+                          hint="run it on token ids and read the last token's scores "
+                          "(model(ids)[:, -1]); generate with a language model")
     if static_cache and attention_mask is not None:
         raise ConfigError("static_cache takes prompts of one length (no attention_mask)",
                           hint="pad nothing, or leave static_cache off")

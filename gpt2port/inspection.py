@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .config import is_classifier
 from .formats import Checkpoint
 from .formats.table import MappingTable
 
@@ -26,7 +27,18 @@ def describe(checkpoint: Checkpoint) -> str:
         lines.append(f"  {name:{width}}  {shape:>14}  {str(tensor.dtype)[6:]:8} {where}")
     if table.source_name("output_head.weight") not in tensors:
         lines.append("  output_head.weight is tied to token_embedding_table.weight")
+    lines.append(head_summary(checkpoint.config))
     return "\n".join(lines)
+
+
+def head_summary(config: dict) -> str:
+    """What the output head computes, in one line."""
+    bias = ", with a bias" if config["output_bias"] else ""
+    if not is_classifier(config):
+        return f"head: language model, {config['output_size']} rows{bias}"
+    labels = config["output_labels"] or range(config["output_size"])
+    return (f"head: classifier, {config['output_size']} classes ({', '.join(map(str, labels))})"
+            f"{bias}; the last token's row scores the text")
 
 
 def table_markdown(table: MappingTable) -> str:

@@ -100,7 +100,9 @@ class TransformerBlock(nn.Module):
 
 
 class GPTModel(nn.Module):
-    """Token ids (B, T) in, next-token logits (B, T, V) out (V: padded_vocab_size).
+    """Token ids (B, T) in, next-token logits (B, T, V) out (V: padded_vocab_size), or a
+    classifier's scores (B, T, output_size) when the config asks for fewer outputs (ch. 6: the
+    last token's row classifies the text).
 
     ``config`` is a dict like ``GPT_CONFIG_124M``; the book's key names (``emb_dim``...) work too.
     """
@@ -109,15 +111,15 @@ class GPTModel(nn.Module):
         super().__init__()
         self.config = validate_config(config)
         config = self.config
-        width, rows = config["embedding_dimension"], config["padded_vocab_size"]
-        self.token_embedding_table = nn.Embedding(rows, width)
+        width = config["embedding_dimension"]
+        self.token_embedding_table = nn.Embedding(config["padded_vocab_size"], width)
         self.position_embedding_table = nn.Embedding(config["context_length"], width)
         self.dropout_embedding = nn.Dropout(config["dropout_rate"])
         self.transformer_blocks = nn.ModuleList(
             TransformerBlock(config) for _ in range(config["number_of_layers"])
         )
         self.layer_norm = LayerNorm(width, config["layer_norm_epsilon"], config["bias"])
-        self.output_head = nn.Linear(width, rows, bias=False)
+        self.output_head = nn.Linear(width, config["output_size"], bias=config["output_bias"])
         self.tie_output_head()
 
     def tie_output_head(self) -> None:
@@ -135,4 +137,4 @@ class GPTModel(nn.Module):
         x = self.dropout_embedding(x)  # (B, T, D)
         for block in self.transformer_blocks:
             x = block(x)  # (B, T, D)
-        return self.output_head(self.layer_norm(x))  # (B, T, V)
+        return self.output_head(self.layer_norm(x))  # (B, T, V) or (B, T, output_size)

@@ -61,7 +61,8 @@ def forward(params: dict[str, np.ndarray], config: dict, ids: list[int]) -> np.n
                             + params.get(f"{h}.mlp.c_fc.bias", 0))  # [T, 4D]
         x = x + hidden @ params[f"{h}.mlp.c_proj.weight"] + params.get(f"{h}.mlp.c_proj.bias", 0)
     x = layer_norm(x, params["ln_f.weight"], params.get("ln_f.bias", 0), epsilon)  # [T, D]
-    return x @ params.get("lm_head.weight", params["wte.weight"]).T  # [T, V]
+    head = params.get("lm_head.weight", params["wte.weight"])  # [V, D], or a classifier's [C, D]
+    return x @ head.T + params.get("lm_head.bias", 0)  # [T, V]
 
 
 def reference_logits(path: Path, ids: list[int], *, source_format=None) -> np.ndarray:

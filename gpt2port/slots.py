@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 BLOCK = "transformer_blocks.{}."
 # shape letters -> the model config key they stand for; "4D" is four times D
-SIZES = {"V": "padded_vocab_size", "C": "context_length", "D": "embedding_dimension"}
+SIZES = {"V": "padded_vocab_size", "C": "context_length", "D": "embedding_dimension",
+         "O": "output_size"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ SLOTS: tuple[Slot, ...] = (
     *_linear(f"{BLOCK}feed_forward.expansion", "4D D"),
     *_linear(f"{BLOCK}feed_forward.contraction", "D 4D"),
     *_norm("layer_norm"),
-    Slot("output_head.weight", "V D", "untied_head"),
+    Slot("output_head.weight", "O D", "untied_head"),
+    Slot("output_head.bias", "O", "output_bias"),
 )
 BY_KEY = {slot.key: slot for slot in SLOTS}
 # Several slots a format stores as one tensor (q|k|v packed), under one key of their own.

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import is_classifier
 from .errors import ConfigError, VerificationError
 from .formats import Format
 from .generation import generate
@@ -66,16 +67,19 @@ def prompt_for(config: dict) -> list[int]:
 TRANSFORMERS_REFERENCE = r"""
 import sys
 import numpy, torch
-from transformers import GPT2LMHeadModel
-folder, ids, output = sys.argv[1], [int(i) for i in sys.argv[2].split(",")], sys.argv[3]
-model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+import transformers
+folder, ids, output, kind = sys.argv[1], [int(i) for i in sys.argv[2].split(",")], *sys.argv[3:]
+model = getattr(transformers, kind).from_pretrained(folder, dtype=torch.float32).eval()
 with torch.inference_mode():
     numpy.save(output, model(torch.tensor([ids])).logits[0].numpy())
 """
+# the transformers class that reads a model of a config; a classifier's scores the last token
+LM_HEAD, CLASSIFIER = "GPT2LMHeadModel", "GPT2ForSequenceClassification"
 
 
-def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
-    """transformers' logits for ``ids``, computed in a child process of its own.
+def transformers_logits(folder: Path, ids: list[int], *, kind: str = LM_HEAD) -> np.ndarray:
+    """transformers' logits for ``ids`` from its class ``kind``, computed in a child process of
+    its own: [T, V] for a language model, [C] (the last token's) for a classifier.
 
     Raises:
         VerificationError: when transformers cannot read the folder.
@@ -83,7 +87,7 @@ def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
     with tempfile.TemporaryDirectory() as work:
         output = Path(work) / "logits.npy"
         done = subprocess.run([sys.executable, "-c", TRANSFORMERS_REFERENCE, str(folder),
-                               ",".join(map(str, ids)), str(output)],
+                               ",".join(map(str, ids)), str(output), kind],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0 or not output.is_file():
             said = (done.stderr.strip().splitlines() or ["it printed nothing"])[-1]
@@ -128,14 +132,18 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
     device = next(model.parameters()).device
     with progress("verify", 3 if known_greedy is not None else 2) as bar:
         stage(bar, f"{reference} reference")
+        classifier = is_classifier(model.config)
         if reference == "transformers":
-            expected = transformers_logits(Path(folder), ids)
+            expected = transformers_logits(Path(folder), ids,
+                                           kind=CLASSIFIER if classifier else LM_HEAD)
         else:
             expected = reference_logits(Path(folder), ids, source_format=source_format)
         bar.update()
         stage(bar, "our logits")
         with torch.inference_mode():
             ours = model(torch.tensor([ids], device=device))[0].float().cpu().numpy()
+        if classifier:  # the last token's scores classify the text
+            ours, expected = ours[-1:], expected.reshape(-1, ours.shape[-1])[-1:]
         bar.update()
         if known_greedy is not None:
             stage(bar, "greedy answer")
@@ -143,8 +151,9 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
             found = generate(model, torch.tensor([list(prompt)], device=device),
                              len(answer) - len(prompt))[0].tolist()
             bar.update()
-    name = "transformers GPT2LMHeadModel" if reference == "transformers" else (
-        "gpt2port.reference (NumPy, the checkpoint's own tensors)")
+    name = (f"transformers {CLASSIFIER if classifier else LM_HEAD}"
+            if reference == "transformers"
+            else "gpt2port.reference (NumPy, the checkpoint's own tensors)")
     result = Verification(
         reference=name,
         max_abs_diff=float(np.abs(ours - expected).max()),

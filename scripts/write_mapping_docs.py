@@ -6,6 +6,7 @@ docs cannot drift from the code.
 
 from pathlib import Path
 
+from gpt2port.config import GPT_CONFIG_124M, validate_config
 from gpt2port.formats import FORMATS
 from gpt2port.inspection import table_markdown
 
@@ -22,20 +23,37 @@ HEADS = {"tied": "always tied (no head tensor)", "either": "stored when untied",
          "separate": "always stored; tied on reading when equal to the embedding"}
 
 
+CLASSIFIER = validate_config({**GPT_CONFIG_124M, "output_size": 2})
+
+
 def mapping_docs() -> str:
     parts = [HEADER]
     for each in FORMATS:
         module = type(each).__module__.replace(".", "/")
         parts += [f"\n## {each.title}: `--to {each.name}` (`{module}.py`)\n",
                   table_markdown(each.name_table), each.config_table.markdown(), ""]
+        classifier = each.table_for(CLASSIFIER)
+        if classifier != each.name_table:
+            rules = [rule for rule in classifier.rules if rule not in each.name_table.rules]
+            parts.append("A classifier head is written and read under other names: " + "; ".join(
+                f"`{', '.join(rule.target)}` as `{', '.join(rule.source)}`" for rule in rules)
+                + ".\n")
     return "\n".join(parts)
+
+
+def head_column(each) -> str:
+    """What the format's output head can be: tying, classifier heads, a bias."""
+    kinds = ["classifier heads" if each.holds_classifier else "no classifier heads"]
+    if each.holds_output_bias:
+        kinds.append("a head bias")
+    return f"{HEADS[each.head]}; {', '.join(kinds)}"
 
 
 def format_table() -> str:
     rows = [("| `--to` | files (read and written) | dtypes written | output head | cannot "
              "represent | proved by |"), "|---|---|---|---|---|---|"]
     rows += [f"| `{each.name}` | {each.summary} | {', '.join(each.dtypes)} | "
-             f"{HEADS[each.head]} | {each.cannot_represent} | {each.proof} |"
+             f"{head_column(each)} | {each.cannot_represent} | {each.proof} |"
              for each in FORMATS]
     return "\n".join([BEGIN, *rows, END])
 

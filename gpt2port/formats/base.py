@@ -123,6 +123,7 @@ class Raw:
     config_origin: str | None = None  # the file the config is in, where not ``origin``
     config_table: ConfigTable | None = None  # where not the format's own (a config.json of
     # Hugging Face's keys beside the book's weights)
+    name_table: MappingTable | None = None  # where not the format's own (a classifier's names)
 
 
 @dataclass
@@ -220,6 +221,10 @@ class Format:
     file_suffix: str | None = None  # a destination ending so is written as one file
     config_hint: str | None = None  # the hint for a config that cannot work
     converts_dtype = True  # False: write_raw gets the model's own tensors and encodes --dtype
+    # what the output head may be besides a language-model head without bias
+    holds_classifier = False  # fewer rows than the vocabulary (output_size)
+    holds_output_bias = False
+    holds_labels = False  # a classifier's class names (output_labels)
 
     def recognises(self, candidate: Candidate) -> bool:
         raise NotImplementedError
@@ -249,24 +254,33 @@ class Format:
         """The checkpoint at ``candidate``: tensors without optional prefixes, the validated
         model config, the head tied where the checkpoint has none or a copy of the embedding."""
         raw = self.read_raw(candidate)
-        tensors = self.name_table.strip_prefix(raw.tensors)
-        tied, tensors = self._tying(tensors)
+        table = raw.name_table or self.name_table
+        tensors = table.strip_prefix(raw.tensors)
+        tied, tensors = _tying(table, tensors)
         config_table = raw.config_table or self.config_table
-        config = config_table.to_model(raw.config, origin=raw.config_origin or raw.origin,
-                                       hint=self.config_hint,
-                                       extra={**raw.extra, "tie_output_head": tied})
-        return Checkpoint(raw.origin, tensors, config, self.name_table, self)
+        config = config_table.to_model(
+            raw.config, origin=raw.config_origin or raw.origin, hint=self.config_hint,
+            extra={**raw.extra, **self._head_shape(table, tensors), "tie_output_head": tied})
+        return Checkpoint(raw.origin, tensors, config, table, self)
 
-    def _tying(self, tensors: dict[str, torch.Tensor]) -> tuple[bool, dict[str, torch.Tensor]]:
-        """Whether the head is tied, and the tensors to map (without a head that is a copy)."""
-        head = self.name_table.source_name("output_head.weight")
-        if head is None or head not in tensors:
-            return True, tensors
-        embedding = tensors.get(self.name_table.source_name("token_embedding_table.weight"))
-        if embedding is None or tensors[head].shape != embedding.shape or not torch.equal(
-                tensors[head], embedding):
-            return False, tensors
-        return True, {name: tensor for name, tensor in tensors.items() if name != head}
+    def _head_shape(self, table: MappingTable, tensors: dict[str, torch.Tensor]) -> dict:
+        """The output head's config as the tensors give it, where the format can hold more than
+        a language-model head: its rows (a classifier has fewer than the vocabulary) and whether
+        it has a bias. Elsewhere a head that does not fit is a mapping error."""
+        found = {}
+        if self.holds_output_bias:
+            found["output_bias"] = table.source_name("output_head.bias") in tensors
+        head = next((rule for rule in table.rules if rule.target == ("output_head.weight",)),
+                    None)
+        if self.holds_classifier and head is not None and head.source[0] in tensors:
+            weight = tensors[head.source[0]]
+            if weight.dim() == 2:
+                found["output_size"] = head.transform.to_model([weight])[0].shape[0]
+        return found
+
+    def table_for(self, config: dict) -> MappingTable:
+        """The name table a model of ``config`` is written with."""
+        return self.name_table
 
     def write(self, model, destination: Path, *, dtype: str | None, tokenizer: Path | None
               ) -> None:
@@ -278,7 +292,7 @@ class Format:
         if self.head == "separate":  # a tied head is written as its own tensor too
             config = {**config, "tie_output_head": False}
         state = state_for_writing(model, dtype if self.converts_dtype else None, self.head)
-        tensors = from_model(self.name_table, state, config)
+        tensors = from_model(self.table_for(config), state, config)
         self.write_raw(Path(destination), tensors, config, dtype=dtype, tokenizer=tokenizer)
         if Path(destination).is_dir():
             self.write_tokenizer(tokenizer, Path(destination), config)
@@ -300,8 +314,26 @@ class Format:
             held["vocab_size"] = config["padded_vocab_size"]
         if self.head == "tied":
             held["tie_output_head"] = True
+        if not self.holds_classifier:
+            held["output_size"] = held["padded_vocab_size"]
+        held["output_bias"] = config["output_bias"] and self.holds_output_bias
+        if not self.holds_labels:
+            held["output_labels"] = None
         return held
 
+
+
+def _tying(table: MappingTable, tensors: dict[str, torch.Tensor]
+           ) -> tuple[bool, dict[str, torch.Tensor]]:
+    """Whether the head is tied, and the tensors to map (without a head that is a copy)."""
+    head = table.source_name("output_head.weight")
+    if head is None or head not in tensors:
+        return True, tensors
+    embedding = tensors.get(table.source_name("token_embedding_table.weight"))
+    if embedding is None or tensors[head].shape != embedding.shape or not torch.equal(
+            tensors[head], embedding):
+        return False, tensors
+    return True, {name: tensor for name, tensor in tensors.items() if name != head}
 
 
 def _shown(value: object) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import GPT2_HEADS
+from ..config import GPT2_HEADS, is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
@@ -49,6 +49,7 @@ TABLE = MappingTable.parse("book", """
     layer_norm.scale                    final_norm.scale
     layer_norm.shift                    final_norm.shift
     output_head.weight                  out_head.weight
+    output_head.bias                    out_head.bias
     """,  # out_head is written always; tied again on reading when it equals tok_emb
     ignored=("trf_blocks.{}.att.mask",),  # the causal mask, a buffer
 )
@@ -121,10 +122,19 @@ class Book(Format):
                "with the book's config dict")
     head = "separate"
     vocabulary = "rows"
+    holds_classifier = True  # ch. 6: out_head = nn.Linear(emb_dim, num_classes), with a bias
+    holds_output_bias = True
     cannot_represent = ("an epsilon other than 1e-5 (refused); the exact GELU (refused unless "
-                        "approximated); no biases (zeros: exact); a padded vocabulary")
+                        "approximated); no biases (zeros: exact); a padded vocabulary; a bias "
+                        "on a vocabulary head (refused); class names")
     proof = ("the book's own `GPTModel` (`pip install --no-deps llms-from-scratch`) loads the "
-             "export with `strict=True`: logits within 1e-5 of transformers")
+             "export with `strict=True` (a classifier with `out_head` replaced as ch. 6 does): "
+             "logits within 1e-5 of transformers")
+
+    def held_config(self, config: dict) -> dict:
+        """ch. 6's classifier head has a bias (zeros where the model has none); ch. 4's
+        language-model head has none."""
+        return {**super().held_config(config), "output_bias": is_classifier(config)}
 
     def weights_file(self, candidate: Candidate) -> Candidate | None:
         """The file holding the book's state dict: the path itself, or in a folder a ``.pth``
@@ -184,5 +194,7 @@ class Book(Format):
                 name = re.sub(pattern, replacement, name)
             ours[name] = tensor.float().numpy()
         values, origin, config_table = read_config(weights.path.parent, state, str(weights.path))
-        config = config_table.to_model(values, origin=origin, extra={"tie_output_head": False})
+        config = config_table.to_model(values, origin=origin, extra={
+            "tie_output_head": False, "output_size": state["out_head.weight"].shape[0],
+            "output_bias": "out_head.bias" in state})
         return to_conv1d_names(ours, config), config

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ..config import is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json, read_weights_file
 from ..tokenizer import END_OF_TEXT_ID
@@ -26,7 +27,7 @@ WEIGHTS_FILES = (
     "pytorch_model.bin.index.json",
     "pytorch_model.bin",
 )
-TABLE = MappingTable.parse("huggingface", """
+LINES = """
     token_embedding_table.weight        wte.weight
     position_embedding_table.weight     wpe.weight
     attention_norm.scale                h.{}.ln_1.weight
@@ -44,12 +45,19 @@ TABLE = MappingTable.parse("huggingface", """
     layer_norm.scale                    ln_f.weight
     layer_norm.shift                    ln_f.bias
     output_head.weight                  lm_head.weight
-    """,  # lm_head.weight is absent when tied to wte
+    """
+BODY_PREFIX = "transformer."
+OPTIONS = {
     # Causal-mask buffers older transformers saved with the weights; they hold no weights.
-    ignored=("h.{}.attn.bias", "h.{}.attn.masked_bias"),
-    # GPT2LMHeadModel.save_pretrained writes the body under "transformer."; the Hub file does not.
-    optional_prefixes=("transformer.",),
-)
+    "ignored": ("h.{}.attn.bias", "h.{}.attn.masked_bias"),
+    # save_pretrained writes the body under "transformer."; the Hub file does not.
+    "optional_prefixes": (BODY_PREFIX,),
+}
+TABLE = MappingTable.parse("huggingface", LINES, **OPTIONS)  # lm_head.weight absent when tied
+# GPT2ForSequenceClassification: the same body, the head is score.weight [num_labels, D]
+CLASSIFIER_TABLE = MappingTable.parse("huggingface", LINES.replace("lm_head", "score"),
+                                      **OPTIONS)
+CLASSIFIER = "GPT2ForSequenceClassification"
 
 # config.json key <-> model config key, with the default GPT2Config assumes when a key is absent;
 # activation_function values -> the model's gelu_approximation (the first of each is written).
@@ -105,11 +113,12 @@ def check_architecture(hf_config: object, *, origin: str) -> None:
 
 
 def config_from_model(config: dict) -> dict:
-    """The model config -> a ``config.json`` that ``GPT2LMHeadModel`` loads."""
+    """The model config -> a ``config.json`` that ``GPT2LMHeadModel`` (or, for a classifier,
+    ``GPT2ForSequenceClassification``) loads."""
     dropout = config["dropout_rate"]
     end_of_text = END_OF_TEXT_ID if config["vocab_size"] > END_OF_TEXT_ID else None
-    return {
-        "architectures": ["GPT2LMHeadModel"],
+    hf_config = {
+        "architectures": [CLASSIFIER if is_classifier(config) else "GPT2LMHeadModel"],
         "model_type": "gpt2",
         **CONFIG_TABLE.from_model({**config, "vocab_size": config["padded_vocab_size"]}),
         "tie_word_embeddings": config["tie_output_head"],
@@ -119,6 +128,27 @@ def config_from_model(config: dict) -> dict:
         "bos_token_id": end_of_text,
         "eos_token_id": end_of_text,
     }
+    if is_classifier(config):
+        labels = config["output_labels"] or [f"LABEL_{i}" for i in range(config["output_size"])]
+        # the book's ch. 6 pads with <|endoftext|>; transformers scores the last non-pad token
+        hf_config.update(id2label=dict(enumerate(labels)),
+                         label2id={label: i for i, label in enumerate(labels)},
+                         pad_token_id=end_of_text)
+    return hf_config
+
+
+def labels_from(hf_config: dict, origin: str) -> list[str] | None:
+    """A classifier's class names from ``id2label``; None for transformers' defaults."""
+    id2label = hf_config.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        return None
+    try:
+        labels = [id2label[str(i)] if str(i) in id2label else id2label[i]
+                  for i in range(len(id2label))]
+    except KeyError:
+        raise ConfigError(f"{origin}: id2label's keys are not 0..{len(id2label) - 1}",
+                          hint="id2label maps each class index to its name") from None
+    return None if labels == [f"LABEL_{i}" for i in range(len(labels))] else labels
 
 
 def find_weights(folder: Path) -> Path | None:
@@ -135,10 +165,16 @@ class HuggingFace(Format):
                "Conv1D `[in, out]` weights")
     vocabulary = "rows"
     cannot_represent = ("a model without biases (written as zero biases: exact); a padded "
-                        "vocabulary (its padding rows become ordinary ids)")
-    proof = "transformers' `GPT2LMHeadModel.from_pretrained` reads the export: logits bit-equal"
+                        "vocabulary (its padding rows become ordinary ids); a head bias (a "
+                        "classifier's moves into the final norm's shift, the change stated; "
+                        "refused for a vocabulary head)")
+    proof = ("transformers' `GPT2LMHeadModel.from_pretrained` reads the export: logits "
+             "bit-equal; a classifier loads in `AutoModelForSequenceClassification` with the "
+             "book model's last-token scores (within 1e-5)")
     read_by_transformers = True
     config_hint = HINT
+    holds_classifier = True  # GPT2ForSequenceClassification's score.weight, no bias
+    holds_labels = True
 
     def recognises(self, candidate: Candidate) -> bool:
         path = candidate.path
@@ -163,8 +199,15 @@ class HuggingFace(Format):
                                   hint="put the model's config.json in the same folder")
         hf_config = read_json(config_path)
         check_architecture(hf_config, origin=str(config_path))
-        return Raw(str(weights), read_weights_file(weights), hf_config,
-                   config_origin=str(config_path))
+        tensors = read_weights_file(weights)
+        if "score.weight" not in tensors:
+            return Raw(str(weights), tensors, hf_config, config_origin=str(config_path))
+        return Raw(str(weights), tensors, hf_config, config_origin=str(config_path),
+                   name_table=CLASSIFIER_TABLE,
+                   extra={"output_labels": labels_from(hf_config, str(config_path))})
+
+    def table_for(self, config: dict) -> MappingTable:
+        return CLASSIFIER_TABLE if is_classifier(config) else TABLE
 
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
                   tokenizer: Path | None) -> None:
@@ -176,7 +219,11 @@ class HuggingFace(Format):
         # what GPT2LMHeadModel.save_pretrained writes beside it: generate() stops at <|endoftext|>
         (destination / "generation_config.json").write_text(json.dumps(
             {key: hf_config[key] for key in ("bos_token_id", "eos_token_id")}, indent=2))
-        save_file({name: tensor.contiguous() for name, tensor in tensors},
+        # a classifier's body under "transformer.", as save_pretrained writes it (without the
+        # prefix, from_pretrained takes the file for a bare GPT2Model and leaves score random)
+        prefix = BODY_PREFIX if is_classifier(config) else ""
+        save_file({name if name == "score.weight" else prefix + name: tensor.contiguous()
+                   for name, tensor in tensors},
                   destination / "model.safetensors", metadata={"format": "pt"})
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -194,4 +241,10 @@ class HuggingFace(Format):
             for name, tensor in tensors.items():
                 arrays[name.removeprefix("transformer.")] = tensor.float().numpy()
         config_path = weights.parent / "config.json"
-        return arrays, config_to_model(read_json(config_path), origin=str(config_path))
+        hf_config = read_json(config_path)
+        if "score.weight" not in arrays:
+            return arrays, config_to_model(hf_config, origin=str(config_path))
+        arrays["lm_head.weight"] = arrays.pop("score.weight")  # [num_labels, D]
+        check_architecture(hf_config, origin=str(config_path))
+        return arrays, CONFIG_TABLE.to_model(hf_config, origin=str(config_path), extra={
+            "tie_output_head": False, "output_size": arrays["lm_head.weight"].shape[0]})

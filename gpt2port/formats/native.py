@@ -49,6 +49,7 @@ class Native(Format):
     title = "gpt2port native"
     summary = f"one `{FILENAME}` in the model's own names, the config in its metadata"
     proof = "round trips with every other format are bit-exact; the safetensors library reads it"
+    holds_classifier = holds_output_bias = holds_labels = True
 
     def recognises(self, candidate: Candidate) -> bool:
         found = _weights(candidate)
@@ -88,7 +89,8 @@ def to_conv1d_names(ours: dict[str, np.ndarray], config: dict) -> dict[str, np.n
     arrays = {"wte.weight": ours["token_embedding_table.weight"],
               "wpe.weight": ours["position_embedding_table.weight"],
               "ln_f.weight": ours["layer_norm.scale"]}
-    optional = {"ln_f.bias": "layer_norm.shift", "lm_head.weight": "output_head.weight"}
+    optional = {"ln_f.bias": "layer_norm.shift", "lm_head.weight": "output_head.weight",
+                "lm_head.bias": "output_head.bias"}
     arrays.update({theirs: ours[name] for theirs, name in optional.items() if name in ours})
     for i in range(config["number_of_layers"]):
         block, h = f"transformer_blocks.{i}", f"h.{i}"
