@@ -87,6 +87,9 @@ def _source_options(parser: argparse.ArgumentParser, *, default: str | None = No
     parser.add_argument("--revision", help="branch, tag or commit (presets pin a commit)")
     parser.add_argument("--cache-dir", type=Path, help="huggingface_hub cache folder")
     parser.add_argument("--offline", action="store_true", help="use the cache only")
+    parser.add_argument("--file", dest="filename", metavar="NAME",
+                        help="one weights file of a Hub repo (a .pth, .safetensors, .gguf, "
+                        "ckpt.pt...), fetched with the config and tokenizer files beside it")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -153,7 +156,7 @@ def _folder(args: argparse.Namespace) -> Path:
     from .loading import resolve
 
     return resolve(args.model, revision=args.revision, cache_dir=args.cache_dir,
-                   offline=args.offline)
+                   offline=args.offline, filename=args.filename)
 
 
 def _verify(args: argparse.Namespace, folder: Path, known: tuple | None = None) -> None:
@@ -171,6 +174,9 @@ def _verify(args: argparse.Namespace, folder: Path, known: tuple | None = None) 
 
 def run_download(args: argparse.Namespace) -> None:
     if args.source == "openai":
+        if args.filename is not None:
+            raise ConfigError("--file picks a file of a Hub repo; OpenAI's release is one "
+                              "checkpoint", hint="drop --file, or drop --source openai")
         folder = _download_release(args)
         # the 124M release holds the same weights as the gpt2 preset
         known = PRESETS["gpt2"].known_greedy if folder.name == "124M" else None
@@ -183,11 +189,15 @@ def run_download(args: argparse.Namespace) -> None:
             raise ConfigError(f"{args.model}: a local path; download fetches from the Hub",
                               hint=f"gpt2port verify {args.model} checks a local checkpoint")
         source = hub_source(hub_name(args.model), args.revision)
+        named = args.filename is not None
         folder = download(source.repo_id, revision=source.revision, cache_dir=args.cache_dir,
-                          force=args.force, offline=args.offline, pinned=source.pinned)
-        known = source.known_greedy
-        print(f"files in {folder} (each checked against the Hub's size and hash):")
-    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+                          force=args.force, offline=args.offline, filename=args.filename,
+                          pinned={} if named else source.pinned)
+        known = None if named else source.known_greedy
+        print(f"files in {folder.parent if named else folder} (each checked against the Hub's "
+              "size and hash):")
+    listed = folder.parent if folder.is_file() else folder
+    for path in sorted(p for p in listed.iterdir() if not p.name.startswith(".")):
         print(f"  {path.name:32} {path.stat().st_size:>14,} bytes")
     _verify(args, folder, known)
     if args.output is not None:
@@ -290,7 +300,8 @@ def run_convert(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as changes:
         warnings.simplefilter("always", ConversionWarning)
         written = convert(args.model, args.destination, to=args.to, dtype=args.dtype,
-                          revision=args.revision, approximate_gelu=args.approximate_gelu)
+                          revision=args.revision, filename=args.filename,
+                          approximate_gelu=args.approximate_gelu)
     for change in changes:
         if issubclass(change.category, ConversionWarning):
             print(f"note: {change.message}", file=sys.stderr)

@@ -155,11 +155,12 @@ def logit_change(model: GPTModel, other: GPTModel) -> float:
 
 def convert(source: str | Path, destination: str | Path, *, to: str,
             dtype: str | None = None, revision: str | None = None,
-            approximate_gelu: bool = False) -> Path:
+            filename: str | None = None, approximate_gelu: bool = False) -> Path:
     """Read ``source`` (preset, Hub id, folder or file), write it to the new folder
     ``destination`` in format ``to`` (a name in ``gpt2port.formats.BY_NAME``), with the
-    tokenizer when the source has it. ``dtype`` None keeps the source's own. A destination
-    ending in the format's file suffix (``model.gguf``) is written as that one file.
+    tokenizer when the source has it (``filename``: one weights file of a Hub repo). ``dtype``
+    None keeps the source's own. A destination ending in the format's file suffix
+    (``model.gguf``) is written as that one file.
 
     The output appears only when complete, with the permissions the umask gives. Changes the
     target makes are issued as ``ConversionWarning``s.
@@ -173,7 +174,7 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
     if dtype is not None and dtype not in target.dtypes:
         raise ConfigError(f"{to} does not store {dtype}",
                           hint=f"{to} stores {', '.join(target.dtypes)}")
-    folder = resolve(source, revision=revision)
+    folder = resolve(source, revision=revision, filename=filename)
     tokenizer = folder if folder.is_dir() else folder.parent
     with progress(f"convert to {to}", 2) as bar:
         stage(bar, "reading")

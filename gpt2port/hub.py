@@ -35,14 +35,22 @@ from .readers import read_json
 CONFIG = "config.json"
 TOKENIZER = ("vocab.json", "merges.txt")
 OPTIONAL = ("generation_config.json",)
+# what other layouts keep beside their weights (the tokenizer in other names, their configs)
+OTHER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "encoder.json", "vocab.bpe", "hparams.json")
+# a file of one of these endings is a weights file --file may name
+WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 FORCE_HINT = "run again with --force to download it afresh"
 TOKEN_HINT = ("if the repository is private or gated, accept its terms on the Hub and set "
               "HF_TOKEN (or run `hf auth login`)")
 
 
 def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
-             force: bool = False, offline: bool = False, pinned: dict | None = None) -> Path:
-    """Fetch what a GPT-2 load needs into the huggingface_hub cache; return the snapshot folder.
+             force: bool = False, offline: bool = False, pinned: dict | None = None,
+             filename: str | None = None) -> Path:
+    """Fetch what a GPT-2 load needs into the huggingface_hub cache; return the snapshot folder,
+    or with ``filename`` that one weights file of the repo (with the config and tokenizer files
+    beside it, where the repo has them).
 
     Every file is checked against the Hub's size and hash (sha256 for LFS files, the git blob id
     for the others) and against ``pinned`` {file: (size, sha256)}; a file that fails is removed
@@ -53,27 +61,28 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
     """
     pinned = pinned or {}
     if offline or constants.is_offline_mode():
-        folder = cached_snapshot(repo_id, revision=revision, cache_dir=cache_dir)
-        if folder is None:
-            raise OfflineError(f"{repo_id}: not in the cache, and offline mode is on",
+        found = cached_snapshot(repo_id, revision=revision, cache_dir=cache_dir,
+                                filename=filename)
+        if found is None:
+            raise OfflineError(f"{repo_id}{f'/{filename}' if filename else ''}: not in the "
+                               "cache, and offline mode is on",
                                hint="run once with network access, or drop --offline")
+        folder = found.parent if filename else found
         for name in pinned:
             try:
                 _check(folder / name, None, pinned[name])
             except IntegrityError:
                 _remove_from_cache(folder / name)
                 raise
-        return folder
+        return found
     remove_stale_partials(repo_id, cache_dir)
     with hub_errors(repo_id):
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
     siblings = {sibling.rfilename: sibling for sibling in info.siblings or ()}
-    weights = next((name for name in WEIGHTS_FILES if name in siblings), None)
-    if CONFIG not in siblings or weights is None:
-        raise NotFoundError(f"{repo_id}@{info.sha}: no {CONFIG} or weights file on the Hub "
-                            f"(looked for {', '.join(WEIGHTS_FILES)})",
-                            hint="is this a GPT-2 model repository?")
-    names = [CONFIG, weights, *(n for n in TOKENIZER + OPTIONAL if n in siblings)]
+    weights = filename or next((name for name in WEIGHTS_FILES if name in siblings), None)
+    _check_listing(repo_id, info.sha, siblings, weights, named=filename is not None)
+    beside = [name for name in (CONFIG, *TOKENIZER, *OPTIONAL, *OTHER_FILES) if name in siblings]
+    names = [weights, *(name for name in beside if name != weights)]
     revision = revision or "main"  # by name, so the cache records the ref for offline use
     paths = {name: _fetch(repo_id, revision, siblings[name], cache_dir, force, pinned.get(name))
              for name in names}
@@ -84,7 +93,23 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
                 raise NotFoundError(f"{repo_id}: shard {shard!r} named in {weights} is not on "
                                     "the Hub")
             _fetch(repo_id, revision, siblings[shard], cache_dir, force, pinned.get(shard))
-    return paths[CONFIG].parent
+    return paths[weights] if filename else paths[weights].parent
+
+
+def _check_listing(repo_id: str, commit: str, siblings: dict, weights: str | None, *,
+                   named: bool) -> None:
+    """Raise NotFoundError unless the repo holds the weights file (and, for Hugging Face's own
+    names, a config), naming the weights files it does hold."""
+    held = sorted(name for name in siblings if name.endswith(WEIGHTS_SUFFIXES))
+    listed = f"it holds {', '.join(held)}" if held else "it holds no weights file"
+    if named and weights not in siblings:
+        raise NotFoundError(f"{repo_id}@{commit}: no file {weights!r} in the repository; {listed}",
+                            hint="pass one of those to --file (filename=)")
+    if not named and (weights is None or CONFIG not in siblings):
+        raise NotFoundError(f"{repo_id}@{commit}: no {CONFIG} or weights file of Hugging Face's "
+                            f"names on the Hub (looked for {', '.join(WEIGHTS_FILES)}); {listed}",
+                            hint="name the weights file with --file (filename=)" if held else
+                            "is this a GPT-2 model repository?")
 
 
 def remove_stale_partials(repo_id: str, cache_dir: str | Path | None = None) -> list[Path]:
@@ -108,12 +133,16 @@ def remove_stale_partials(repo_id: str, cache_dir: str | Path | None = None) -> 
 
 
 def cached_snapshot(repo_id: str, *, revision: str | None = None,
-                    cache_dir: str | Path | None = None) -> Path | None:
-    """The cached snapshot folder if it holds a config and complete weights; no network call."""
+                    cache_dir: str | Path | None = None, filename: str | None = None
+                    ) -> Path | None:
+    """The cached snapshot folder if it holds a config and complete weights (with ``filename``:
+    that file, if cached); no network call."""
     def cached(name: str) -> Path | None:
         found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision)
         return Path(found) if isinstance(found, str) else None
 
+    if filename is not None:
+        return cached(filename)
     config = cached(CONFIG)
     weights = next((path for path in map(cached, WEIGHTS_FILES) if path is not None), None)
     if config is None or weights is None:

@@ -183,29 +183,37 @@ def _nearby(path: Path) -> str:
 
 
 def resolve(name_or_path: str | Path, *, revision: str | None = None,
-            cache_dir: str | Path | None = None, offline: bool = False) -> Path:
-    """A local path as is; a preset or Hub repo id -> its snapshot folder in the Hub cache.
+            cache_dir: str | Path | None = None, offline: bool = False,
+            filename: str | None = None) -> Path:
+    """A local path as is; a preset or Hub repo id -> its snapshot folder in the Hub cache (with
+    ``filename``, that weights file of the repo).
 
     A preset pinned to a commit that is already cached resolves with no network request.
+
+    Raises:
+        ConfigError: for a ``filename`` with a local path.
     """
     path = Path(name_or_path)
     if path.exists() or Path(f"{path}.index").is_file():  # a TensorFlow checkpoint's prefix
+        if filename is not None:
+            raise ConfigError(f"{name_or_path}: a file name (--file {filename}) picks a file of "
+                              "a Hub repo, and this is a local path",
+                              hint=f"give the file's own path: {path / filename}")
         return path
     name = hub_name(str(name_or_path))
     from . import hub  # imported here: a local load needs no network stack
 
     source = hub_source(name, revision)
+    pinned = source.pinned if filename is None else {}  # a preset's hashes are of its own files
+    where = {"revision": source.revision, "cache_dir": cache_dir, "filename": filename}
     if source.revision and COMMIT.fullmatch(source.revision):
-        cached = hub.cached_snapshot(source.repo_id, revision=source.revision,
-                                     cache_dir=cache_dir)
+        cached = hub.cached_snapshot(source.repo_id, **where)
         if cached is not None:
             return cached
     try:
-        return hub.download(source.repo_id, revision=source.revision, cache_dir=cache_dir,
-                            pinned=source.pinned, offline=offline)
+        return hub.download(source.repo_id, pinned=pinned, offline=offline, **where)
     except NetworkError:
-        cached = hub.cached_snapshot(source.repo_id, revision=source.revision,
-                                     cache_dir=cache_dir)
+        cached = hub.cached_snapshot(source.repo_id, **where)
         if cached is None:
             raise
         return cached
@@ -213,13 +221,16 @@ def resolve(name_or_path: str | Path, *, revision: str | None = None,
 
 def load_pretrained(name_or_path: str | Path, *, revision: str | None = None,
                     dtype: torch.dtype | str | None = None, device: torch.device | str = "cpu",
-                    cache_dir: str | Path | None = None) -> GPTModel:
+                    cache_dir: str | Path | None = None, filename: str | None = None
+                    ) -> GPTModel:
     """GPT-2 weights from a preset (``"gpt2"``), a Hub repo id, a folder or a file, in eval mode.
+    ``filename`` picks one weights file of a Hub repo (``rasbt/gpt2-from-scratch-pytorch``'s
+    ``gpt2-small-124M.pth``), fetched with the config and tokenizer files beside it.
 
     Raises:
         CheckpointError: for files that are missing, malformed or do not fit the model.
         ConfigError: for a config.json this model cannot implement.
         DownloadError: when the Hub cannot be reached or refuses.
     """
-    folder = resolve(name_or_path, revision=revision, cache_dir=cache_dir)
+    folder = resolve(name_or_path, revision=revision, cache_dir=cache_dir, filename=filename)
     return model_from_checkpoint(open_checkpoint(folder), dtype=dtype, device=device)

@@ -8,8 +8,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import torch
 from checkpoints import write_layout
+from safetensors.torch import save_file
 from stand_in_hub import StandInHub
 
 from gpt2port.config import PRESETS
@@ -299,3 +302,55 @@ def test_two_processes_downloading_at_once_both_succeed_with_one_copy(hub, env):
     snapshot = [path for path in cache_files(env) if "/snapshots/" in path]
     assert len(blobs) == len(snapshot)  # one blob per file: nothing stored twice
     assert_nothing_corrupt_in_cache(env)
+
+
+@pytest.fixture(scope="module")
+def books_repo(tmp_path_factory):
+    """A repo like rasbt/gpt2-from-scratch-pytorch: the book's GPTModel state dicts under their
+    own names (``.pth`` and ``.safetensors``), no config.json. Width 768, so the shapes give the
+    config; one block and a small vocabulary keep it small."""
+    book = pytest.importorskip("llms_from_scratch.ch04", reason="pip install --no-deps "
+                               "llms-from-scratch (the book's code; .ci/run installs it)")
+    torch.manual_seed(0)
+    model = book.GPTModel({"vocab_size": 512, "context_length": 64, "emb_dim": 768,
+                           "n_heads": 12, "n_layers": 1, "drop_rate": 0.0,
+                           "qkv_bias": True}).eval()
+    folder = tmp_path_factory.mktemp("books-repo")
+    torch.save(model.state_dict(), folder / "gpt2-small-124M.pth")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              folder / "gpt2-small-124M.safetensors")
+    (folder / "README.md").write_text("the book's weights\n")
+    with torch.no_grad():
+        expected = model(torch.tensor([[1, 2, 3, 4]]))[0].numpy()
+    return folder, expected
+
+
+def test_a_named_weights_file_of_a_hub_repo_loads(hub, env, books_repo, tmp_path):
+    folder, expected = books_repo
+    hub.add_repo("rasbt-like/gpt2-from-scratch", folder)
+    refused = gpt2port("download", "rasbt-like/gpt2-from-scratch", env=env)
+    assert refused.returncode == 12, refused.stderr
+    assert "gpt2-small-124M.pth" in refused.stderr and "--file" in refused.stderr
+    missing = gpt2port("download", "rasbt-like/gpt2-from-scratch", "--file", "nope.pth", env=env)
+    assert missing.returncode == 12 and "'nope.pth'" in missing.stderr
+    assert "gpt2-small-124M.safetensors" in missing.stderr
+
+    done = gpt2port("download", "rasbt-like/gpt2-from-scratch", "--file", "gpt2-small-124M.pth",
+                    "--reference", "numpy", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "PASSED" in done.stdout
+    script = ("import sys, numpy, torch\n"
+              "from gpt2port import load_pretrained\n"
+              "model = load_pretrained('rasbt-like/gpt2-from-scratch', "
+              "filename='gpt2-small-124M.safetensors')\n"
+              "with torch.no_grad():\n"
+              "    numpy.save(sys.argv[1], model(torch.tensor([[1, 2, 3, 4]]))[0].numpy())\n")
+    loaded = subprocess.run([sys.executable, "-c", script, str(tmp_path / "logits.npy")],
+                            env=env, capture_output=True, text=True, check=False)
+    assert loaded.returncode == 0, loaded.stderr
+    assert np.abs(np.load(tmp_path / "logits.npy") - expected).max() < 1e-5
+    converted = gpt2port("convert", "rasbt-like/gpt2-from-scratch", str(tmp_path / "hf"),
+                         "--file", "gpt2-small-124M.pth", "--to", "hf", env=env)
+    assert converted.returncode == 0, converted.stderr
+    local = gpt2port("verify", str(tmp_path / "hf"), "--file", "x.pth", env=env)
+    assert local.returncode == 3 and "local path" in local.stderr
