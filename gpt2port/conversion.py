@@ -21,6 +21,7 @@ from .model import GPTModel
 from .progress import progress, stage
 from .skeleton import empty_model
 from .verification import prompt_for
+from .vocabulary import Vocabulary
 
 
 class ConversionWarning(UserWarning):
@@ -103,6 +104,20 @@ def _holders(config: dict, refused: dict) -> str:
     return f"convert to {' or '.join(names)}, which hold it"
 
 
+def tokenizer_plan(vocabulary: Vocabulary | None, config: dict, target: Format
+                   ) -> tuple[Vocabulary | None, list[str]]:
+    """The tokenizer to write, and what to say about it: a source without one, one that does
+    not fit the model's rows, and what the target keeps of it."""
+    if vocabulary is None:
+        return None, [f"tokenizer: the source has none, so the {target.name} export has none"]
+    rows = config["padded_vocab_size"]
+    if len(vocabulary) > rows:
+        said = (f"tokenizer: not written: it has {len(vocabulary)} tokens and the model {rows} "
+                "embedding rows, so it does not describe this model's ids")
+        return None, [said]
+    return vocabulary, [f"tokenizer: {loss}" for loss in target.tokenizer_losses(vocabulary)]
+
+
 def bias_folds(config: dict) -> bool:
     """Whether a head bias can move into the final norm's shift: ``W d = b`` has an exact
     solution when the head has no more rows than the width (and full rank)."""
@@ -175,11 +190,13 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
         raise ConfigError(f"{to} does not store {dtype}",
                           hint=f"{to} stores {', '.join(target.dtypes)}")
     folder = resolve(source, revision=revision, filename=filename)
-    tokenizer = folder if folder.is_dir() else folder.parent
     with progress(f"convert to {to}", 2) as bar:
         stage(bar, "reading")
-        model = model_from_checkpoint(open_checkpoint(folder))
+        checkpoint = open_checkpoint(folder)
+        model = model_from_checkpoint(checkpoint)
         changes = plan(model.config, target, approximate_gelu=approximate_gelu)
+        vocabulary = checkpoint.format.read_vocabulary(folder)
+        vocabulary, said = tokenizer_plan(vocabulary, model.config, target)
         written = adapted(model, target.held_config(model.config))
         for change in changes:
             if not change.exact:
@@ -187,12 +204,15 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
                                 f"{change.why}; largest logit change on the verification "
                                 f"prompt {logit_change(model, written):.3g}", exact=False)
             warnings.warn(str(change), ConversionWarning, stacklevel=2)
+        for statement in said:
+            warnings.warn(statement, ConversionWarning, stacklevel=2)
         bar.update()
         stage(bar, "writing")
         destination = Path(destination)
         one_file = target.file_suffix is not None and destination.suffix == target.file_suffix
         written_to = (write_file if one_file else write_folder)(
-            destination, lambda output: target.write(written, output, dtype=dtype,
-                                                     tokenizer=tokenizer))
+            destination, lambda output: target.write(
+                written, output, dtype=dtype, vocabulary=vocabulary,
+                source=folder if folder.is_dir() else folder.parent))
         bar.update()
     return written_to

@@ -12,7 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import DiskFullError, OutputError
-from .tokenizer import FILE_NAMES, read_bpe, tokenizer_files, write_bpe
+from .tokenizer import TOKENIZER_JSON
+
+# transformers' tokenizer files, copied together so that AutoTokenizer reads the copy as the source
+HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", TOKENIZER_JSON, "tokenizer_config.json",
+                      "special_tokens_map.json", "added_tokens.json")
 
 
 def write_folder(destination: Path, fill: Callable[[Path], object]) -> Path:
@@ -141,13 +145,13 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def copy_tokenizer(source: Path | None, folder: Path,
-                   names: tuple[str, str] = FILE_NAMES[0]) -> None:
-    """Give ``folder`` the tokenizer of ``source``, when it has one, under ``names``: the files
-    copied as they are, or written from a ``tokenizer.json``."""
-    found = tokenizer_files(source) if source is not None else None
-    if found is not None:
-        for path, name in zip(found, names):
-            shutil.copyfile(path, Path(folder) / name)
-    elif source is not None and (bpe := read_bpe(source)) is not None:
-        write_bpe(*bpe, folder, names)
+def copy_hf_tokenizer(source: Path, folder: Path) -> bool:
+    """Copy transformers' tokenizer files of ``source`` (vocab.json + merges.txt or
+    tokenizer.json, and the files beside them) into ``folder`` as they are; False when it has
+    none of them."""
+    if not ((source / "vocab.json").is_file() or (source / TOKENIZER_JSON).is_file()):
+        return False
+    for name in HF_TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, Path(folder) / name)
+    return True

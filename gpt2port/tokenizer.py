@@ -87,7 +87,8 @@ def read_bpe(folder: str | Path) -> tuple[dict[str, int], list[str]] | None:
     path = Path(folder) / TOKENIZER_JSON
     if not path.is_file():
         return None
-    model = read_json(path).get("model")
+    found = read_json(path)
+    model = found.get("model") if isinstance(found, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE":
         raise TokenizerError(f"{path}: not a BPE tokenizer",
                              hint="GPT-2's tokenizer is byte-level BPE; use its own files")
@@ -116,23 +117,43 @@ def write_bpe(vocab: dict[str, int], merges: list[str], folder: Path,
                                           encoding="utf-8")
 
 
-def load_tokenizer(folder: str | Path | None = None) -> tiktoken.Encoding:
-    """The GPT-2 ``Encoding`` from ``folder``'s vocab.json and merges.txt (or OpenAI's
-    encoder.json and vocab.bpe, or a ``tokenizer.json``); default: the bundled files.
+def load_tokenizer(path: str | Path | None = None) -> tiktoken.Encoding:
+    """The tokenizer of the checkpoint at ``path`` as a tiktoken ``Encoding``: a folder's
+    vocab.json + merges.txt (or encoder.json + vocab.bpe, or tokenizer.json), a GGUF file's or an
+    llm.c folder's own; added tokens are its special tokens (``encode(text,
+    allowed_special="all")`` matches them in text, as transformers does). Default: GPT-2's own,
+    bundled.
 
     Raises:
-        TokenizerError: when the folder has no tokenizer, or its files disagree.
+        TokenizerError: when the checkpoint has no tokenizer, or its files disagree.
     """
-    root = Path(folder) if folder is not None else BUNDLED
-    found = read_bpe(root)
-    if found is None:
+    from .vocabulary import read_folder, read_vocabulary
+
+    root = Path(path) if path is not None else BUNDLED
+    vocabulary = read_folder(root) if path is None else read_vocabulary(root)
+    if vocabulary is None:
         raise TokenizerError(f"{root}: no tokenizer files (vocab.json + merges.txt, "
                              "encoder.json + vocab.bpe, or tokenizer.json)",
                              hint="copy GPT-2's tokenizer files into the folder")
-    vocab, merges = found
-    ranks = mergeable_ranks(vocab, merges, str(root))
-    return tiktoken.Encoding(
-        name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-        special_tokens={END_OF_TEXT: vocab.get(END_OF_TEXT, END_OF_TEXT_ID)},
-        explicit_n_vocab=len(ranks) + 1,
-    )
+    return encoding(vocabulary, str(root))
+
+
+def encoding(vocabulary, origin: str) -> tiktoken.Encoding:
+    """A ``vocabulary.Vocabulary`` as a tiktoken ``Encoding``; its merges are checked against
+    its tokens.
+
+    Raises:
+        TokenizerError: when the merges do not build the tokens.
+    """
+    ranks = mergeable_ranks(vocabulary.bpe_vocab(), list(vocabulary.merges), origin)
+    if b"" in ranks:
+        raise TokenizerError(f"{origin}: token {ranks[b'']} is empty",
+                             hint="the tokenizer files are damaged; use the model's own")
+    special = {vocabulary.tokens[i]: i for i in vocabulary.added}
+    try:
+        return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                 special_tokens=special, explicit_n_vocab=len(vocabulary))
+    except (ValueError, AssertionError) as error:  # two tokens of one text, an id left out
+        raise TokenizerError(f"{origin}: the tokens do not number 0..{len(vocabulary) - 1} "
+                             f"once each ({error})",
+                             hint="the tokenizer files must come from one tokenizer") from None

@@ -50,11 +50,11 @@ def head_column(each) -> str:
 
 
 def format_table() -> str:
-    rows = [("| `--to` | files (read and written) | dtypes written | output head | cannot "
-             "represent | proved by |"), "|---|---|---|---|---|---|"]
+    rows = [("| `--to` | files (read and written) | dtypes written | output head | tokenizer | "
+             "cannot represent | proved by |"), "|---|---|---|---|---|---|---|"]
     rows += [f"| `{each.name}` | {each.summary} | {', '.join(each.dtypes)} | "
-             f"{head_column(each)} | {each.cannot_represent} | {each.proof} |"
-             for each in FORMATS]
+             f"{head_column(each)} | {each.tokenizer} | {each.cannot_represent} | "
+             f"{each.proof} |" for each in FORMATS]
     return "\n".join([BEGIN, *rows, END])
 
 

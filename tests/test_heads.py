@@ -148,7 +148,7 @@ def test_a_vocabulary_head_with_a_bias_is_refused_by_hf(tmp_path):
     from gpt2port.formats import BY_NAME  # written in gpt2port's own layout, which holds it
     folder = tmp_path / "native"
     folder.mkdir()
-    BY_NAME["native"].write(model, folder, dtype=None, tokenizer=None)
+    BY_NAME["native"].write(model, folder, dtype=None)
     with pytest.raises(ConfigError, match="no shift absorbs it"):
         convert(folder, tmp_path / "hf", to="hf")
 

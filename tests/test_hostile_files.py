@@ -19,6 +19,8 @@ from other_projects import write_llmc_model, write_nanogpt_checkpoint
 from gpt2port import Gpt2portError, load_pretrained
 from gpt2port.conversion import convert
 from gpt2port.loading import model_from_checkpoint, open_checkpoint
+from gpt2port.tokenizer import BUNDLED, encoding
+from gpt2port.vocabulary import Vocabulary, read_folder, write_hf_files
 
 EXAMPLES = 400  # per reader; the closing note of issue 6 reports these counts
 SECONDS_PER_LOAD = 10  # a tiny model loads in ~20 ms: anything near this is a hang
@@ -68,10 +70,16 @@ def mutate(data: bytes, edits) -> bytes:
 
 
 def load_or_our_error(folder):
-    """Load the folder and run it; only a working model or a Gpt2portError may come out."""
+    """Load the folder, its tokenizer, and run it; only a working model or a Gpt2portError may
+    come out."""
     with no_hang():
         try:
-            model = model_from_checkpoint(open_checkpoint(folder))
+            checkpoint = open_checkpoint(folder)
+            vocabulary = checkpoint.format.read_vocabulary(folder)
+            if vocabulary is not None:
+                encoding(vocabulary, str(folder)).encode("Hello <|pad|> world",
+                                                         allowed_special="all")
+            model = model_from_checkpoint(checkpoint)
         except Gpt2portError as error:
             assert str(error)  # a message a person can read
             return None
@@ -82,11 +90,27 @@ def load_or_our_error(folder):
         return model
 
 
+def small_vocabulary():
+    """The first 511 tokens of GPT-2's BPE, <|endoftext|> and an added <|pad|>: a tokenizer of
+    the tiny models' 512 rows, so that a mutated one is read in milliseconds."""
+    gpt2 = read_folder(BUNDLED)
+    return Vocabulary(gpt2.tokens[:510] + ("<|endoftext|>", "<|pad|>"), gpt2.merges[:254],
+                      frozenset({510, 511}), frozenset({510, 511}),
+                      {"bos": 510, "eos": 510, "pad": 511})
+
+
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     hub = write_layout("hub", root / "hub")
+    with_tokenizer = write_layout("hub", root / "tokenized")
+    write_hf_files(small_vocabulary(), with_tokenizer, 64)
     reference = reference_model(activation_function="gelu")
     return {
+        "tlens_pth": (convert(hub, root / "tlens", to="tlens"), "model.pth"),
+        "tokenizer_json": (with_tokenizer, "tokenizer.json"),
+        "gguf_tokenizer": (convert(with_tokenizer, root / "gguf-tok", to="gguf"), "model.gguf"),
+        "llmc_tokenizer": (convert(with_tokenizer, root / "llmc-tok", to="llmc"),
+                           "gpt2_tokenizer.bin"),
         "book_pth": (convert(hub, root / "book", to="book"), "model.pth"),
         "nanogpt_ckpt": (write_nanogpt_checkpoint(reference, root / "nano").parent, "ckpt.pt"),
         "llmc_bin": (write_llmc_model(reference, root / "llmc" / "model.bin",
@@ -110,7 +134,9 @@ def valid(tmp_path_factory):
 
 @pytest.mark.parametrize("reader", ["safetensors", "pytorch_bin", "tf_bundle_index",
                                     "tf_bundle_data", "gguf", "config_json", "hparams_json",
-                                    "sharded_index", "book_pth", "nanogpt_ckpt", "llmc_bin"])
+                                    "sharded_index", "book_pth", "nanogpt_ckpt", "llmc_bin",
+                                    "tlens_pth", "tokenizer_json", "gguf_tokenizer",
+                                    "llmc_tokenizer"])
 def test_mutated_files_give_our_error_or_a_correct_load(reader, valid, tmp_path):
     folder, name = valid[reader]
     original = (folder / name).read_bytes()

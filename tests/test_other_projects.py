@@ -222,8 +222,9 @@ def test_llmc_tokenizer_is_gpt2s(tmp_path):
 
     from gpt2port.formats.llmc import write_tokenizer
     from gpt2port.tokenizer import BUNDLED
+    from gpt2port.vocabulary import read_folder
 
-    assert write_tokenizer(BUNDLED, tmp_path / "gpt2_tokenizer.bin", 50257)
+    write_tokenizer(read_folder(BUNDLED), tmp_path / "gpt2_tokenizer.bin")
     header, tokens = read_llmc_tokenizer(tmp_path / "gpt2_tokenizer.bin")
     assert header == [20240328, 2, 50257, 50256]
     theirs = GPT2Tokenizer(str(BUNDLED / "vocab.json"), str(BUNDLED / "merges.txt"))

@@ -17,9 +17,10 @@ from .llmc import LlmC
 from .nanogpt import NanoGPT
 from .native import Native
 from .openai import OpenAI
+from .tlens import TransformerLens
 
-FORMATS: tuple[Format, ...] = (OpenAI(), Gguf(), LlmC(), NanoGPT(), Book(), Native(),
-                               HuggingFace())
+FORMATS: tuple[Format, ...] = (OpenAI(), Gguf(), LlmC(), NanoGPT(), Book(),
+                               TransformerLens(), Native(), HuggingFace())
 BY_NAME = {each.name: each for each in FORMATS}
 
 

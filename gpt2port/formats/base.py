@@ -23,10 +23,10 @@ import torch
 
 from ..config import complete_config, config_hint, config_problems
 from ..errors import ConfigError
-from ..files import copy_tokenizer
+from ..files import copy_hf_tokenizer
 from ..readers import load_pickle, read_safetensors
-from ..tokenizer import FILE_NAMES
-from .table import MappingTable, from_model
+from ..vocabulary import Vocabulary, read_folder, write_hf_files
+from .table import MappingTable, Transpose, from_model
 
 REQUIRED = "(required)"  # a ConfigKey default: the format has no value to assume
 FLOAT_KEYS = ("dropout_rate", "layer_norm_epsilon")  # JSON may write 1 for 1.0
@@ -216,7 +216,9 @@ class Format:
     vocabulary: str = "both"  # "rows": it knows only the tables' rows, not a padded vocabulary
     cannot_represent: str = "nothing"
     proof: str = ""
-    tokenizer_names: tuple[str, str] | None = FILE_NAMES[0]  # None: write_tokenizer says how
+    # how it keeps the tokenizer, for docs/formats.md: the default is transformers' files beside
+    tokenizer = ("transformers' files beside it (vocab.json, merges.txt, tokenizer.json, "
+                 "tokenizer_config.json), added tokens included")
     read_by_transformers = False  # a folder transformers' GPT2LMHeadModel loads as it is
     file_suffix: str | None = None  # a destination ending so is written as one file
     config_hint: str | None = None  # the hint for a config that cannot work
@@ -234,11 +236,21 @@ class Format:
         raise NotImplementedError
 
     def write_raw(self, destination: Path, tensors: Iterator[tuple[str, torch.Tensor]],
-                  config: dict, *, dtype: str | None, tokenizer: Path | None) -> None:
+                  config: dict, *, dtype: str | None, vocabulary: Vocabulary | None
+                  ) -> None:
         """Write ``tensors`` (the format's names, in ``dtype`` unless the format encodes them
         itself) and ``config`` (the model config) into the new folder ``destination``, or the
-        file ``destination`` for a format with a ``file_suffix``."""
+        file ``destination`` for a format with a ``file_suffix`` (a format that keeps the
+        tokenizer inside writes ``vocabulary`` there)."""
         raise NotImplementedError
+
+    def read_vocabulary(self, path: Path) -> Vocabulary | None:
+        """The checkpoint's tokenizer: by default the files in its folder."""
+        return read_folder(path if path.is_dir() else path.parent)
+
+    def tokenizer_losses(self, vocabulary: Vocabulary) -> list[str]:
+        """What writing ``vocabulary`` in this format loses (nothing, by default)."""
+        return []
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         """The checkpoint's own tensors renamed to GPT-2's Conv1D names (``h.0.attn.c_attn.weight``
@@ -282,29 +294,31 @@ class Format:
         """The name table a model of ``config`` is written with."""
         return self.name_table
 
-    def write(self, model, destination: Path, *, dtype: str | None, tokenizer: Path | None
-              ) -> None:
+    def write(self, model, destination: Path, *, dtype: str | None,
+              vocabulary: Vocabulary | None = None, source: Path | None = None) -> None:
         """Write ``model`` (of a config ``held_config`` gives) to ``destination`` (a new folder,
-        or a file for a format with a ``file_suffix``), with the tokenizer of the folder
-        ``tokenizer`` where it has one."""
+        or a file for a format with a ``file_suffix``), with ``vocabulary``, the tokenizer of
+        the folder ``source``, where there is one."""
         config = model.config
         dtype = self.writing_dtype(dtype, model)
         if self.head == "separate":  # a tied head is written as its own tensor too
             config = {**config, "tie_output_head": False}
         state = state_for_writing(model, dtype if self.converts_dtype else None, self.head)
         tensors = from_model(self.table_for(config), state, config)
-        self.write_raw(Path(destination), tensors, config, dtype=dtype, tokenizer=tokenizer)
-        if Path(destination).is_dir():
-            self.write_tokenizer(tokenizer, Path(destination), config)
+        self.write_raw(Path(destination), tensors, config, dtype=dtype, vocabulary=vocabulary)
+        if Path(destination).is_dir() and vocabulary is not None:
+            self.write_tokenizer(vocabulary, source, Path(destination), config)
 
     def writing_dtype(self, dtype: str | None, model) -> str | None:
         """The --dtype to write (None: the model's own)."""
         return dtype
 
-    def write_tokenizer(self, source: Path | None, folder: Path, config: dict) -> None:
-        """Give ``folder`` the tokenizer files of ``source`` (a folder), when it has them."""
-        if self.tokenizer_names is not None:
-            copy_tokenizer(source, folder, self.tokenizer_names)
+    def write_tokenizer(self, vocabulary: Vocabulary, source: Path | None, folder: Path,
+                        config: dict) -> None:
+        """Give ``folder`` the tokenizer: transformers' files of ``source`` as they are, else
+        written from ``vocabulary``."""
+        if source is None or not copy_hf_tokenizer(source, folder):
+            write_hf_files(vocabulary, folder, config["context_length"])
 
     def held_config(self, config: dict) -> dict:
         """The model config as this format stores it: values it has no place for become the
@@ -326,12 +340,15 @@ class Format:
 def _tying(table: MappingTable, tensors: dict[str, torch.Tensor]
            ) -> tuple[bool, dict[str, torch.Tensor]]:
     """Whether the head is tied, and the tensors to map (without a head that is a copy)."""
-    head = table.source_name("output_head.weight")
-    if head is None or head not in tensors:
+    rule = next((rule for rule in table.rules if rule.target == ("output_head.weight",)), None)
+    if rule is None or rule.source[0] not in tensors:
         return True, tensors
+    head = rule.source[0]
     embedding = tensors.get(table.source_name("token_embedding_table.weight"))
-    if embedding is None or tensors[head].shape != embedding.shape or not torch.equal(
-            tensors[head], embedding):
+    found = tensors[head]
+    if found.dim() == 2 and isinstance(rule.transform, Transpose):
+        found = found.t()  # the head as the model holds it (TransformerLens's W_U is [D, V])
+    if embedding is None or found.shape != embedding.shape or not torch.equal(found, embedding):
         return False, tensors
     return True, {name: tensor for name, tensor in tensors.items() if name != head}
 

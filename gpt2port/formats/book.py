@@ -17,6 +17,7 @@ import torch
 from ..config import GPT2_HEADS, is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json
+from ..vocabulary import Vocabulary
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .huggingface import CONFIG_TABLE as HF_CONFIG_TABLE
 from .huggingface import check_architecture
@@ -161,7 +162,7 @@ class Book(Format):
                    config_table=config_table)
 
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
-                  tokenizer: Path | None) -> None:
+                  vocabulary: Vocabulary | None) -> None:
         """``model.pth`` with the mask buffers (so the book's ``GPTModel.load_state_dict(...,
         strict=True)`` takes it) and ``config.json`` holding the book's config dict."""
         tensors = {name: tensor.contiguous() for name, tensor in tensors}

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..tokenizer import read_bpe
+from ..tokenizer import END_OF_TEXT
+from ..vocabulary import Vocabulary, from_bpe
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -46,7 +47,6 @@ CONFIG_TABLE = ConfigTable((
     ConfigKey("gpt2.attention.layer_norm_epsilon", "layer_norm_epsilon"),
 ), assumes={"dropout_rate": 0.1, "qkv_bias": True, "bias": True, "gelu_approximation": "tanh"},
    derived={"vocab_size": "rows of `token_embd.weight`"})
-END_OF_TEXT_ID = 50256
 # --dtype -> the type of 2-D weights (norms and biases stay f32, as llama.cpp's converter does)
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
 TENSOR_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
@@ -72,19 +72,52 @@ def _encoding(tensor: torch.Tensor, dtype: str) -> str:
     return "float32"
 
 
-def _add_tokenizer(writer, gguf, vocab: dict[str, int], merges: list[str], vocab_size: int
-                   ) -> None:
-    if len(vocab) != vocab_size:
-        return  # a tokenizer of another size cannot describe this model's ids
-    tokens = sorted(vocab, key=vocab.get)
+def _add_tokenizer(writer, gguf, vocabulary: Vocabulary, rows: int) -> None:
+    """Every token, its type (control for special tokens, user-defined for added ones), the
+    merges and the role ids, as llama.cpp's converter writes a GPT-2 vocabulary; rows the
+    tokenizer does not cover (a padded vocabulary) get ``[PAD<id>]`` tokens of type unused."""
+    types = [gguf.TokenType.CONTROL if i in vocabulary.special else
+             gguf.TokenType.USER_DEFINED if i in vocabulary.added else gguf.TokenType.NORMAL
+             for i in range(len(vocabulary))]
+    padding = range(len(vocabulary), rows)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if t == "<|endoftext|>"
-                            else gguf.TokenType.NORMAL for t in tokens])
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(END_OF_TEXT_ID)
-    writer.add_eos_token_id(END_OF_TEXT_ID)
+    writer.add_token_list([*vocabulary.tokens, *(f"[PAD{i}]" for i in padding)])
+    writer.add_token_types([*types, *(gguf.TokenType.UNUSED for _ in padding)])
+    writer.add_token_merges(list(vocabulary.merges))
+    roles = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
+             "pad": writer.add_pad_token_id}
+    for role, add in roles.items():
+        if role in vocabulary.roles:
+            add(vocabulary.roles[role])
+
+
+def _vocabulary(gguf, reader, path: Path) -> Vocabulary | None:
+    """The tokenizer a GGUF file holds (None: none), tokens of type unused left out."""
+    fields = reader.fields
+    if "tokenizer.ggml.tokens" not in fields:
+        return None
+    if _fields(gguf, reader, path).get("tokenizer.ggml.model") != "gpt2":
+        raise CheckpointError(f"{path}: the GGUF tokenizer is not GPT-2's BPE")
+
+    def array(key: str) -> list:
+        found = fields.get(key)
+        return [] if found is None else [found.parts[i] for i in found.data]
+
+    tokens = [bytes(part).decode(errors="replace") for part in array("tokenizer.ggml.tokens")]
+    types = [int(part[0]) for part in array("tokenizer.ggml.token_type")] or [
+        gguf.TokenType.NORMAL] * len(tokens)
+    merges = [bytes(part).decode(errors="replace") for part in array("tokenizer.ggml.merges")]
+    kept = [i for i, kind in enumerate(types) if kind != gguf.TokenType.UNUSED]
+    added = {i: (tokens[i], types[i] == gguf.TokenType.CONTROL) for i in kept
+             if types[i] in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)
+             and tokens[i] != END_OF_TEXT}
+    vocab = {tokens[i]: i for i in kept if i not in added}
+    values = _fields(gguf, reader, path)
+    roles = {role: values[f"tokenizer.ggml.{key}_token_id"]
+             for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"))
+             if f"tokenizer.ggml.{key}_token_id" in values}
+    return from_bpe(vocab, merges, added, roles, str(path))
 
 
 def _fields(gguf, reader, path: Path) -> dict:
@@ -154,7 +187,8 @@ class Gguf(Format):
                         "approximated); no biases (zeros: exact); a padded vocabulary")
     proof = ("llama.cpp (llama-cpp-python) runs the export: logits within 1.5e-3, same greedy "
              "tokens; the gguf package reads every tensor back")
-    tokenizer_names = None  # inside the file
+    tokenizer = ("inside the file: every token with its type (control, user-defined), the "
+                 "merges, bos/eos/padding ids")
     file_suffix = ".gguf"  # convert SRC model.gguf --to gguf: one file, as llama.cpp users expect
 
     def recognises(self, candidate: Candidate) -> bool:
@@ -174,11 +208,18 @@ class Gguf(Format):
         rows = tensors["token_embd.weight"].shape[0] if "token_embd.weight" in tensors else 0
         return Raw(str(path), tensors, config, extra={"vocab_size": rows})
 
+    def read_vocabulary(self, path: Path) -> Vocabulary | None:
+        path = path / FILENAME if path.is_dir() else path
+        return _read(path, lambda gguf, reader: _vocabulary(gguf, reader, path))
+
+    def write_tokenizer(self, vocabulary: Vocabulary, source: Path | None, folder: Path,
+                        config: dict) -> None:
+        """Nothing beside the file: the tokenizer is inside it."""
+
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
-                  tokenizer: Path | None) -> None:
+                  vocabulary: Vocabulary | None) -> None:
         """One GGUF file (``model.gguf`` in a folder): 2-D weights in ``dtype`` (f32 by
-        default), norms and biases in f32 as llama.cpp's converter writes them, and the tokenizer
-        when its files are given."""
+        default), norms and biases in f32 as llama.cpp's converter writes them, and the tokenizer."""
         gguf = _gguf()
         path = destination / FILENAME if destination.is_dir() else destination
         dtype = dtype or "f32"
@@ -191,9 +232,8 @@ class Gguf(Format):
         writer.add_head_count(config["number_of_heads"])
         writer.add_layer_norm_eps(config["layer_norm_epsilon"])
         writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[dtype]))
-        bpe = read_bpe(tokenizer) if tokenizer is not None else None
-        if bpe is not None:
-            _add_tokenizer(writer, gguf, *bpe, config["padded_vocab_size"])
+        if vocabulary is not None:
+            _add_tokenizer(writer, gguf, vocabulary, config["padded_vocab_size"])
         # streamed: every tensor's info first, then each tensor encoded and written in turn,
         # so at most one encoded (f16, quantized) array is in memory beside the model
         kind = getattr(gguf.GGMLQuantizationType, TENSOR_TYPES[dtype])

@@ -17,6 +17,7 @@ from ..config import is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json, read_weights_file
 from ..tokenizer import END_OF_TEXT_ID
+from ..vocabulary import Vocabulary
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -210,7 +211,7 @@ class HuggingFace(Format):
         return CLASSIFIER_TABLE if is_classifier(config) else TABLE
 
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
-                  tokenizer: Path | None) -> None:
+                  vocabulary: Vocabulary | None) -> None:
         """``config.json``, ``generation_config.json`` and ``model.safetensors`` in the Hub's
         layout (no prefix; a tied head left out, as on the Hub) for
         ``GPT2LMHeadModel.from_pretrained``."""

@@ -20,7 +20,8 @@ import torch
 
 from ..config import LARGEST_SIZE
 from ..errors import CheckpointError, ConfigError, unreadable
-from ..tokenizer import END_OF_TEXT_ID, has_tokenizer, load_tokenizer
+from ..tokenizer import END_OF_TEXT, END_OF_TEXT_ID, byte_to_character
+from ..vocabulary import Vocabulary, from_bpe, merges_from_tokens
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -143,22 +144,57 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, fields
 
 
-def write_tokenizer(source: Path, path: Path, vocab_size: int) -> bool:
-    """``gpt2_tokenizer.bin`` from a folder's tokenizer files, when it has ``vocab_size``
-    tokens; False when there is nothing to write."""
-    if not has_tokenizer(source):
-        return False
-    encoding = load_tokenizer(source)
-    if encoding.n_vocab != vocab_size:
-        return False
+def write_tokenizer(vocabulary: Vocabulary, path: Path) -> None:
+    """``gpt2_tokenizer.bin`` (version 2): each token's bytes (an added token's text as UTF-8),
+    the end-of-text id in the header, as llm.c's ``tokenizer_init`` reads it."""
+    eot = vocabulary.roles.get("eos", END_OF_TEXT_ID)
     header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:4] = (TOKENIZER_MAGIC, 2, vocab_size, END_OF_TEXT_ID)
+    header[:4] = (TOKENIZER_MAGIC, 2, len(vocabulary), eot)
     with open(path, "wb") as file:
         file.write(header.tobytes())
-        for token in range(vocab_size):
-            data = encoding.decode_single_token_bytes(token)
+        for token in range(len(vocabulary)):
+            data = vocabulary.token_bytes(token)
             file.write(struct.pack("<B", len(data)) + data)
-    return True
+
+
+def read_tokenizer(path: Path) -> Vocabulary:
+    """``gpt2_tokenizer.bin`` back to a Vocabulary: the merges rebuilt from the tokens' order
+    (the file holds none), tokens no merges build taken as added text.
+
+    Raises:
+        CheckpointError: for another magic, a size that does not match, or a token that
+            runs past the end.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise unreadable(path, error, CheckpointError) from None
+    header = np.frombuffer(data[:HEADER_INTS * 4], dtype="<i4") if (
+        len(data) >= HEADER_INTS * 4) else np.zeros(1, dtype="<i4")
+    if len(header) < 4 or header[0] != TOKENIZER_MAGIC or header[1] not in (1, 2):
+        raise CheckpointError(f"{path}: not llm.c's tokenizer file (magic {TOKENIZER_MAGIC}, "
+                              "version 1 or 2)", hint="write it again with gpt2port convert")
+    size, offset, tokens = int(header[2]), HEADER_INTS * 4, []
+    eot = int(header[3]) if header[1] == 2 else END_OF_TEXT_ID
+    for _ in range(size):
+        length = data[offset] if offset < len(data) else None
+        if length is None or offset + 1 + length > len(data):
+            raise CheckpointError(f"{path}: token {len(tokens)} runs past the end of the file",
+                                  hint="the file is truncated; write it again")
+        tokens.append(data[offset + 1:offset + 1 + length])
+        offset += 1 + length
+    if offset != len(data):
+        raise CheckpointError(f"{path}: {len(data) - offset} bytes after the {size} tokens its "
+                              "header counts", hint="the file is damaged; write it again")
+    ranks = {token: i for i, token in enumerate(tokens) if i != eot}
+    merges = merges_from_tokens(ranks)
+    to_char = byte_to_character()
+    names = {i: "".join(to_char[b] for b in token) for i, token in enumerate(tokens)}
+    added = {i: (tokens[i].decode(errors="replace"), False)
+             for i in range(256 + len(merges), size) if i != eot}
+    vocab = {names[i]: i for i in range(size) if i not in added and i != eot}
+    vocab[END_OF_TEXT] = eot
+    return from_bpe(vocab, merges, added, {"bos": eot, "eos": eot}, str(path))
 
 
 class LlmC(Format):
@@ -174,7 +210,9 @@ class LlmC(Format):
                         "(llm.c trains without it); f16")
     proof = ("a reader written from llm.c's documented layout (as `train_gpt2.c` reads it) gives "
              "logits equal to transformers'")
-    tokenizer_names = None  # written as gpt2_tokenizer.bin
+    tokenizer = (f"`{TOKENIZER_FILENAME}`: every token's bytes, added tokens included; the "
+                 "merges are rebuilt from the tokens' order on reading; special tokens other "
+                 "than end-of-text are not marked (stated)")
 
     def model_file(self, candidate: Candidate) -> Path | None:
         """The path itself, or a ``.bin`` in a folder, when it starts with llm.c's magic."""
@@ -198,7 +236,7 @@ class LlmC(Format):
         return dtype
 
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
-                  tokenizer: Path | None) -> None:
+                  vocabulary: Vocabulary | None) -> None:
         """``model.bin`` (version 3 for f32, 5 for bf16), each tensor written as it comes: the
         table's order is the file's, each kind's layers back to back."""
         header = np.zeros(HEADER_INTS, dtype="<i4")
@@ -217,10 +255,24 @@ class LlmC(Format):
                     pending[found] = tensor
                 file.write(pending.pop(name).contiguous().view(torch.uint8).numpy().tobytes())
 
-    def write_tokenizer(self, source: Path | None, folder: Path, config: dict) -> None:
-        """``gpt2_tokenizer.bin``, when the source has tokenizer files of the model's size."""
-        if source is not None:
-            write_tokenizer(source, folder / TOKENIZER_FILENAME, config["vocab_size"])
+    def tokenizer_losses(self, vocabulary: Vocabulary) -> list[str]:
+        special = [vocabulary.tokens[i] for i in vocabulary.extra if i in vocabulary.special]
+        losses = []
+        if special:
+            losses.append(f"{TOKENIZER_FILENAME} keeps {', '.join(special)} as added tokens, "
+                          "not marked special")
+        if "pad" in vocabulary.roles:
+            losses.append(f"{TOKENIZER_FILENAME} has no padding id (was "
+                          f"{vocabulary.roles['pad']})")
+        return losses
+
+    def write_tokenizer(self, vocabulary: Vocabulary, source: Path | None, folder: Path,
+                        config: dict) -> None:
+        write_tokenizer(vocabulary, folder / TOKENIZER_FILENAME)
+
+    def read_vocabulary(self, path: Path) -> Vocabulary | None:
+        found = (path if path.is_dir() else path.parent) / TOKENIZER_FILENAME
+        return read_tokenizer(found) if found.is_file() else super().read_vocabulary(path)
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         """The file read afresh with NumPy, llm.c's stacked names mapped to GPT-2's by hand."""

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..readers import read_json
+from ..vocabulary import Vocabulary
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -131,7 +132,7 @@ class NanoGPT(Format):
         return read_json(config_path)
 
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
-                  tokenizer: Path | None) -> None:
+                  vocabulary: Vocabulary | None) -> None:
         """``ckpt.pt`` with ``model`` (``lm_head.weight`` sharing ``wte``'s storage, as
         nanoGPT saves it) and ``model_args``, for ``sample.py --init_from=resume``."""
         tensors = {name: tensor.contiguous() for name, tensor in tensors}

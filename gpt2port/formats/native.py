@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from ..config import validate_config
 from ..errors import CheckpointError, ConfigError
+from ..vocabulary import Vocabulary
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -61,7 +62,7 @@ class Native(Format):
         return Raw(str(found.path), tensors, metadata)
 
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
-                  tokenizer: Path | None) -> None:
+                  vocabulary: Vocabulary | None) -> None:
         """``folder/model.safetensors``: the model's names, a tied head stored once."""
         save_file({name: tensor.contiguous() for name, tensor in tensors},
                   destination / FILENAME,

@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import CheckpointError, unreadable
 from ..readers import read_json
 from ..tensor_bundle import read_bundle, write_bundle
-from ..tokenizer import FILE_NAMES
+from ..tokenizer import FILE_NAMES, write_bpe
+from ..vocabulary import Vocabulary
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -141,7 +142,8 @@ class OpenAI(Format):
     cannot_represent = ("an untied head, an epsilon other than 1e-5 (refused); the exact GELU "
                         "(refused unless approximated); no biases (zeros: exact)")
     proof = "TensorFlow's `tf.train.load_checkpoint` reads the export; every tensor equal"
-    tokenizer_names = TOKENIZER_FILES
+    tokenizer = ("`encoder.json` + `vocab.bpe`, added tokens in `encoder.json` (which of them are "
+                 "special is not kept: stated)")
 
     def recognises(self, candidate: Candidate) -> bool:
         return bundle_prefix(candidate.path) is not None
@@ -153,13 +155,25 @@ class OpenAI(Format):
         return Raw(str(prefix), read_bundle(prefix), read_json(hparams), config_origin=str(hparams))
 
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
-                  tokenizer: Path | None) -> None:
+                  vocabulary: Vocabulary | None) -> None:
         """``hparams.json``, ``checkpoint`` and the ``model.ckpt`` bundle, as OpenAI released."""
         hparams = CONFIG_TABLE.from_model({**config, "vocab_size": config["padded_vocab_size"]})
         (destination / "hparams.json").write_text(json.dumps(hparams, indent=2))
         (destination / CHECKPOINT_STATE).write_text(f'model_checkpoint_path: "{PREFIX}"\n'
                                                 f'all_model_checkpoint_paths: "{PREFIX}"\n')
         write_bundle(destination / PREFIX, dict(tensors))
+
+    def tokenizer_losses(self, vocabulary: Vocabulary) -> list[str]:
+        special = [vocabulary.tokens[i] for i in vocabulary.extra if i in vocabulary.special]
+        return [f"encoder.json keeps {', '.join(special)} as added tokens, not marked special"
+                ] if special else []
+
+    def write_tokenizer(self, vocabulary: Vocabulary, source: Path | None, folder: Path,
+                        config: dict) -> None:
+        """``encoder.json`` (every token, added ones too) and ``vocab.bpe``, as OpenAI's
+        ``encoder.py`` reads them."""
+        write_bpe({token: i for i, token in enumerate(vocabulary.tokens)},
+                  list(vocabulary.merges), folder, TOKENIZER_FILES)
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         """``model/h0/ln_1/g`` [1, D]... as ``h.0.ln_1.weight`` [D], as picoGPT reads them."""

@@ -32,6 +32,10 @@ class Transform:
         """What ``from_model`` does to shapes (checks a checkpoint without touching tensors)."""
         return shapes
 
+    def bound(self, config: dict) -> Transform:
+        """This transform for a model of ``config`` (one that needs the head count takes it)."""
+        return self
+
 
 class Transpose(Transform):
     """Swaps the two axes, e.g. Conv1D's [in, out] and Linear's [out, in]."""
@@ -84,6 +88,44 @@ class Squeeze(Transform):
         return [shape[:self.dim] + (1,) + shape[self.dim:] for shape in shapes]
 
 
+class Heads(Transform):
+    """TransformerLens's per-head layout: a projection reading the residual stream, [H, D, Dh]
+    (``reads``), one writing to it, [H, Dh, D] (``writes``), or a bias, [H, Dh], <-> the
+    model's [D, D] and [D]. Needs the head count: ``bound`` gives it."""
+
+    def __init__(self, kind: str, heads: int | None = None):
+        self.kind, self.heads = kind, heads
+        self.description = {"reads": "[H, D, Dh] -> [H*Dh, D]", "writes": "[H, Dh, D] -> [D, H*Dh]",
+                            "bias": "[H, Dh] -> [H*Dh]"}[kind]
+
+    def bound(self, config):
+        return Heads(self.kind, config["number_of_heads"])
+
+    def to_model(self, tensors):
+        (tensor,) = tensors
+        if self.kind == "reads":  # x @ W[h] for each head: rows of the model's weight per head
+            return [tensor.permute(0, 2, 1).reshape(-1, tensor.shape[1])]
+        if self.kind == "writes":
+            return [tensor.reshape(-1, tensor.shape[2]).t()]
+        return [tensor.reshape(-1)]
+
+    def from_model(self, tensors):
+        (tensor,) = tensors
+        if self.kind == "reads":
+            return [tensor.reshape(self.heads, -1, tensor.shape[1]).permute(0, 2, 1)]
+        if self.kind == "writes":
+            return [tensor.t().reshape(self.heads, -1, tensor.shape[0])]
+        return [tensor.reshape(self.heads, -1)]
+
+    def from_model_shapes(self, shapes):
+        (shape,) = shapes
+        if self.kind == "reads":
+            return [(self.heads, shape[1], shape[0] // self.heads)]
+        if self.kind == "writes":
+            return [(self.heads, shape[1] // self.heads, shape[0])]
+        return [(self.heads, shape[0] // self.heads)]
+
+
 class Chain(Transform):
     """Several transforms in order; ``from_model`` runs them in reverse."""
 
@@ -110,7 +152,9 @@ class Chain(Transform):
 AS_IS = Transform()
 # a table's transform words -> the transform, given how many model tensors the rule fills
 TRANSFORMS = {"transpose": lambda parts: Transpose(), "squeeze": lambda parts: Squeeze(0),
-              "split": lambda parts: Split(parts, dim=0)}
+              "split": lambda parts: Split(parts, dim=0),
+              "heads in": lambda parts: Heads("reads"), "heads out": lambda parts: Heads("writes"),
+              "heads": lambda parts: Heads("bias")}
 
 
 @dataclass(frozen=True)
@@ -215,7 +259,8 @@ class MappingTable:
 def applicable_rules(table: MappingTable, config: dict) -> tuple[list[Rule], dict]:
     """The table's rules for the tensors a model of ``config`` has, and those tensors' shapes."""
     expected = slots.expected_tensors(config)
-    rules = [each for each in table.expand(config["number_of_layers"])
+    rules = [Rule(each.source, each.target, each.transform.bound(config))
+             for each in table.expand(config["number_of_layers"])
              if all(name in expected for name in each.target)]
     return rules, expected
 

@@ -1,0 +1,235 @@
+"""A checkpoint's tokenizer as data: GPT-2's byte-level BPE, the tokens added to it, and the
+ids of its special tokens, read from and written to the files each project keeps.
+
+GPT-2's own tokenizer is 50,256 BPE tokens and ``<|endoftext|>``; a fine-tune may add tokens
+(``tokenizer.add_tokens``, ``add_special_tokens``) and grow the embedding to match. Every format
+that holds a tokenizer writes all of it from a ``Vocabulary`` (``formats/``); a folder's
+Hugging Face files are read here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CheckpointError, TokenizerError
+from .readers import read_json
+from .tokenizer import END_OF_TEXT, byte_to_character, read_bpe
+
+# transformers' files beside vocab.json + merges.txt (or a tokenizer.json)
+CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+ADDED_TOKENS_FILE = "added_tokens.json"  # older transformers' added tokens: text -> id
+ROLES = ("bos", "eos", "pad")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Every token by id: BPE tokens in GPT-2's printable byte alphabet (``Ġthe``), added ones as
+    their text; ``added``: ids matched as whole text, not built by merges (``<|endoftext|>`` and
+    every added token); ``special``: those that are control tokens; the role ids."""
+
+    tokens: tuple[str, ...]
+    merges: tuple[str, ...]
+    added: frozenset[int] = frozenset()
+    special: frozenset[int] = frozenset()
+    roles: dict[str, int] = field(default_factory=dict)  # "bos", "eos", "pad" -> id
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def extra(self) -> list[int]:
+        """Ids added beyond GPT-2's own vocabulary (``<|endoftext|>`` excluded)."""
+        return sorted(i for i in self.added if self.tokens[i] != END_OF_TEXT)
+
+    def bpe_vocab(self) -> dict[str, int]:
+        """vocab.json's content: the BPE tokens and ``<|endoftext|>``, without added tokens."""
+        return {token: i for i, token in enumerate(self.tokens)
+                if i not in self.added or token == END_OF_TEXT}
+
+    def token_bytes(self, index: int) -> bytes:
+        """What a token decodes to."""
+        token = self.tokens[index]
+        if index in self.added:
+            return token.encode()
+        to_byte = _to_byte()
+        return bytes(to_byte[char] for char in token)
+
+
+def _to_byte() -> dict[str, int]:
+    return {char: byte for byte, char in byte_to_character().items()}
+
+
+def from_bpe(vocab: dict[str, int], merges: list[str], added: dict[int, tuple[str, bool]],
+             roles: dict[str, int], origin: str) -> Vocabulary:
+    """A Vocabulary from a BPE vocabulary, its merges and the added tokens (id -> (text,
+    special)).
+
+    Raises:
+        TokenizerError: when the ids are not 0..N-1 with no gaps.
+    """
+    by_id = {i: token for token, i in vocab.items()}
+    by_id.update({i: text for i, (text, _) in added.items()})
+    # every merge makes one token: ids past the 256 bytes and the merges' are whole text
+    # (OpenAI's encoder.json, GGUF and llm.c list added tokens with the others)
+    first_added = 256 + len(merges)
+    added = {**{i: (token, False) for i, token in by_id.items()
+                if i >= first_added and token != END_OF_TEXT}, **added}
+    vocab = {token: i for token, i in vocab.items() if i not in added}
+    if sorted(by_id) != list(range(len(by_id))):
+        gaps = sorted(set(range(max(by_id, default=-1) + 1)) - set(by_id))[:5]
+        raise TokenizerError(f"{origin}: token ids have gaps (no token for {gaps})",
+                             hint="the tokenizer files must number every token once")
+    special = {i for i, (_, is_special) in added.items() if is_special}
+    end_of_text = vocab.get(END_OF_TEXT)
+    if end_of_text is not None:
+        special.add(end_of_text)
+    added_ids = set(added) | ({end_of_text} if end_of_text is not None else set())
+    if end_of_text is not None:
+        roles = {"bos": end_of_text, "eos": end_of_text, **roles}
+    return Vocabulary(tuple(by_id[i] for i in range(len(by_id))), tuple(merges),
+                      frozenset(added_ids), frozenset(special), roles)
+
+
+def read_vocabulary(path: Path) -> Vocabulary | None:
+    """The tokenizer of the checkpoint at ``path``: its format's own (inside a GGUF, llm.c's
+    ``gpt2_tokenizer.bin``), else the files in its folder.
+
+    Raises:
+        TokenizerError: when the files cannot be read or disagree.
+    """
+    from .formats import recognise
+
+    try:
+        found = recognise(Path(path))
+    except CheckpointError:
+        return read_folder(path if path.is_dir() else path.parent)
+    return found.read_vocabulary(Path(path))
+
+
+def read_folder(folder: Path) -> Vocabulary | None:
+    """The tokenizer of a folder's files: vocab.json + merges.txt (or encoder.json + vocab.bpe,
+    or tokenizer.json), with transformers' added tokens and special-token roles
+    (``tokenizer.json``'s ``added_tokens``, ``tokenizer_config.json``, ``added_tokens.json``,
+    ``special_tokens_map.json``, ``config.json``'s ``*_token_id``). None when it has none.
+
+    Raises:
+        TokenizerError: when the files cannot be read or disagree.
+    """
+    found = read_bpe(folder)
+    if found is None:
+        return None
+    vocab, merges = found
+    origin = str(folder)
+    added = _added_tokens(folder, vocab)
+    text_ids = {text: i for i, (text, _) in added.items()} | vocab
+    return from_bpe({t: i for t, i in vocab.items() if i not in added}, merges, added,
+                    _roles(folder, text_ids), origin)
+
+
+def _added_tokens(folder: Path, vocab: dict[str, int]) -> dict[int, tuple[str, bool]]:
+    """id -> (text, special) for the tokens transformers added, from whichever file says."""
+    added = {}
+    entries = _json_object(folder / "tokenizer.json").get("added_tokens")
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, dict) and type(entry.get("id")) is int and entry["id"] >= 0:
+            added[entry["id"]] = (str(entry.get("content")), bool(entry.get("special")))
+    decoder = _json_object(folder / CONFIG_FILES[0]).get("added_tokens_decoder")
+    for key, entry in decoder.items() if isinstance(decoder, dict) else ():
+        if str(key).isdigit() and isinstance(entry, dict):
+            added.setdefault(int(key), (str(entry.get("content")), bool(entry.get("special"))))
+    for text, i in _json_object(folder / ADDED_TOKENS_FILE).items():
+        if type(i) is int and i >= 0:
+            added.setdefault(i, (text, False))
+    # <|endoftext|> is in vocab.json and listed as added: it stays a vocab token (special anyway)
+    return {i: entry for i, entry in added.items() if vocab.get(entry[0]) != i}
+
+
+def _roles(folder: Path, ids: dict[str, int]) -> dict[str, int]:
+    """The bos/eos/pad ids the folder's files name (config.json's ids come last)."""
+    roles = {}
+    for name in CONFIG_FILES:
+        values = _json_object(folder / name)
+        for role in ROLES:
+            value = values.get(f"{role}_token")
+            text = value.get("content") if isinstance(value, dict) else value
+            if isinstance(text, str) and text in ids:
+                roles.setdefault(role, ids[text])
+    values = _json_object(folder / "config.json")
+    for role in ROLES:
+        value = values.get(f"{role}_token_id")
+        if type(value) is int and 0 <= value < len(ids):
+            roles.setdefault(role, value)
+    return roles
+
+
+def _json_object(path: Path) -> dict:
+    """A JSON file's object; {} when the file is absent or holds something else."""
+    found = read_json(path) if path.is_file() else {}
+    return found if isinstance(found, dict) else {}
+
+
+def merges_from_tokens(ranks: dict[bytes, int]) -> list[str]:
+    """The merges that build each BPE token (in rank order), rebuilt from the ranks alone as
+    tiktoken's BPE would build them (llm.c's tokenizer file holds only the tokens)."""
+    to_char = byte_to_character()
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) < 2:
+            continue
+        parts = split_by_merges(ranks, token, rank)
+        if len(parts) == 2:
+            merges.append(" ".join("".join(to_char[b] for b in part) for part in parts))
+    return merges
+
+
+def split_by_merges(ranks: dict[bytes, int], token: bytes, below: int) -> list[bytes]:
+    """``token`` merged by BPE with the merges ranked below ``below``: two parts for a BPE
+    token, more for text no merges build (an added token)."""
+    parts = [bytes([byte]) for byte in token]
+    while len(parts) > 1:
+        pairs = [(ranks.get(parts[i] + parts[i + 1], below), i) for i in range(len(parts) - 1)]
+        rank, at = min(pairs)
+        if rank >= below:
+            break
+        parts[at:at + 2] = [parts[at] + parts[at + 1]]
+    return parts
+
+
+def write_hf_files(vocabulary: Vocabulary, folder: Path, context_length: int) -> None:
+    """vocab.json, merges.txt, tokenizer.json, tokenizer_config.json and
+    special_tokens_map.json as transformers' GPT-2 tokenizer saves them, added tokens included."""
+    (folder / "vocab.json").write_text(json.dumps(vocabulary.bpe_vocab(), ensure_ascii=False),
+                                       encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(vocabulary.merges) + "\n",
+                                       encoding="utf-8")
+    added = [{"id": i, "content": vocabulary.tokens[i], "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": i not in vocabulary.special,
+              "special": i in vocabulary.special} for i in sorted(vocabulary.added)]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                  "use_regex": True}
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": None, "pre_tokenizer": byte_level,
+        "post_processor": {**byte_level, "trim_offsets": False}, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": False,
+                  "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocabulary.bpe_vocab(),
+                  "merges": [merge.split(" ") for merge in vocabulary.merges]},
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False),
+                                           encoding="utf-8")
+    roles = {f"{role}_token": vocabulary.tokens[i] for role, i in vocabulary.roles.items()}
+    extra = [vocabulary.tokens[i] for i in vocabulary.extra if i in vocabulary.special]
+    special_map = {**roles, **({"additional_special_tokens": extra} if extra else {})}
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": context_length,
+              "add_prefix_space": False, "clean_up_tokenization_spaces": False,
+              "added_tokens_decoder": {str(entry["id"]): {k: v for k, v in entry.items()
+                                                          if k != "id"} for entry in added},
+              **special_map}
+    (folder / CONFIG_FILES[0]).write_text(json.dumps(config, indent=2, ensure_ascii=False),
+                                          encoding="utf-8")
+    (folder / CONFIG_FILES[1]).write_text(json.dumps(special_map, indent=2, ensure_ascii=False),
+                                          encoding="utf-8")
