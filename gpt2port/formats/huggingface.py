@@ -113,11 +113,13 @@ def check_architecture(hf_config: object, *, origin: str) -> None:
         raise ConfigError(f"{origin}: " + "; ".join(problems), hint=HINT)
 
 
-def config_from_model(config: dict) -> dict:
+def config_from_model(config: dict, roles: dict[str, int] | None = None) -> dict:
     """The model config -> a ``config.json`` that ``GPT2LMHeadModel`` (or, for a classifier,
-    ``GPT2ForSequenceClassification``) loads."""
+    ``GPT2ForSequenceClassification``) loads; ``roles``: the tokenizer's bos/eos/pad ids
+    (default: GPT-2's <|endoftext|> where the vocabulary has it)."""
     dropout = config["dropout_rate"]
     end_of_text = END_OF_TEXT_ID if config["vocab_size"] > END_OF_TEXT_ID else None
+    roles = roles or {"bos": end_of_text, "eos": end_of_text}
     hf_config = {
         "architectures": [CLASSIFIER if is_classifier(config) else "GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -126,15 +128,17 @@ def config_from_model(config: dict) -> dict:
         "n_ctx": config["context_length"],
         "embd_pdrop": dropout,
         "attn_pdrop": dropout,
-        "bos_token_id": end_of_text,
-        "eos_token_id": end_of_text,
+        "bos_token_id": roles.get("bos"),
+        "eos_token_id": roles.get("eos"),
     }
+    if "pad" in roles:
+        hf_config["pad_token_id"] = roles["pad"]
     if is_classifier(config):
         labels = config["output_labels"] or [f"LABEL_{i}" for i in range(config["output_size"])]
         # the book's ch. 6 pads with <|endoftext|>; transformers scores the last non-pad token
         hf_config.update(id2label=dict(enumerate(labels)),
-                         label2id={label: i for i, label in enumerate(labels)},
-                         pad_token_id=end_of_text)
+                         label2id={label: i for i, label in enumerate(labels)})
+        hf_config.setdefault("pad_token_id", end_of_text)
     return hf_config
 
 
@@ -215,11 +219,12 @@ class HuggingFace(Format):
         """``config.json``, ``generation_config.json`` and ``model.safetensors`` in the Hub's
         layout (no prefix; a tied head left out, as on the Hub) for
         ``GPT2LMHeadModel.from_pretrained``."""
-        hf_config = config_from_model(config)
+        hf_config = config_from_model(config, vocabulary.roles if vocabulary else None)
         (destination / "config.json").write_text(json.dumps(hf_config, indent=2))
         # what GPT2LMHeadModel.save_pretrained writes beside it: generate() stops at <|endoftext|>
         (destination / "generation_config.json").write_text(json.dumps(
-            {key: hf_config[key] for key in ("bos_token_id", "eos_token_id")}, indent=2))
+            {key: hf_config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")
+             if key in hf_config}, indent=2))
         # a classifier's body under "transformer.", as save_pretrained writes it (without the
         # prefix, from_pretrained takes the file for a bare GPT2Model and leaves score random)
         prefix = BODY_PREFIX if is_classifier(config) else ""
