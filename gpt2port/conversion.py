@@ -101,7 +101,8 @@ def _holders(config: dict, refused: dict) -> str:
     """Which formats hold the values ``plan`` refused."""
     names = [each.name for each in FORMATS
              if all(each.held_config(config)[key] == config[key] for key in refused)]
-    return f"convert to {' or '.join(names)}, which hold it"
+    listed = " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
+    return f"convert to {listed}, which hold it"
 
 
 def tokenizer_plan(vocabulary: Vocabulary | None, config: dict, target: Format

@@ -200,6 +200,21 @@ class Candidate:
         return None
 
 
+def holding(candidate: Candidate, sentinel: str, patterns: tuple[str, ...],
+            wrappers: tuple[str, ...] = ()) -> Candidate | None:
+    """The file whose state dict has the tensor ``sentinel``: the path itself, or in a folder
+    the first file matching one of ``patterns`` (globs, in order)."""
+    path = candidate.path
+    files = [candidate] if path.is_file() else [
+        candidate.inside(file.name)
+        for pattern in patterns for file in sorted(path.glob(pattern)) if file.is_file()]
+    for each in files:
+        state = each.state_dict(wrappers)
+        if state is not None and sentinel in state:
+            return each
+    return None
+
+
 class Format:
     """One checkpoint layout. A subclass declares its tables and attributes, recognises paths and
     implements ``read_raw`` and ``write_raw``; ``read`` and ``write`` apply the tables."""

@@ -18,7 +18,7 @@ from ..config import GPT2_HEADS, is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json
 from ..vocabulary import Vocabulary
-from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
+from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, holding
 from .huggingface import CONFIG_TABLE as HF_CONFIG_TABLE
 from .huggingface import check_architecture
 from .native import to_conv1d_names
@@ -140,15 +140,7 @@ class Book(Format):
     def weights_file(self, candidate: Candidate) -> Candidate | None:
         """The file holding the book's state dict: the path itself, or in a folder a ``.pth``
         or ``model.safetensors`` that has ``tok_emb.weight``."""
-        path = candidate.path
-        files = [candidate] if path.is_file() else [
-            candidate.inside(file.name)
-            for file in [*sorted(path.glob("*.pth")), path / "model.safetensors"] if file.is_file()]
-        for each in files:
-            state = each.state_dict((WRAPPER,))
-            if state is not None and SENTINEL in state:
-                return each
-        return None
+        return holding(candidate, SENTINEL, ("*.pth", "model.safetensors"), (WRAPPER,))
 
     def recognises(self, candidate: Candidate) -> bool:
         return self.weights_file(candidate) is not None

@@ -19,7 +19,7 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json
 from ..vocabulary import Vocabulary
-from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
+from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, holding
 from .table import MappingTable
 
 FILENAME = "model.pth"
@@ -142,16 +142,8 @@ class TransformerLens(Format):
              "`HookedTransformer`'s keys and shapes for `strict=True`")
 
     def weights_file(self, candidate: Candidate) -> Candidate | None:
-        path = candidate.path
-        files = [candidate] if path.is_file() else [
-            candidate.inside(file.name)
-            for file in [*sorted(path.glob("*.pth")), *sorted(path.glob("*.safetensors"))]
-            if file.is_file()]
-        for each in files:
-            state = each.state_dict()
-            if state is not None and SENTINEL in state:
-                return each
-        return None
+        """The path itself, or in a folder a ``.pth`` or ``.safetensors`` with ``embed.W_E``."""
+        return holding(candidate, SENTINEL, ("*.pth", "*.safetensors"))
 
     def recognises(self, candidate: Candidate) -> bool:
         return self.weights_file(candidate) is not None
