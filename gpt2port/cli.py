@@ -11,9 +11,11 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Self
 
 from .config import PRESETS, hub_source
 from .errors import ConfigError, Gpt2portError, OfflineError, TokenizerError, VerificationError
+from .phases import phase
 
 EXAMPLES = """\
 examples:
@@ -155,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
 def _folder(args: argparse.Namespace) -> Path:
     from .loading import resolve
 
+    phase("resolving")
     return resolve(args.model, revision=args.revision, cache_dir=args.cache_dir,
                    offline=args.offline, filename=args.filename)
 
@@ -164,6 +167,7 @@ def _verify(args: argparse.Namespace, folder: Path, known: tuple | None = None) 
     from .loading import load_pretrained
     from .verification import verify
 
+    phase("loading")
     model = load_pretrained(folder, dtype="float32")
     result = verify(model, folder, reference=args.reference, known_greedy=known)
     print(result.report())
@@ -267,6 +271,7 @@ def run_generate(args: argparse.Namespace) -> None:
     folder = _folder(args)
     tokenizer_folder = folder if folder.is_dir() and has_tokenizer(folder) else None
     tokenizer = load_tokenizer(tokenizer_folder)
+    phase("loading")
     model = load_pretrained(folder, dtype=args.dtype, device=device)
     # an empty prompt starts from <|endoftext|>, as GPT-2's unconditional samples do
     ids = torch.tensor([tokenizer.encode(args.prompt) or [END_OF_TEXT_ID]], device=device)
@@ -282,6 +287,7 @@ def run_generate(args: argparse.Namespace) -> None:
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     start, produced = time.perf_counter(), 0
+    phase("generating")
     for token in tokens:
         produced += 1
         sys.stdout.write(text.decode(tokenizer.decode_single_token_bytes(int(token[0, 0]))))
@@ -323,56 +329,103 @@ COMMANDS = {"download": run_download, "verify": run_verify, "generate": run_gene
             "convert": run_convert, "inspect": run_inspect}
 
 
+class Signals:
+    """Ctrl-C and SIGTERM for the command's process: each unwinds the command as an exception
+    (so partial outputs are removed), except while torch imports, where an exception raised
+    inside its C++ callbacks aborts the process: there the signal waits until the import is
+    done. Every signal is remembered, so an error a library makes of one (a download cut off)
+    is still reported as the interruption it was."""
+
+    def __init__(self):
+        self.deferring, self.received = False, []
+
+    def __enter__(self) -> Self:
+        self.previous = {number: signal.signal(number, self.arrived)
+                         for number in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def arrived(self, number: int, frame: object) -> None:
+        self.received.append(number)
+        if not self.deferring:
+            self.raise_for(number)
+
+    @staticmethod
+    def raise_for(number: int) -> None:
+        raise KeyboardInterrupt if number == signal.SIGINT else Terminated
+
+    def import_torch(self) -> None:
+        """Import torch (and what the parser lists) with signals held until it is done."""
+        self.deferring = True
+        try:
+            phase("importing")
+            from . import formats  # noqa: F401 - imports torch
+        finally:
+            self.deferring = False
+        if self.received:
+            self.raise_for(self.received[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; return its exit code. Nothing but gpt2port's own lines reaches stderr."""
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return _run(argv)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("terminated", file=sys.stderr)
-        return 143
-    except BrokenPipeError:
-        # the reader went away (``| head``): stop quietly, as command-line tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with Signals() as signals:
+        try:
+            signals.import_torch()
+            return _run(argv, signals)
+        except KeyboardInterrupt:
+            return _stopped(signal.SIGINT)
+        except Terminated:
+            return _stopped(signal.SIGTERM)
+        except BrokenPipeError:
+            # the reader went away (``| head``): stop quietly, as command-line tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
 
 
-def _run(argv: list[str] | None) -> int:
+def _stopped(number: int) -> int:
+    """Say how the command was stopped; the shell's exit status for that signal."""
+    print("interrupted" if number == signal.SIGINT else "terminated", file=sys.stderr)
+    return 130 if number == signal.SIGINT else 143
+
+
+def _run(argv: list[str] | None, signals: Signals) -> int:
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except Gpt2portError as error:
-        _say(error.message, error.hint)
-        return error.exit_code
     except BrokenPipeError:
         raise  # the reader went away: main stops quietly
-    except OSError as error:  # a path the commands did not check: unreadable, vanished...
+    except Exception as error:  # noqa: BLE001 - every error ends in one line and an exit code
+        if signals.received:  # an error a library made of the signal (a download cut off)
+            return _stopped(signals.received[0])
+        return _report(error)
+    return 0
+
+
+def _report(error: Exception) -> int:
+    """Say what went wrong in one ``error:`` and one ``hint:`` line; its exit code."""
+    if isinstance(error, Gpt2portError):
+        _say(error.message, error.hint)
+        return error.exit_code
+    if isinstance(error, OSError):  # a path the commands did not check: unreadable, vanished...
         where = f"{error.filename}: " if error.filename else ""
         _say(f"{where}{error.strerror or error}", "check the path and its permissions")
         return 4
-    except Exception as error:  # the last resort: a bug, said in one line
-        _say(f"internal error: {type(error).__name__}: {error}",
-             "this is a bug in gpt2port; please report it with the command you ran "
-             "(GPT2PORT_TRACEBACK=1 prints the traceback)")
-        if os.environ.get("GPT2PORT_TRACEBACK"):
-            raise
-        return 70
-    return 0
+    # the last resort: a bug, said in one line
+    _say(f"internal error: {type(error).__name__}: {error}",
+         "this is a bug in gpt2port; please report it with the command you ran "
+         "(GPT2PORT_TRACEBACK=1 prints the traceback)")
+    if os.environ.get("GPT2PORT_TRACEBACK"):
+        raise error
+    return 70
 
 
 def _say(message: str, hint: str | None) -> None:
     print(f"error: {message}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
 
 
 def console_script() -> None:

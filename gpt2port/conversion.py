@@ -162,6 +162,17 @@ def adapted(model: GPTModel, config: dict) -> GPTModel:
     return result.eval()
 
 
+BYTES_PER_VALUE = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 34 / 32}  # q8_0: 32 values + a scale
+
+
+def output_size(model: GPTModel, dtype: str | None) -> int:
+    """About how many bytes a model's tensors take in ``dtype`` (None: its own)."""
+    values = sum(tensor.numel() for tensor in {id(t): t for t in model.state_dict().values()
+                                               }.values())
+    per_value = BYTES_PER_VALUE[dtype] if dtype else model.token_embedding_table.weight.element_size()
+    return int(values * per_value)
+
+
 def logit_change(model: GPTModel, other: GPTModel) -> float:
     """The largest absolute logit difference of two models on the verification prompt."""
     ids = torch.tensor([prompt_for(model.config)])
@@ -214,6 +225,7 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
         written_to = (write_file if one_file else write_folder)(
             destination, lambda output: target.write(
                 written, output, dtype=dtype, vocabulary=vocabulary,
-                source=folder if folder.is_dir() else folder.parent))
+                source=folder if folder.is_dir() else folder.parent),
+            needs=output_size(written, dtype))
         bar.update()
     return written_to

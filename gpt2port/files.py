@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import DiskFullError, OutputError
+from .errors import OutputError
 from .tokenizer import TOKENIZER_JSON
 
 # transformers' tokenizer files, copied together so that AutoTokenizer reads the copy as the source
@@ -19,45 +19,82 @@ HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", TOKENIZER_JSON, "tokenizer_con
                       "special_tokens_map.json", "added_tokens.json")
 
 
-def write_folder(destination: Path, fill: Callable[[Path], object]) -> Path:
-    """``fill(folder)`` a temporary folder beside ``destination``, then rename it into place.
+def write_folder(destination: Path, fill: Callable[[Path], object], *,
+                 needs: int | None = None) -> Path:
+    """``fill(folder)`` a temporary folder beside ``destination``, then rename it into place
+    (``needs``: about how many bytes it takes, for the message when the disk fills up).
 
     Raises:
-        OutputError: when ``destination`` exists and is not empty (nothing is overwritten), or
-            its folder cannot be written.
-        DiskFullError: when the disk fills up; the partial output is removed.
+        OutputError: when ``destination`` exists and is not empty (nothing is overwritten, also
+            when another process writes it meanwhile), its folder cannot be written, or the
+            disk fills up (the partial output is removed).
     """
     destination = Path(destination)
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise OutputError(f"{destination}: already exists and is not empty",
-                          hint="choose a new output folder, or remove this one")
-    return _write(destination, fill, tempfile.mkdtemp)
+        raise _exists(destination)
+    return _write(destination, fill, tempfile.mkdtemp, _rename_folder, needs)
 
 
-def write_file(destination: Path, fill: Callable[[Path], object]) -> Path:
-    """``fill(path)`` a temporary file beside ``destination``, then rename it into place.
+def write_file(destination: Path, fill: Callable[[Path], object], *,
+               needs: int | None = None) -> Path:
+    """``fill(path)`` a temporary file beside ``destination``, then move it into place.
 
     Raises:
-        OutputError: when ``destination`` exists (nothing is overwritten), or its folder cannot
-            be written.
-        DiskFullError: when the disk fills up; the partial output is removed.
+        OutputError: when ``destination`` exists (nothing is overwritten, also when another
+            process writes it meanwhile), its folder cannot be written, or the disk fills up
+            (the partial output is removed).
     """
     destination = Path(destination)
     if destination.exists():
-        raise OutputError(f"{destination}: already exists",
-                          hint="choose a new file name, or remove this file")
+        raise _exists(destination)
 
     def make(**names: str) -> str:
         handle, path = tempfile.mkstemp(**names)
         os.close(handle)
         return path
 
-    return _write(destination, fill, make)
+    return _write(destination, fill, make, _link_file, needs)
 
 
-def _write(destination: Path, fill: Callable[[Path], object], make: Callable[..., str]) -> Path:
+def _exists(destination: Path) -> OutputError:
+    if destination.is_dir():
+        return OutputError(f"{destination}: already exists and is not empty",
+                           hint="choose a new output folder, or remove this one")
+    return OutputError(f"{destination}: already exists",
+                       hint="choose a new file name, or remove this file")
+
+
+def _rename_folder(partial: Path, destination: Path) -> None:
+    """Rename the finished folder into place; an empty folder there is replaced, anything else
+    (another process's output, finished meanwhile) is left and reported."""
+    try:
+        os.rename(partial, destination)
+    except OSError as error:
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise _exists(destination) from None
+        raise
+
+
+def _link_file(partial: Path, destination: Path) -> None:
+    """Give the finished file its name without replacing one that appeared meanwhile: a hard
+    link fails if the name exists (a rename would silently replace it)."""
+    try:
+        os.link(partial, destination)
+    except FileExistsError:
+        raise _exists(destination) from None
+    except OSError as error:  # a filesystem without hard links
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK,
+                               errno.EXDEV):
+            raise
+        if destination.exists():
+            raise _exists(destination) from None
+        os.replace(partial, destination)
+
+
+def _write(destination: Path, fill: Callable[[Path], object], make: Callable[..., str],
+           place: Callable[[Path, Path], None], needs: int | None) -> Path:
     """Make a partial output with ``make`` (mkdtemp's arguments), fill it, give it the
-    permissions the umask gives new files, rename it to ``destination``."""
+    permissions the umask gives new files, ``place`` it at ``destination``."""
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(destination.parent)
@@ -69,15 +106,30 @@ def _write(destination: Path, fill: Callable[[Path], object], make: Callable[...
     try:
         fill(partial)
         _permit(partial, current_umask())
-        os.replace(partial, destination)
+        place(partial, destination)
     except Exception as error:
         if _is_disk_full(error):
-            raise DiskFullError(f"{destination}: no space left to write it ({error})",
-                                hint="free some space, or write to another disk") from None
+            raise _disk_full(destination, needs) from None
         raise
     finally:
         _remove(partial)
     return destination
+
+
+def _disk_full(destination: Path, needs: int | None) -> OutputError:
+    """The message for a disk that filled up: what it needed and what is free."""
+    try:
+        free = shutil.disk_usage(destination.parent).free
+    except OSError:
+        free = None
+    space = "" if needs is None else f": it needs about {_megabytes(needs)}" + (
+        "" if free is None else f" and {_megabytes(free)} are free there")
+    return OutputError(f"{destination}: no space left to write it{space}; nothing was left "
+                       "behind", hint="free some space, or write to another disk")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:,.1f} MiB"
 
 
 def current_umask() -> int:
@@ -112,8 +164,10 @@ def _remove(path: Path) -> None:
 
 # What a full disk (or the file-size limit) looks like from the writers: errno, safetensors'
 # Rust error text, numpy's short write.
+# how the writers gpt2port calls say a write fell short: Rust's os error, Python's, numpy's and
+# torch.save's (PyTorchStreamWriter's "unexpected pos N vs M" when the disk is full)
 _DISK_FULL = re.compile(r"os error (27|28|122)|No space left|File too large|requested and \d+ "
-                        r"written")
+                        r"written|unexpected pos \d+ vs \d+")
 
 
 def _is_disk_full(error: Exception) -> bool:

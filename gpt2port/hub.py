@@ -30,6 +30,7 @@ from .errors import (
     OfflineError,
 )
 from .formats.huggingface import WEIGHTS_FILES
+from .phases import phase
 from .readers import read_json
 
 CONFIG = "config.json"
@@ -84,6 +85,7 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
     beside = [name for name in (CONFIG, *TOKENIZER, *OPTIONAL, *OTHER_FILES) if name in siblings]
     names = [weights, *(name for name in beside if name != weights)]
     revision = revision or "main"  # by name, so the cache records the ref for offline use
+    phase("downloading")
     paths = {name: _fetch(repo_id, revision, siblings[name], cache_dir, force, pinned.get(name))
              for name in names}
     if weights.endswith(".index.json"):

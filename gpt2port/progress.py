@@ -7,6 +7,8 @@ import sys
 
 from huggingface_hub.utils import tqdm
 
+from .phases import phase
+
 
 def progress(description: str, total: int) -> tqdm:
     """A bar of ``total`` steps; use as a context manager and ``update()`` it per step."""
@@ -15,5 +17,6 @@ def progress(description: str, total: int) -> tqdm:
 
 
 def stage(bar: tqdm, doing: str) -> None:
-    """Say what the bar's work is doing now."""
+    """Say what the bar's work is doing now (and, where asked for, on stderr: ``phases``)."""
+    phase(doing)
     bar.set_postfix_str(doing, refresh=True)

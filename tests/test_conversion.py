@@ -3,6 +3,7 @@
 import itertools
 import os
 import resource
+import shutil
 import stat
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 
 from gpt2port import load_pretrained
 from gpt2port.conversion import ConversionWarning, convert
-from gpt2port.errors import DiskFullError, OutputError
+from gpt2port.errors import OutputError
 from gpt2port.formats import BY_NAME, huggingface
 from gpt2port.loading import open_checkpoint
 from gpt2port.tokenizer import BUNDLED
@@ -79,7 +80,7 @@ def test_a_write_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
         (folder / "config.json").write_text("{}")
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(BY_NAME["hf"], "write", fails_after_a_file)
-    with pytest.raises(DiskFullError, match="out: no space left"):
+    with pytest.raises(OutputError, match="out: no space left"):
         convert(write_layout("hub", tmp_path / "hub"), tmp_path / "out", to="hf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]
 
@@ -151,9 +152,38 @@ def test_a_full_disk_gives_our_error_and_no_output(to, tmp_path):
     done = subprocess.run([sys.executable, "-m", "gpt2port", "convert", str(source),
                            str(tmp_path / "out"), "--to", to], capture_output=True, text=True,
                           preexec_fn=small_disk, check=False)
-    assert done.returncode == 16, done.stderr
+    assert done.returncode == 7, done.stderr
     assert "no space left" in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]  # no output, no partial folder
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 KiB tmpfs, mounted for the test (root only: CI runs as root)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    place = tmp_path / "small"
+    place.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(place)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield place
+    subprocess.run(["umount", str(place)], check=False)
+
+
+@pytest.mark.parametrize("to", [*BY_NAME, "gguf-file"])
+def test_a_disk_that_fills_up_names_the_destination_and_the_space(to, small_disk, tmp_path):
+    source = write_layout("hub", tmp_path / "hub", n_embd=128)  # ~1.6 MB of weights
+    destination = small_disk / ("model.gguf" if to == "gguf-file" else "out")
+    done = subprocess.run([sys.executable, "-m", "gpt2port", "convert", str(source),
+                           str(destination), "--to", to.removesuffix("-file")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 7, done.stderr
+    error = done.stderr.splitlines()[-2]
+    assert error.startswith(f"error: {destination}: no space left to write it: it needs about ")
+    assert "MiB are free there" in error and "Traceback" not in done.stderr
+    assert list(small_disk.iterdir()) == []  # no output, no partial output
 
 
 @pytest.fixture

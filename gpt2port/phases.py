@@ -1,0 +1,14 @@
+"""Where a long command is: ``phase: NAME`` on stderr when ``GPT2PORT_PHASES`` is set, so that
+a test (or a script) can act at a known moment (send Ctrl-C mid-download) without guessing how
+fast the machine is."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def phase(name: str) -> None:
+    """Say that the work ``name`` starts, where ``GPT2PORT_PHASES`` asks for it."""
+    if os.environ.get("GPT2PORT_PHASES"):
+        print(f"phase: {name}", file=sys.stderr, flush=True)
