@@ -86,15 +86,19 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
     names = [weights, *(name for name in beside if name != weights)]
     revision = revision or "main"  # by name, so the cache records the ref for offline use
     phase("downloading")
-    paths = {name: _fetch(repo_id, revision, siblings[name], cache_dir, force, pinned.get(name))
-             for name in names}
-    if weights.endswith(".index.json"):
-        shards = sorted(set(read_json(paths[weights]).get("weight_map", {}).values()))
-        for shard in shards:
-            if shard not in siblings:
-                raise NotFoundError(f"{repo_id}: shard {shard!r} named in {weights} is not on "
-                                    "the Hub")
-            _fetch(repo_id, revision, siblings[shard], cache_dir, force, pinned.get(shard))
+    try:
+        paths = {name: _fetch(repo_id, revision, siblings[name], cache_dir, force,
+                              pinned.get(name)) for name in names}
+        if weights.endswith(".index.json"):
+            shards = sorted(set(read_json(paths[weights]).get("weight_map", {}).values()))
+            for shard in shards:
+                if shard not in siblings:
+                    raise NotFoundError(f"{repo_id}: shard {shard!r} named in {weights} is not "
+                                        "on the Hub")
+                _fetch(repo_id, revision, siblings[shard], cache_dir, force, pinned.get(shard))
+    except BaseException:  # Ctrl-C and SIGTERM too: no partial file of ours is left behind
+        remove_stale_partials(repo_id, cache_dir)
+        raise
     return paths[weights] if filename else paths[weights].parent
 
 
