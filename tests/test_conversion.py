@@ -157,6 +157,25 @@ def test_a_full_disk_gives_our_error_and_no_output(to, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]  # no output, no partial folder
 
 
+@pytest.mark.parametrize("name", ["out", "model.gguf"])
+def test_two_conversions_racing_into_one_destination(name, tmp_path):
+    """One output, whole; the other run ends in exit 7 naming the destination as given, in
+    whatever order the two reach it (three rounds)."""
+    source = write_layout("hub", tmp_path / "hub", n_embd=128)
+    to = "gguf" if name.endswith(".gguf") else "hf"
+    for round_ in range(3):
+        destination = tmp_path / f"round{round_}" / name
+        runs = [subprocess.Popen([sys.executable, "-m", "gpt2port", "convert", str(source),
+                                  str(destination), "--to", to], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outcomes = sorted((run.wait(timeout=300), run.stderr.read()) for run in runs)
+        assert [code for code, _ in outcomes] == [0, 7], outcomes
+        lost = outcomes[1][1]
+        assert lost.startswith(f"error: {destination}: already exists") and ".partial" not in lost
+        assert sorted(p.name for p in destination.parent.iterdir()) == [name]  # no partial
+        load_pretrained(destination)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 300 KiB tmpfs, mounted for the test (root only: CI runs as root)."""

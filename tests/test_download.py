@@ -293,9 +293,9 @@ def test_a_killed_download_is_never_taken_for_complete_and_is_cleaned_up(hub, en
     assert_nothing_corrupt_in_cache(env)
 
 
-def test_two_processes_downloading_at_once_both_succeed_with_one_copy(hub, env):
+def test_three_processes_downloading_at_once_all_succeed_with_one_copy(hub, env):
     hub.faults.delay = 1.0  # both are in flight at the same time
-    for code, out, err in gpt2port_at_once("download", REPO, env=env):
+    for code, out, err in gpt2port_at_once("download", REPO, env=env, processes=3):
         assert code == 0, err
         assert "PASSED" in out
     blobs = [path for path in cache_files(env) if "/blobs/" in path]

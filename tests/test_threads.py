@@ -6,6 +6,7 @@ import math
 import os
 import threading
 
+import pytest
 import torch
 from checkpoints import write_layout
 
@@ -134,3 +135,64 @@ def test_verify_leaves_transformers_logging_to_other_threads(tmp_path):
 
     passed, seen = in_threads(verifying, watching)
     assert passed == [True, True] and seen == {state}
+
+
+def serial_and_shared(model, jobs):
+    """Each job's answer alone, then all of them on 8 threads sharing ``model`` at once."""
+    alone = [generate(model, *job[:2], **job[2]) for job in jobs]
+    together = in_threads(*(lambda job=job: generate(model, *job[:2], **job[2]) for job in jobs))
+    return alone, together
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_eight_threads_sharing_one_model_get_their_serial_continuations(dtype, tmp_path):
+    model = load_pretrained(write_layout("hub", tmp_path / "hub"), dtype=dtype)
+    prompts = [[5, 6, 7], [1, 2, 3, 4], [9], [100, 200]]
+    jobs = [
+        ([prompts[0]], 12, {}),  # greedy, batch 1
+        ([prompts[1]], 12, {"temperature": 0.8, "top_k": 40, "seed": 1}),  # seeded sampling
+        (prompts[:2], 12, {}),  # batched, prompts of two lengths
+        (prompts, 8, {"temperature": 1.0, "top_p": 0.9, "seed": 7}),  # batched sampling
+        (torch.tensor([prompts[0]]), 12, {}),  # a tensor prompt
+        ([prompts[2]], 12, {"temperature": 0.5, "seed": 3}),
+        ([prompts[3]], 12, {}),
+        (prompts[2:], 10, {"temperature": 1.2, "top_k": 5, "seed": 11}),
+    ]
+    flags = (torch.get_num_threads(), torch.backends.mkldnn.enabled, current_umask())
+    alone, together = serial_and_shared(model, jobs)
+    for mine, theirs in zip(alone, together, strict=True):
+        assert (mine.tolist() if isinstance(mine, torch.Tensor) else mine) == (
+            theirs.tolist() if isinstance(theirs, torch.Tensor) else theirs)
+    assert (torch.get_num_threads(), torch.backends.mkldnn.enabled, current_umask()) == flags
+
+
+def test_threads_loading_converting_and_verifying_at_once_give_the_serial_results(tmp_path):
+    import logging as python_logging
+
+    from transformers.utils import logging
+
+    from gpt2port.conversion import convert
+    from gpt2port.verification import verify
+
+    source = write_layout("hub", tmp_path / "hub")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+
+    def logits_of(folder):
+        with torch.no_grad():
+            return load_pretrained(folder)(ids)
+
+    expected = logits_of(source)
+    state = (torch.get_num_threads(), torch.backends.mkldnn.enabled, current_umask(),
+             logging.get_verbosity(), python_logging.getLogger().level)
+    jobs = [lambda: logits_of(source),
+            *(lambda to=to: logits_of(convert(source, tmp_path / f"out-{to}", to=to))
+              for to in ("hf", "native", "book", "openai", "tlens")),
+            lambda: verify(load_pretrained(source), source, reference="numpy").passed,
+            lambda: verify(load_pretrained(source), source, reference="transformers").passed]
+    with pytest.warns(UserWarning):  # the conversions' stated changes; none is an error
+        results = in_threads(*jobs)
+    for found in results[:-2]:
+        assert torch.allclose(found, expected, atol=1e-5)
+    assert results[-2:] == [True, True]
+    assert (torch.get_num_threads(), torch.backends.mkldnn.enabled, current_umask(),
+            logging.get_verbosity(), python_logging.getLogger().level) == state
