@@ -20,6 +20,8 @@ _EXPORTS = {
     "MappingError": "errors",
     "TokenizerError": "errors",
     "OutputError": "errors",
+    "compare": "comparison",
+    "Comparison": "comparison",
     "generate": "generation",
     "load_pretrained": "loading",
     "GPTModel": "model",
@@ -29,12 +31,14 @@ __all__ = [
     "GPT_CONFIG_124M",
     "PRESETS",
     "CheckpointError",
+    "Comparison",
     "ConfigError",
     "GPTModel",
     "Gpt2portError",
     "MappingError",
     "OutputError",
     "TokenizerError",
+    "compare",
     "generate",
     "load_pretrained",
     "load_tokenizer",
@@ -42,6 +46,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .comparison import Comparison, compare
     from .config import GPT_CONFIG_124M, PRESETS, validate_config
     from .errors import (
         CheckpointError,

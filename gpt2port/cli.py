@@ -121,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="compare a model's logits with a reference")
     _source_options(verify)
     verify.add_argument("--reference", choices=("auto", "transformers", "numpy"), default="auto")
+    verify.add_argument("--text", type=Path, help="also compare the logits over this UTF-8 "
+                        "text file, in windows of the context length")
 
     generate = commands.add_parser("generate", help="continue a prompt, printing as it goes")
     _source_options(generate)
@@ -151,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="list the checkpoint's tensors and mapping")
     _source_options(inspect)
+
+    compare = commands.add_parser("compare", help="do two checkpoints hold the same model?")
+    compare.add_argument("model", help="the first checkpoint (preset, Hub repo id, folder, file)")
+    compare.add_argument("other", help="the second checkpoint")
+    compare.add_argument("--text", type=Path, help="a UTF-8 text file to compare the logits "
+                         "over (default: a short text shipped with gpt2port)")
+    compare.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -169,7 +178,8 @@ def _verify(args: argparse.Namespace, folder: Path, known: tuple | None = None) 
 
     phase("loading")
     model = load_pretrained(folder, dtype="float32")
-    result = verify(model, folder, reference=args.reference, known_greedy=known)
+    text = _text(args.text) if getattr(args, "text", None) else None
+    result = verify(model, folder, reference=args.reference, known_greedy=known, text=text)
     print(result.report())
     if not result.passed:
         raise VerificationError(f"{args.model}: the loaded model disagrees with the reference",
@@ -325,8 +335,33 @@ def run_inspect(args: argparse.Namespace) -> None:
     print(describe(open_checkpoint(_folder(args))))
 
 
+def _text(path: Path) -> str:
+    """The text of ``--text``.
+
+    Raises:
+        ConfigError: for a file that cannot be read as UTF-8.
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--text {path}: cannot be read as UTF-8 text "
+                          f"({getattr(error, 'strerror', None) or error})",
+                          hint="give a UTF-8 text file") from None
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    from .comparison import compare
+
+    text = _text(args.text) if args.text else None
+    found = compare(args.model, args.other, text=text)
+    print(found.to_json() if args.json else found.report())
+    if found.verdict == "different":
+        raise VerificationError(f"{args.model} and {args.other} hold different models",
+                                hint="the figures above say what differs and where")
+
+
 COMMANDS = {"download": run_download, "verify": run_verify, "generate": run_generate,
-            "convert": run_convert, "inspect": run_inspect}
+            "convert": run_convert, "inspect": run_inspect, "compare": run_compare}
 
 
 class Signals:

@@ -33,11 +33,13 @@ class Verification:
     argmax_agreement: float
     greedy_expected: list[int] | None = None
     greedy_found: list[int] | None = None
+    over_text: object | None = None  # comparison.LogitFigures over a text (verify --text)
 
     @property
     def passed(self) -> bool:
         return (self.max_abs_diff <= self.tolerance and self.argmax_agreement == 1.0
-                and self.greedy_found == self.greedy_expected)
+                and self.greedy_found == self.greedy_expected
+                and (self.over_text is None or self.over_text.within))
 
     def report(self) -> str:
         verdict = (lambda ok: "OK" if ok else "NOT OK")
@@ -53,6 +55,9 @@ class Verification:
                          f"{verdict(self.greedy_found == self.greedy_expected)}")
             if self.greedy_found != self.greedy_expected:
                 lines.append(f"  expected {self.greedy_expected}\n  found    {self.greedy_found}")
+        if self.over_text is not None:
+            lines.append(f"{self.over_text.report('ours', 'reference')} "
+                         f"{verdict(self.over_text.within)}")
         lines.append("PASSED" if self.passed else "FAILED")
         return "\n".join(lines)
 
@@ -118,10 +123,14 @@ def choose_reference(reference: str, path: Path, source_format: Format) -> str:
 
 
 def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
-           known_greedy: tuple | None = None) -> Verification:
+           known_greedy: tuple | None = None, text: str | None = None) -> Verification:
     """Compare ``model`` (loaded from ``folder``) with a reference reading of the same files.
 
-    ``known_greedy`` = (prompt ids, expected ids) adds a greedy-decoding check.
+    ``known_greedy`` = (prompt ids, expected ids) adds a greedy-decoding check; ``text`` adds
+    the logit figures over that text (``comparison.LogitFigures``), in windows of the context.
+
+    Raises:
+        ConfigError: for ``text`` with a classifier (its scores are not next-token logits).
     """
     from .formats import recognise
     from .reference import reference_logits
@@ -162,4 +171,35 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
     )
     if known_greedy is not None:
         result.greedy_expected, result.greedy_found = list(known_greedy[1]), found
+    if text is not None:
+        result.over_text = _over_text(model, Path(folder), reference, source_format, text)
     return result
+
+
+def _over_text(model: GPTModel, folder: Path, reference: str, source_format: Format,
+               text: str):
+    """Our logits against the reference's over ``text``, window by window."""
+    from .comparison import logit_figures, token_ids
+    from .reference import forward
+
+    config = model.config
+    if is_classifier(config):
+        raise ConfigError(f"{folder}: --text compares next-token logits, and this model is a "
+                          "classifier", hint="verify it without --text")
+    device = next(model.parameters()).device
+
+    def ours(window: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(torch.tensor([window], device=device))[0].float().cpu()
+
+    if reference == "transformers":
+        def theirs(window: list[int]) -> np.ndarray:
+            return transformers_logits(folder, window)
+    else:
+        arrays, reference_config = source_format.reference_tensors(folder)
+
+        def theirs(window: list[int]) -> np.ndarray:
+            return forward(arrays, reference_config, window)
+
+    return logit_figures(ours, theirs, token_ids(text, config["vocab_size"]),
+                         config["context_length"], config["vocab_size"])

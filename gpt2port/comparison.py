@@ -1,0 +1,244 @@
+"""Weight equivalence as a question with an answer: do two checkpoints, in any formats and
+dtypes, hold the same model? Their configs, their tensors under the model's names, and their
+logits over a text, with one verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .formats import Checkpoint
+from .loading import model_from_checkpoint, open_checkpoint, resolve
+from .model import GPTModel
+from .progress import progress
+from .verification import RELATIVE_TOLERANCE
+
+SAMPLE_TEXT = resources.files("gpt2port") / "data" / "sample.txt"  # public domain, ~1,400 tokens
+LARGEST = 5  # the differing tensors a report names
+TRAINING_ONLY = ("dropout_rate",)  # config keys that do not change what a model computes
+
+
+@dataclass
+class TensorDifference:
+    """One tensor that is not bit-equal: its model name, its names in each checkpoint, how far."""
+
+    name: str
+    theirs: tuple[str, str]  # the tensor's name in A's format and in B's
+    max_abs: float
+    max_relative: float
+
+
+@dataclass
+class LogitFigures:
+    """Two models' logits over one text, in windows of the context length."""
+
+    tokens: int = 0
+    windows: int = 0
+    max_abs: float = 0.0
+    tolerance: float = 0.0  # the fp32 tolerance: 1e-4 of the largest logit (at least 1)
+    mean_kl: float = 0.0  # KL(first || second) per token
+    max_kl: float = 0.0
+    top1_agreement: float = 1.0
+    perplexity_first: float = 0.0
+    perplexity_second: float = 0.0
+
+    @property
+    def within(self) -> bool:
+        """Within fp32 rounding: the logits within the tolerance, the same top-1 token."""
+        return self.max_abs <= self.tolerance and self.top1_agreement == 1.0
+
+    def report(self, first: str, second: str) -> str:
+        return (f"logits over {self.tokens} tokens ({self.windows} window(s)): max abs diff "
+                f"{self.max_abs:.3g} (tolerance {self.tolerance:.3g}), KL mean "
+                f"{self.mean_kl:.3g} max {self.max_kl:.3g}, top-1 agreement "
+                f"{self.top1_agreement:.2%}" + ("" if math.isnan(self.perplexity_first) else
+                                                f", perplexity {first} "
+                                                f"{self.perplexity_first:.4g} {second} "
+                                                f"{self.perplexity_second:.4g}"))
+
+
+@dataclass
+class Comparison:
+    """What ``compare`` found; ``verdict`` is ``identical``, ``equivalent`` or ``different``."""
+
+    a: str
+    b: str
+    config_differences: dict[str, tuple[object, object]] = field(default_factory=dict)
+    config_names: dict[str, tuple[str, str]] = field(default_factory=dict)  # in each format
+    identical_tensors: int = 0
+    different_tensors: list[TensorDifference] = field(default_factory=list)
+    only_in_a: list[str] = field(default_factory=list)
+    only_in_b: list[str] = field(default_factory=list)
+    logits: LogitFigures | None = None  # None: shapes too different to run both on one text
+
+    @property
+    def verdict(self) -> str:
+        """``identical``: every tensor bit-equal and the configs the same but for training-only
+        values (dropout); ``equivalent``: logits within fp32 rounding; else ``different``."""
+        computing = [key for key in self.config_differences if key not in TRAINING_ONLY]
+        if (not computing and not self.different_tensors and not self.only_in_a
+                and not self.only_in_b):
+            return "identical"
+        if self.logits is not None and self.logits.within:
+            return "equivalent"
+        return "different"
+
+    def largest(self) -> list[TensorDifference]:
+        return sorted(self.different_tensors, key=lambda d: -d.max_abs)[:LARGEST]
+
+    def report(self) -> str:
+        lines = [f"A: {self.a}", f"B: {self.b}"]
+        if self.config_differences:
+            lines.append("config differs:")
+            for key, (left, right) in self.config_differences.items():
+                names = self.config_names.get(key)
+                said = f" (A's {names[0]}, B's {names[1]})" if names else ""
+                lines.append(f"  {key}: {left!r} vs {right!r}{said}")
+        shared = self.identical_tensors + len(self.different_tensors)
+        lines.append(f"tensors: {self.identical_tensors} of {shared} shared bit-identical, "
+                     f"{len(self.different_tensors)} differ")
+        for each in self.largest():
+            lines.append(f"  {each.name} (A: {each.theirs[0]}, B: {each.theirs[1]}): max abs "
+                         f"{each.max_abs:.3g}, max relative {each.max_relative:.3g}")
+        for side, names in (("A", self.only_in_a), ("B", self.only_in_b)):
+            if names:
+                lines.append(f"  only in {side}: {', '.join(names)}")
+        if self.logits is not None:
+            lines.append(self.logits.report("A", "B"))
+        lines.append(self.verdict)
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "verdict": self.verdict}, default=str)
+
+
+def compare(a: str | Path, b: str | Path, text: str | None = None) -> Comparison:
+    """Compare two checkpoints (presets, Hub ids, folders, files; any formats and dtypes):
+    configs, tensors under the model's names, and logits over ``text`` (default: a short text
+    shipped with gpt2port), in windows of the context length."""
+    found = []
+    for name in (a, b):
+        checkpoint = open_checkpoint(resolve(name))
+        found.append((checkpoint, model_from_checkpoint(checkpoint, dtype=torch.float32)))
+    (left, model_a), (right, model_b) = found
+    result = Comparison(str(a), str(b))
+    _compare_configs(result, left, right, model_a.config, model_b.config)
+    _compare_tensors(result, left, right, model_a, model_b)
+    if _same_shape(model_a, model_b):
+        context = min(model_a.config["context_length"], model_b.config["context_length"])
+        vocabulary = min(model_a.config["vocab_size"], model_b.config["vocab_size"])
+        result.logits = logit_figures(_logits_of(model_a), _logits_of(model_b),
+                                      token_ids(text, vocabulary), context, vocabulary)
+    return result
+
+
+def _compare_configs(result: Comparison, left: Checkpoint, right: Checkpoint, config_a: dict,
+                     config_b: dict) -> None:
+    names_a, names_b = left.format.config_table.names(), right.format.config_table.names()
+    for key in sorted(set(config_a) | set(config_b)):
+        if config_a.get(key) != config_b.get(key):
+            result.config_differences[key] = (config_a.get(key), config_b.get(key))
+            if key in names_a or key in names_b:
+                result.config_names[key] = (names_a.get(key, "(none)"), names_b.get(key, "(none)"))
+
+
+def _source_names(checkpoint: Checkpoint) -> dict[str, str]:
+    """Model tensor name -> the checkpoint's own name for it."""
+    names = {}
+    for rule in checkpoint.table.expand(checkpoint.config["number_of_layers"]):
+        for target in rule.target:
+            names[target] = rule.source[0]
+    return names
+
+
+def _compare_tensors(result: Comparison, left: Checkpoint, right: Checkpoint, model_a: GPTModel,
+                     model_b: GPTModel) -> None:
+    state_a, state_b = _untied_state(model_a), _untied_state(model_b)
+    theirs_a, theirs_b = _source_names(left), _source_names(right)
+    result.only_in_a = sorted(set(state_a) - set(state_b))
+    result.only_in_b = sorted(set(state_b) - set(state_a))
+    for name in (name for name in state_a if name in state_b):
+        one, other = state_a[name].float(), state_b[name].float()
+        if one.shape != other.shape:
+            result.only_in_a.append(f"{name} {list(one.shape)}")
+            result.only_in_b.append(f"{name} {list(other.shape)}")
+        elif torch.equal(one, other):
+            result.identical_tensors += 1
+        else:
+            difference = (one - other).abs()
+            relative = difference / one.abs().clamp_min(torch.finfo(torch.float32).tiny)
+            result.different_tensors.append(TensorDifference(
+                name, (theirs_a.get(name, name), theirs_b.get(name, name)),
+                float(difference.max()), float(relative.max())))
+
+
+def _untied_state(model: GPTModel) -> dict[str, torch.Tensor]:
+    """The model's tensors; a tied head is the embedding, not a tensor of its own."""
+    state = dict(model.state_dict())
+    if model.config["tie_output_head"]:
+        del state["output_head.weight"]
+    return state
+
+
+def _same_shape(model_a: GPTModel, model_b: GPTModel) -> bool:
+    keys = ("embedding_dimension", "number_of_layers", "number_of_heads", "output_size")
+    return all(model_a.config[key] == model_b.config[key] for key in keys)
+
+
+def token_ids(text: str | None, vocabulary: int) -> list[int]:
+    """``text`` (default: the shipped sample) as GPT-2's tokenizer encodes it, folded into the
+    smaller vocabulary of test models."""
+    from .tokenizer import load_tokenizer
+
+    text = SAMPLE_TEXT.read_text(encoding="utf-8") if text is None else text
+    return [token % vocabulary for token in load_tokenizer().encode(text)]
+
+
+def _logits_of(model: GPTModel):
+    def logits(window: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(torch.tensor([window]))[0].float()
+    return logits
+
+
+def logit_figures(first, second, ids: list[int], context: int, vocabulary: int
+                  ) -> LogitFigures:
+    """The figures of two logit functions (ids -> [T, V]) over ``ids`` in windows of
+    ``context`` tokens, each position scored on the next id."""
+    windows = [ids[start:start + context] for start in range(0, max(len(ids) - 1, 1), context)]
+    figures, kl_sum, agree = LogitFigures(windows=len(windows)), 0.0, 0
+    nll = [0.0, 0.0]
+    largest = 1.0
+    with progress("compare logits", len(windows)) as bar:
+        for start, window in zip(range(0, len(ids), context), windows, strict=False):
+            one = torch.as_tensor(first(window))[:, :vocabulary].float()
+            other = torch.as_tensor(second(window))[:, :vocabulary].float()
+            figures.max_abs = max(figures.max_abs, float((one - other).abs().max()))
+            largest = max(largest, float(one.abs().max()))
+            log_one, log_other = one.log_softmax(-1), other.log_softmax(-1)
+            kl = (log_one.exp() * (log_one - log_other)).sum(-1).clamp_min(0)
+            kl_sum += float(kl.sum())
+            figures.max_kl = max(figures.max_kl, float(kl.max()))
+            agree += int((one.argmax(-1) == other.argmax(-1)).sum())
+            figures.tokens += len(window)
+            targets = torch.tensor(ids[start + 1:start + len(window) + 1])
+            rows = torch.arange(len(targets))
+            if len(targets) and int(targets.max()) < one.shape[-1]:  # not a classifier's scores
+                nll[0] -= float(log_one[rows, targets].sum())
+                nll[1] -= float(log_other[rows, targets].sum())
+            else:
+                nll = [math.nan, math.nan]
+            bar.update()
+    scored = max(len(ids) - 1, 1)
+    figures.mean_kl = kl_sum / max(figures.tokens, 1)
+    figures.top1_agreement = agree / max(figures.tokens, 1)
+    figures.perplexity_first = math.exp(nll[0] / scored)
+    figures.perplexity_second = math.exp(nll[1] / scored)
+    figures.tolerance = RELATIVE_TOLERANCE * largest
+    return figures
