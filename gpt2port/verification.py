@@ -162,7 +162,8 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
             bar.update()
     name = (f"transformers {CLASSIFIER if classifier else LM_HEAD}"
             if reference == "transformers"
-            else "gpt2port.reference (NumPy, the checkpoint's own tensors)")
+            else f"gpt2port.reference (NumPy, the checkpoint's own tensors, read by "
+                 f"{source_format.reference_reads_with})")
     result = Verification(
         reference=name,
         max_abs_diff=float(np.abs(ours - expected).max()),

@@ -80,3 +80,45 @@ def test_assert_equivalent_passes_for_an_export_and_verify_text_passes(source, t
                           str(tmp_path / "text.txt"), "--reference", "numpy"],
                          capture_output=True, text=True, check=False)
     assert run.returncode == 0 and "window(s)" in run.stdout, run.stdout + run.stderr
+
+
+def test_a_bug_planted_in_the_loaders_gguf_reader_is_caught_by_verify(source, tmp_path,
+                                                                       monkeypatch):
+    """The reference reads GGUF from its specification, not through the gguf package."""
+    pytest.importorskip("gguf")
+    from gpt2port import load_pretrained
+    from gpt2port.formats import gguf
+    from gpt2port.verification import verify
+
+    exported = quietly(source, tmp_path / "model.gguf", to="gguf")
+    assert verify(load_pretrained(exported), exported).passed
+    real = gguf._tensors
+
+    def planted(*args):  # a reader that transposes a square weight (a layout bug)
+        tensors = real(*args)
+        tensors["blk.1.attn_output.weight"] = tensors["blk.1.attn_output.weight"].T.copy()
+        return tensors
+
+    monkeypatch.setattr(gguf, "_tensors", planted)
+    assert not verify(load_pretrained(exported), exported).passed
+
+
+def test_a_bug_planted_in_the_loaders_tensor_bundle_reader_is_caught_by_verify(
+        source, tmp_path, monkeypatch):
+    """The reference reads OpenAI's checkpoint with TensorFlow, not the loader's reader."""
+    pytest.importorskip("tensorflow", reason="TensorFlow is the OpenAI reference (a test extra)")
+    from gpt2port import load_pretrained
+    from gpt2port.formats import openai
+    from gpt2port.verification import verify
+
+    exported = quietly(source, tmp_path / "openai", to="openai")
+    real = openai.read_bundle
+
+    def planted(prefix):  # a reader that scales one weight by 1.01
+        tensors = dict(real(prefix))
+        tensors["model/h1/mlp/c_fc/w"] = tensors["model/h1/mlp/c_fc/w"] * 1.01
+        return tensors
+
+    monkeypatch.setattr(openai, "read_bundle", planted)
+    result = verify(load_pretrained(exported), exported)
+    assert "TensorFlow" in result.reference and not result.passed

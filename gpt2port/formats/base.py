@@ -238,6 +238,8 @@ class Format:
     file_suffix: str | None = None  # a destination ending so is written as one file
     config_hint: str | None = None  # the hint for a config that cannot work
     converts_dtype = True  # False: write_raw gets the model's own tensors and encodes --dtype
+    # what the NumPy reference reads the files with (none of it the loader's reader)
+    reference_reads_with = "the safetensors library or torch.load"
     # what the output head may be besides a language-model head without bias
     holds_classifier = False  # fewer rows than the vocabulary (output_size)
     holds_output_bias = False

@@ -175,6 +175,8 @@ def _read(path: Path, read):
 class Gguf(Format):
     name = "gguf"
     name_table = TABLE
+    reference_reads_with = ("gpt2port.gguf_file: the GGUF specification in NumPy, not the gguf "
+                            "package")
     head = "separate"
     title = "GGUF for llama.cpp, arch `gpt2`"
     summary = ("one `.gguf` file (or a folder holding `model.gguf`) with the tokenizer inside "
@@ -260,23 +262,25 @@ class Gguf(Format):
         writer.close()
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
-        """llama.cpp's names back to GPT-2's, written out by hand; [out, in] -> [in, out]."""
+        """The file read from the GGUF specification with NumPy (``gguf_file``: no code shared
+        with the gguf package the loader uses), llama.cpp's names back to GPT-2's by hand;
+        [out, in] -> [in, out]."""
+        from .. import gguf_file
+
         path = path / FILENAME if path.is_dir() else path
         names = {"token_embd": "wte", "position_embd": "wpe", "output_norm": "ln_f",
                  "output": "lm_head", "attn_norm": "ln_1", "ffn_norm": "ln_2",
                  "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
                  "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
-
-        def read(gguf, reader):
-            arrays = {}
-            for name, array in _tensors(gguf, reader).items():
-                block, base, kind = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.(\w+)", name).groups()
-                theirs = f"h.{block}.{names[base]}" if block else names[base]
-                if array.ndim == 2 and base not in ("token_embd", "position_embd", "output"):
-                    array = array.T
-                arrays[f"{theirs}.{kind}"] = array.astype(np.float32)
-            fields = _config(_fields(gguf, reader, path), path)
-            return arrays, CONFIG_TABLE.to_model(fields, origin=str(path), extra={
-                "vocab_size": arrays["wte.weight"].shape[0], "tie_output_head": False})
-
-        return _read(path, read)
+        metadata, tensors, _ = gguf_file.read(path)
+        arrays = {}
+        for name, array in tensors.items():
+            block, base, kind = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.(\w+)", name).groups()
+            theirs = f"h.{block}.{names[base]}" if block else names[base]
+            if array.ndim == 2 and base not in ("token_embd", "position_embd", "output"):
+                array = array.T
+            arrays[f"{theirs}.{kind}"] = array
+        values = {key.theirs: metadata[key.theirs] for key in CONFIG_TABLE.keys
+                  if key.theirs in metadata}
+        return arrays, CONFIG_TABLE.to_model(values, origin=str(path), extra={
+            "vocab_size": arrays["wte.weight"].shape[0], "tie_output_head": False})

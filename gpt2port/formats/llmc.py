@@ -200,6 +200,7 @@ def read_tokenizer(path: Path) -> Vocabulary:
 class LlmC(Format):
     name = "llmc"
     name_table = TABLE
+    reference_reads_with = "NumPy on the raw bytes"
     config_table = CONFIG_TABLE
     title = "llm.c's model file"
     summary = f"`{FILENAME}` (header + stacked tensors) and `{TOKENIZER_FILENAME}`"

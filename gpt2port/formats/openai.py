@@ -6,13 +6,18 @@ is the token embedding (there is no separate tensor). Read and written by ``tens
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, unreadable
+from ..errors import CheckpointError, VerificationError, unreadable
 from ..readers import read_json
 from ..tensor_bundle import read_bundle, write_bundle
 from ..tokenizer import FILE_NAMES, write_bpe
@@ -128,6 +133,48 @@ def _step(prefix: Path) -> tuple[int, str]:
     return (int(number[1]) if number else -1, prefix.name)
 
 
+# TensorFlow's own reading of a checkpoint, in a child process (its threads, logs and flags stay
+# there): every variable as float32, into an .npz
+TENSORFLOW_READER = r"""
+import sys, numpy
+import tensorflow as tf
+reader = tf.train.load_checkpoint(sys.argv[1])
+names = sorted(reader.get_variable_to_shape_map())
+numpy.savez(sys.argv[2], **{f"t{i}": reader.get_tensor(n).astype("float32")
+                            for i, n in enumerate(names)})
+print("\n".join(names))
+"""
+
+
+def tensorflow_installed() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def bundle_arrays(prefix: Path) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors as float32 arrays: read by TensorFlow where it is installed
+    (sharing no code with the loader's ``tensor_bundle``), else by ``tensor_bundle``.
+
+    Raises:
+        VerificationError: when TensorFlow cannot read the checkpoint.
+    """
+    if not tensorflow_installed():
+        return {name: tensor.float().numpy() for name, tensor in read_bundle(prefix).items()}
+    with tempfile.TemporaryDirectory() as work:
+        output = Path(work) / "tensors.npz"
+        done = subprocess.run([sys.executable, "-c", TENSORFLOW_READER, str(prefix), str(output)],
+                              capture_output=True, text=True, check=False,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        if done.returncode != 0 or not output.is_file():
+            said = (done.stderr.strip().splitlines() or ["it printed nothing"])[-1]
+            raise VerificationError(f"{prefix}: TensorFlow could not read the checkpoint "
+                                    f"({said})", hint="check the files (or the TensorFlow "
+                                    "install); gpt2port verify reads them without TensorFlow "
+                                    "once it is uninstalled")
+        names = done.stdout.split()
+        with np.load(output) as found:
+            return {name: found[f"t{i}"] for i, name in enumerate(names)}
+
+
 class OpenAI(Format):
     name = "openai"
     name_table = TABLE
@@ -175,15 +222,21 @@ class OpenAI(Format):
         write_bpe({token: i for i, token in enumerate(vocabulary.tokens)},
                   list(vocabulary.merges), folder, TOKENIZER_FILES)
 
+    @property
+    def reference_reads_with(self) -> str:
+        return ("TensorFlow (tf.train.load_checkpoint, in a child process)"
+                if tensorflow_installed() else
+                "gpt2port's tensor-bundle reader, the loader's own: TensorFlow is not installed")
+
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
-        """``model/h0/ln_1/g`` [1, D]... as ``h.0.ln_1.weight`` [D], as picoGPT reads them."""
+        """``model/h0/ln_1/g`` [1, D]... as ``h.0.ln_1.weight`` [D], as picoGPT reads them; the
+        tensors read by TensorFlow where it is installed (``bundle_arrays``)."""
         prefix = bundle_prefix(Path(path))
         arrays = {}
-        for name, tensor in read_bundle(prefix).items():
+        for name, array in bundle_arrays(prefix).items():
             name = re.sub(r"^h(\d+)/", r"h.\1/", name.removeprefix("model/"))  # h.0/ln_1/g
             name = re.sub(r"/[wg]$", "/weight", re.sub(r"/b$", "/bias", name)).replace("/", ".")
             name = name if name.endswith(("weight", "bias")) else f"{name}.weight"  # wte, wpe
-            array = tensor.float().numpy()
             arrays[name] = array[0] if array.ndim == 3 else array  # Conv1D's leading axis of 1
         hparams = prefix.parent / "hparams.json"
         return arrays, config_from_hparams(read_json(hparams), origin=str(hparams))
