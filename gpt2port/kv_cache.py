@@ -82,6 +82,10 @@ class StaticKVCache(KVCache):
 
     def __init__(self, model, batch_size: int, capacity: int | None = None):
         super().__init__(model, batch_size, capacity)
+        # attention reads every slot, and a masked slot still multiplies its value by 0: never
+        # left uninitialised (a NaN there made every logit NaN, seen on a busy machine)
+        self.keys.zero_()
+        self.values.zero_()
         device = self.keys.device
         self.position = torch.zeros((), dtype=torch.long, device=device)  # where a step writes
         self.key_index = torch.arange(self.capacity, device=device)  # (S,)

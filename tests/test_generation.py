@@ -251,3 +251,20 @@ def test_a_cuda_graph_gives_the_same_ids(pair):
                            generate(model, prompts, 80))
     finally:
         ours.to("cpu")
+
+
+def test_a_static_cache_never_reads_uninitialised_memory(pair, monkeypatch):
+    """Attention over the whole capacity multiplies masked slots' values by 0, and 0 x NaN is
+    NaN: whatever the allocator hands the cache, the unwritten slots must not poison a step
+    (on a busy machine reused memory made every logit NaN, and greedy picked id 0)."""
+    ours, _ = pair
+    real = torch.empty
+
+    def poisoned(*shape, **options):  # float memory as garbage as an allocator may give it
+        found = real(*shape, **options)
+        return found.fill_(float("nan")) if found.is_floating_point() else found
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+    static = generate(ours, torch.tensor([[5, 6, 7]]), 20, static_cache=True)
+    monkeypatch.undo()
+    assert static.tolist() == generate(ours, torch.tensor([[5, 6, 7]]), 20).tolist()
