@@ -211,12 +211,13 @@ def logit_figures(first, second, ids: list[int], context: int, vocabulary: int
                   ) -> LogitFigures:
     """The figures of two logit functions (ids -> [T, V]) over ``ids`` in windows of
     ``context`` tokens, each position scored on the next id."""
-    windows = [ids[start:start + context] for start in range(0, max(len(ids) - 1, 1), context)]
-    figures, kl_sum, agree = LogitFigures(windows=len(windows)), 0.0, 0
+    starts = range(0, max(len(ids) - 1, 1), context)
+    figures, kl_sum, agree = LogitFigures(windows=len(starts)), 0.0, 0
     nll = [0.0, 0.0]
     largest = 1.0
-    with progress("compare logits", len(windows)) as bar:
-        for start, window in zip(range(0, len(ids), context), windows, strict=False):
+    with progress("compare logits", len(starts)) as bar:
+        for start in starts:
+            window = ids[start:start + context]
             one = torch.as_tensor(first(window))[:, :vocabulary].float()
             other = torch.as_tensor(second(window))[:, :vocabulary].float()
             figures.max_abs = max(figures.max_abs, float((one - other).abs().max()))

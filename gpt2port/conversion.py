@@ -167,10 +167,9 @@ BYTES_PER_VALUE = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 34 / 32}  # q8_0: 32 v
 
 def output_size(model: GPTModel, dtype: str | None) -> int:
     """About how many bytes a model's tensors take in ``dtype`` (None: its own)."""
-    values = sum(tensor.numel() for tensor in {id(t): t for t in model.state_dict().values()
-                                               }.values())
-    per_value = BYTES_PER_VALUE[dtype] if dtype else model.token_embedding_table.weight.element_size()
-    return int(values * per_value)
+    values = sum(parameter.numel() for parameter in model.parameters())  # a tied head once
+    own = model.token_embedding_table.weight.element_size()
+    return int(values * (BYTES_PER_VALUE[dtype] if dtype else own))
 
 
 def logit_change(model: GPTModel, other: GPTModel) -> float:

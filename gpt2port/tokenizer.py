@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -31,13 +32,19 @@ def byte_to_character() -> dict[int, str]:
     return mapping
 
 
+@cache
+def character_to_byte() -> dict[str, int]:
+    """The byte each of GPT-2's printable stand-ins (``byte_to_character``) stands for."""
+    return {char: byte for byte, char in byte_to_character().items()}
+
+
 def mergeable_ranks(vocab: dict[str, int], merges: list[str], origin: str) -> dict[bytes, int]:
     """Token bytes -> rank from vocab.json, checked against the merge order of merges.txt.
 
     Raises:
         TokenizerError: when the two files do not describe the same tokenizer.
     """
-    to_byte = {char: byte for byte, char in byte_to_character().items()}
+    to_byte = character_to_byte()
     try:
         ranks = {bytes(to_byte[char] for char in token): rank
                  for token, rank in vocab.items() if token != END_OF_TEXT}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import CheckpointError, TokenizerError
 from .readers import read_json
-from .tokenizer import END_OF_TEXT, byte_to_character, read_bpe
+from .tokenizer import END_OF_TEXT, byte_to_character, character_to_byte, read_bpe
 
 # transformers' files beside vocab.json + merges.txt (or a tokenizer.json)
 CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
@@ -53,12 +53,8 @@ class Vocabulary:
         token = self.tokens[index]
         if index in self.added:
             return token.encode()
-        to_byte = _to_byte()
+        to_byte = character_to_byte()
         return bytes(to_byte[char] for char in token)
-
-
-def _to_byte() -> dict[str, int]:
-    return {char: byte for byte, char in byte_to_character().items()}
 
 
 def from_bpe(vocab: dict[str, int], merges: list[str], added: dict[int, tuple[str, bool]],

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..files import copy_hf_tokenizer
 from ..readers import load_pickle, read_safetensors
 from ..vocabulary import Vocabulary, read_folder, write_hf_files
-from .table import MappingTable, Transpose, from_model
+from .table import MappingTable, from_model
 
 REQUIRED = "(required)"  # a ConfigKey default: the format has no value to assume
 FLOAT_KEYS = ("dropout_rate", "layer_norm_epsilon")  # JSON may write 1 for 1.0
@@ -299,8 +299,7 @@ class Format:
         found = {}
         if self.holds_output_bias:
             found["output_bias"] = table.source_name("output_head.bias") in tensors
-        head = next((rule for rule in table.rules if rule.target == ("output_head.weight",)),
-                    None)
+        head = table.rule_for("output_head.weight")
         if self.holds_classifier and head is not None and head.source[0] in tensors:
             weight = tensors[head.source[0]]
             if weight.dim() == 2:
@@ -353,19 +352,18 @@ class Format:
         return held
 
 
-
 def _tying(table: MappingTable, tensors: dict[str, torch.Tensor]
            ) -> tuple[bool, dict[str, torch.Tensor]]:
     """Whether the head is tied, and the tensors to map (without a head that is a copy)."""
-    rule = next((rule for rule in table.rules if rule.target == ("output_head.weight",)), None)
+    rule = table.rule_for("output_head.weight")
     if rule is None or rule.source[0] not in tensors:
         return True, tensors
     head = rule.source[0]
     embedding = tensors.get(table.source_name("token_embedding_table.weight"))
-    found = tensors[head]
-    if found.dim() == 2 and isinstance(rule.transform, Transpose):
-        found = found.t()  # the head as the model holds it (TransformerLens's W_U is [D, V])
-    if embedding is None or found.shape != embedding.shape or not torch.equal(found, embedding):
+    # the head as the model holds it (TransformerLens's W_U is [D, V]): a view, no copy
+    found = rule.transform.to_model([tensors[head]])[0] if tensors[head].dim() == 2 else None
+    if embedding is None or found is None or found.shape != embedding.shape or not torch.equal(
+            found, embedding):
         return False, tensors
     return True, {name: tensor for name, tensor in tensors.items() if name != head}
 

@@ -97,7 +97,8 @@ def _vocabulary(gguf, reader, path: Path) -> Vocabulary | None:
     fields = reader.fields
     if "tokenizer.ggml.tokens" not in fields:
         return None
-    if _fields(gguf, reader, path).get("tokenizer.ggml.model") != "gpt2":
+    values = _fields(gguf, reader, path)
+    if values.get("tokenizer.ggml.model") != "gpt2":
         raise CheckpointError(f"{path}: the GGUF tokenizer is not GPT-2's BPE")
 
     def array(key: str) -> list:
@@ -113,7 +114,6 @@ def _vocabulary(gguf, reader, path: Path) -> Vocabulary | None:
              if types[i] in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)
              and tokens[i] != END_OF_TEXT}
     vocab = {tokens[i]: i for i in kept if i not in added}
-    values = _fields(gguf, reader, path)
     roles = {role: values[f"tokenizer.ggml.{key}_token_id"]
              for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"))
              if f"tokenizer.ggml.{key}_token_id" in values}

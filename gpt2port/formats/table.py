@@ -248,12 +248,16 @@ class MappingTable:
                    if (found := pattern.match(name))]
         return max(indices, default=-1) + 1
 
+    def rule_for(self, target: str) -> Rule | None:
+        """The rule that fills the single-tensor model name ``target`` from one checkpoint
+        tensor (None: no such rule)."""
+        return next((each for each in self.rules
+                     if each.target == (target,) and len(each.source) == 1), None)
+
     def source_name(self, target: str) -> str | None:
         """The checkpoint name that a single-tensor model name comes from (None: no such rule)."""
-        for each in self.rules:
-            if each.target == (target,) and len(each.source) == 1:
-                return each.source[0]
-        return None
+        rule = self.rule_for(target)
+        return None if rule is None else rule.source[0]
 
 
 def applicable_rules(table: MappingTable, config: dict) -> tuple[list[Rule], dict]:
