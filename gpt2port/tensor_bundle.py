@@ -25,6 +25,7 @@ import torch
 
 from .crc32c import crc32c, mask, unmask
 from .errors import CheckpointError, unreadable
+from .writers import tensor_bytes
 
 MAGIC = 0xDB4775248B80FB57  # LevelDB's table magic number
 FOOTER_BYTES = 48  # two block handles padded to 40 bytes, then the magic
@@ -217,12 +218,11 @@ def write_bundle(prefix: Path, tensors: Mapping[str, torch.Tensor], *,
     data = data_path(prefix)
     with open(data, "wb") as file:
         for name in sorted(tensors, key=str.encode):
-            tensor = tensors[name].detach().cpu().contiguous()
+            tensor = tensors[name].detach().cpu()
             if tensor.dtype not in DTYPE_CODES:
                 raise CheckpointError(f"tensor {name!r}: {tensor.dtype} has no TensorFlow dtype")
-            raw = tensor.view(-1).view(torch.uint8).numpy() if tensor.numel() else (
-                np.zeros(0, np.uint8))
-            file.write(raw.tobytes())
+            raw = tensor_bytes(tensor)
+            file.write(raw)
             entries.append((name.encode(), _encode_entry(
                 DTYPE_CODES[tensor.dtype], tuple(tensor.shape), offset, raw.size, crc32c(raw))))
             offset += raw.size

@@ -7,7 +7,8 @@ from checkpoints import reference_model
 
 from gpt2port import GPTModel
 from gpt2port.formats import FORMATS, huggingface
-from gpt2port.formats.table import MappingTable, from_model, to_model
+from gpt2port.formats.stream import TensorStream
+from gpt2port.formats.table import MappingTable, to_model
 from gpt2port.slots import expected_tensors
 
 
@@ -21,7 +22,7 @@ def random_model(**changes):
 
 def test_export_loads_into_transformers_with_identical_logits():
     model = random_model()
-    exported = dict(from_model(huggingface.TABLE, model.state_dict(), model.config))
+    exported = dict(TensorStream(huggingface.TABLE, model.state_dict(), model.config))
     reference = reference_model(tie_word_embeddings=False)
     body = {f"transformer.{name}": tensor for name, tensor in exported.items()
             if name != "lm_head.weight"}
@@ -36,7 +37,7 @@ def test_export_loads_into_transformers_with_identical_logits():
 def test_ours_to_huggingface_to_ours_is_exact():
     model = random_model()
     state = model.state_dict()
-    exported = dict(from_model(huggingface.TABLE, state, model.config))
+    exported = dict(TensorStream(huggingface.TABLE, state, model.config))
     back = to_model(huggingface.TABLE, exported, model.config, origin="round trip")
     assert back.keys() == state.keys()
     assert all(torch.equal(back[name], state[name]) for name in state)
@@ -47,7 +48,7 @@ def test_huggingface_to_ours_to_huggingface_is_exact():
     source = huggingface.TABLE.strip_prefix(reference.state_dict())
     model = random_model()
     ours = to_model(huggingface.TABLE, source, model.config, origin="test")
-    back = dict(from_model(huggingface.TABLE, ours, model.config))
+    back = dict(TensorStream(huggingface.TABLE, ours, model.config))
     assert back.keys() == source.keys()
     assert all(torch.equal(back[name], source[name]) for name in source)
 

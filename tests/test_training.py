@@ -8,7 +8,7 @@ from checkpoints import load_reference, write_layout
 
 from gpt2port import load_pretrained
 from gpt2port.formats.huggingface import TABLE
-from gpt2port.formats.table import from_model
+from gpt2port.formats.stream import TensorStream
 
 RELATIVE_TOLERANCE = 1e-5
 
@@ -30,7 +30,7 @@ def test_loss_and_every_gradient_equal_transformers(layout, tmp_path):
     gradients = {name: parameter.grad for name, parameter in ours.named_parameters()}
     if ours.config["tie_output_head"]:
         gradients.pop("output_head.weight", None)  # one tensor: its gradient is the table's
-    ours_as_theirs = dict(from_model(TABLE, gradients, ours.config))
+    ours_as_theirs = dict(TensorStream(TABLE, gradients, ours.config))
     expected = {name.removeprefix("transformer."): parameter.grad
                 for name, parameter in reference.named_parameters()}
     assert ours_as_theirs.keys() == expected.keys()

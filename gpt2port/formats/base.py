@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +26,8 @@ from ..errors import ConfigError
 from ..files import copy_hf_tokenizer
 from ..readers import load_pickle, read_safetensors
 from ..vocabulary import Vocabulary, read_folder, write_hf_files
-from .table import MappingTable, from_model
+from .stream import TensorStream
+from .table import MappingTable
 
 REQUIRED = "(required)"  # a ConfigKey default: the format has no value to assume
 FLOAT_KEYS = ("dropout_rate", "layer_norm_epsilon")  # JSON may write 1 for 1.0
@@ -252,13 +253,13 @@ class Format:
         """The checkpoint's tensors under their own names and its own config values."""
         raise NotImplementedError
 
-    def write_raw(self, destination: Path, tensors: Iterator[tuple[str, torch.Tensor]],
-                  config: dict, *, dtype: str | None, vocabulary: Vocabulary | None
-                  ) -> None:
+    def write_raw(self, destination: Path, tensors: TensorStream, config: dict, *,
+                  dtype: str | None, vocabulary: Vocabulary | None) -> None:
         """Write ``tensors`` (the format's names, in ``dtype`` unless the format encodes them
-        itself) and ``config`` (the model config) into the new folder ``destination``, or the
-        file ``destination`` for a format with a ``file_suffix`` (a format that keeps the
-        tokenizer inside writes ``vocabulary`` there)."""
+        itself; each made as it is asked for, so write each before asking for the next) and
+        ``config`` (the model config) into the new folder ``destination``, or the file
+        ``destination`` for a format with a ``file_suffix`` (a format that keeps the tokenizer
+        inside writes ``vocabulary`` there)."""
         raise NotImplementedError
 
     def read_vocabulary(self, path: Path) -> Vocabulary | None:
@@ -319,9 +320,16 @@ class Format:
         dtype = self.writing_dtype(dtype, model)
         if self.head == "separate":  # a tied head is written as its own tensor too
             config = {**config, "tie_output_head": False}
-        state = state_for_writing(model, dtype if self.converts_dtype else None, self.head)
-        tensors = from_model(self.table_for(config), state, config)
-        self.write_raw(Path(destination), tensors, config, dtype=dtype, vocabulary=vocabulary)
+        state = dict(model.state_dict())
+        if model.config["tie_output_head"] and self.head != "separate":
+            del state["output_head.weight"]  # a tied head is stored once, as the embedding
+        wanted = torch_dtype(dtype if self.converts_dtype else None, model)
+        tensors = TensorStream(self.table_for(config), state, config, wanted)
+        try:
+            self.write_raw(Path(destination), tensors, config, dtype=dtype,
+                           vocabulary=vocabulary)
+        finally:
+            tensors.release()
         if Path(destination).is_dir() and vocabulary is not None:
             self.write_tokenizer(vocabulary, source, Path(destination), config)
 
@@ -377,14 +385,3 @@ def torch_dtype(dtype: str | None, model) -> torch.dtype:
     if dtype is None:
         return model.token_embedding_table.weight.dtype
     return {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
-
-
-def state_for_writing(model, dtype: str | None, head: str = "either") -> dict[str, torch.Tensor]:
-    """The model's tensors in ``dtype`` (views where nothing changes), with a tied head's
-    duplicate only where the format stores the head ``"separate"``ly."""
-    wanted = torch_dtype(dtype, model)
-    state = {name: tensor.detach().to(wanted)
-             for name, tensor in model.state_dict().items()}
-    if model.config["tie_output_head"] and head != "separate":
-        del state["output_head.weight"]
-    return state

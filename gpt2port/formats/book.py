@@ -18,6 +18,7 @@ from ..config import GPT2_HEADS, is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json
 from ..vocabulary import Vocabulary
+from ..writers import placeholders, save_torch
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, holding
 from .huggingface import CONFIG_TABLE as HF_CONFIG_TABLE
 from .huggingface import check_architecture
@@ -157,11 +158,11 @@ class Book(Format):
                   vocabulary: Vocabulary | None) -> None:
         """``model.pth`` with the mask buffers (so the book's ``GPTModel.load_state_dict(...,
         strict=True)`` takes it) and ``config.json`` holding the book's config dict."""
-        tensors = {name: tensor.contiguous() for name, tensor in tensors}
-        mask = causal_mask(config["context_length"], tensors["tok_emb.weight"].dtype)
-        for index in range(config["number_of_layers"]):
-            tensors[f"trf_blocks.{index}.att.mask"] = mask
-        torch.save(tensors, destination / FILENAME)
+        held = placeholders(tensors)
+        mask = causal_mask(config["context_length"], tensors.dtype)
+        state = {**held, **{f"trf_blocks.{index}.att.mask": mask
+                            for index in range(config["number_of_layers"])}}
+        save_torch(destination / FILENAME, state, tensors, held)
         book = CONFIG_TABLE.from_model({**config, "vocab_size": config["padded_vocab_size"]})
         (destination / "config.json").write_text(json.dumps(book, indent=2))
 

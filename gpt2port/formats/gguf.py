@@ -62,12 +62,13 @@ def _gguf():
     return gguf
 
 
-def _encoding(tensor: torch.Tensor, dtype: str) -> str:
-    """How a tensor is stored for ``--dtype``: 2-D weights in it (quantized types need rows of
-    whole 32-value blocks), norms and biases in f32, as llama.cpp's converter does."""
-    if tensor.ndim == 2 and dtype == "f16":
+def _encoding(shape: tuple[int, ...], dtype: str) -> str:
+    """How a tensor of ``shape`` is stored for ``--dtype``: 2-D weights in it (quantized types
+    need rows of whole 32-value blocks), norms and biases in f32, as llama.cpp's converter
+    does."""
+    if len(shape) == 2 and dtype == "f16":
         return "float16"
-    if tensor.ndim == 2 and dtype != "f32" and tensor.shape[1] % 32 == 0:
+    if len(shape) == 2 and dtype != "f32" and shape[1] % 32 == 0:
         return "quantized"
     return "float32"
 
@@ -225,7 +226,6 @@ class Gguf(Format):
         gguf = _gguf()
         path = destination / FILENAME if destination.is_dir() else destination
         dtype = dtype or "f32"
-        tensors = dict(tensors)  # views of the model's tensors: the infos come first
         writer = gguf.GGUFWriter(str(path), "gpt2")
         writer.add_block_count(config["number_of_layers"])
         writer.add_context_length(config["context_length"])
@@ -236,19 +236,19 @@ class Gguf(Format):
         writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[dtype]))
         if vocabulary is not None:
             _add_tokenizer(writer, gguf, vocabulary, config["padded_vocab_size"])
-        # streamed: every tensor's info first, then each tensor encoded and written in turn,
-        # so at most one encoded (f16, quantized) array is in memory beside the model
+        # streamed: every tensor's info first (from the shapes), then each tensor made, encoded
+        # and written in turn
         kind = getattr(gguf.GGMLQuantizationType, TENSOR_TYPES[dtype])
-        encodings = {name: _encoding(tensor, dtype) for name, tensor in tensors.items()}
-        for name, tensor in tensors.items():
+        encodings = {name: _encoding(shape, dtype) for name, shape in tensors.shapes.items()}
+        for name, shape in tensors.shapes.items():
             stored = encodings[name]
             if stored == "quantized":
-                byte_shape = gguf.quants.quant_shape_to_byte_shape(tensor.shape, kind)
+                byte_shape = gguf.quants.quant_shape_to_byte_shape(shape, kind)
                 writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8),
                                        int(np.prod(byte_shape)), raw_dtype=kind)
             else:
-                writer.add_tensor_info(name, tensor.shape, np.dtype(stored),
-                                       tensor.numel() * np.dtype(stored).itemsize)
+                writer.add_tensor_info(name, shape, np.dtype(stored),
+                                       int(np.prod(shape)) * np.dtype(stored).itemsize)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()

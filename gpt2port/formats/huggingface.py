@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from ..config import is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json, read_weights_file
 from ..tokenizer import END_OF_TEXT_ID
 from ..vocabulary import Vocabulary
+from ..writers import write_safetensors
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -228,9 +228,8 @@ class HuggingFace(Format):
         # a classifier's body under "transformer.", as save_pretrained writes it (without the
         # prefix, from_pretrained takes the file for a bare GPT2Model and leaves score random)
         prefix = BODY_PREFIX if is_classifier(config) else ""
-        save_file({name if name == "score.weight" else prefix + name: tensor.contiguous()
-                   for name, tensor in tensors},
-                  destination / "model.safetensors", metadata={"format": "pt"})
+        write_safetensors(destination / "model.safetensors", tensors, metadata={"format": "pt"},
+                          names={name: prefix + name for name in tensors if name != "score.weight"})
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         from safetensors.torch import load_file  # the safetensors library, not our reader

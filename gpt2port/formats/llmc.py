@@ -22,6 +22,7 @@ from ..config import LARGEST_SIZE
 from ..errors import CheckpointError, ConfigError, unreadable
 from ..tokenizer import END_OF_TEXT, END_OF_TEXT_ID, byte_to_character
 from ..vocabulary import Vocabulary, from_bpe, merges_from_tokens
+from ..writers import tensor_bytes
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -247,14 +248,9 @@ class LlmC(Format):
         order = [name if name in WHOLE else f"{name}.{layer}"
                  for name, shape in tensor_shapes(config)
                  for layer in ([None] if name in WHOLE else range(shape[0]))]
-        tensors, pending = iter(tensors), {}  # pending: come before their turn (none, in order)
         with open(destination / FILENAME, "wb") as file:
             file.write(header.tobytes())
-            for name in order:
-                while name not in pending:
-                    found, tensor = next(tensors)
-                    pending[found] = tensor
-                file.write(pending.pop(name).contiguous().view(torch.uint8).numpy().tobytes())
+            file.writelines(tensor_bytes(tensors[name]) for name in order)
 
     def tokenizer_losses(self, vocabulary: Vocabulary) -> list[str]:
         special = [vocabulary.tokens[i] for i in vocabulary.extra if i in vocabulary.special]

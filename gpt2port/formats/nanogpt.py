@@ -18,6 +18,7 @@ import torch
 from ..errors import CheckpointError
 from ..readers import read_json
 from ..vocabulary import Vocabulary
+from ..writers import placeholders, save_torch
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -135,10 +136,11 @@ class NanoGPT(Format):
                   vocabulary: Vocabulary | None) -> None:
         """``ckpt.pt`` with ``model`` (``lm_head.weight`` sharing ``wte``'s storage, as
         nanoGPT saves it) and ``model_args``, for ``sample.py --init_from=resume``."""
-        tensors = {name: tensor.contiguous() for name, tensor in tensors}
-        tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
-        torch.save({"model": tensors, "model_args": CONFIG_TABLE.from_model(config),
-                    "iter_num": 0, "best_val_loss": float("inf")}, destination / FILENAME)
+        held = placeholders(tensors)
+        state = {**held, "lm_head.weight": held["transformer.wte.weight"]}
+        save_torch(destination / FILENAME, {
+            "model": state, "model_args": CONFIG_TABLE.from_model(config), "iter_num": 0,
+            "best_val_loss": float("inf")}, tensors, held)
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         """nanoGPT's names are GPT-2's with ``transformer.``; Linear [out, in] transposed."""

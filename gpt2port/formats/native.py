@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import save_file
 
 from ..config import validate_config
 from ..errors import CheckpointError, ConfigError
 from ..vocabulary import Vocabulary
+from ..writers import write_safetensors
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -64,9 +64,8 @@ class Native(Format):
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
                   vocabulary: Vocabulary | None) -> None:
         """``folder/model.safetensors``: the model's names, a tied head stored once."""
-        save_file({name: tensor.contiguous() for name, tensor in tensors},
-                  destination / FILENAME,
-                  metadata={"format": "pt", **self.config_table.from_model(config)})
+        write_safetensors(destination / FILENAME, tensors,
+                          metadata={"format": "pt", **self.config_table.from_model(config)})
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         from safetensors import safe_open  # the safetensors library, not our reader

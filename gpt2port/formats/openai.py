@@ -208,7 +208,7 @@ class OpenAI(Format):
         (destination / "hparams.json").write_text(json.dumps(hparams, indent=2))
         (destination / CHECKPOINT_STATE).write_text(f'model_checkpoint_path: "{PREFIX}"\n'
                                                 f'all_model_checkpoint_paths: "{PREFIX}"\n')
-        write_bundle(destination / PREFIX, dict(tensors))
+        write_bundle(destination / PREFIX, tensors)
 
     def tokenizer_losses(self, vocabulary: Vocabulary) -> list[str]:
         special = [vocabulary.tokens[i] for i in vocabulary.extra if i in vocabulary.special]

@@ -8,7 +8,7 @@ for the block index.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -267,14 +267,6 @@ def applicable_rules(table: MappingTable, config: dict) -> tuple[list[Rule], dic
              for each in table.expand(config["number_of_layers"])
              if all(name in expected for name in each.target)]
     return rules, expected
-
-
-def from_model(table: MappingTable, model_state: Mapping[str, torch.Tensor], config: dict
-               ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Model tensors -> the format's names and layout, one rule at a time."""
-    for each in applicable_rules(table, config)[0]:
-        outputs = each.transform.from_model([model_state[name] for name in each.target])
-        yield from zip(each.source, outputs, strict=True)
 
 
 def source_shapes(rules: list[Rule], expected: dict[str, tuple[int, ...]]

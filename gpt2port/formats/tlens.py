@@ -19,6 +19,7 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json
 from ..vocabulary import Vocabulary
+from ..writers import placeholders, save_torch
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, holding
 from .table import MappingTable
 
@@ -162,15 +163,15 @@ class TransformerLens(Format):
         """``model.pth`` with ``HookedTransformer``'s buffers and a ``b_U`` (zeros for a head
         without one), and ``config.json`` with the HookedTransformerConfig (unprocessed:
         ``normalization_type`` LN)."""
-        tensors = {name: tensor.contiguous() for name, tensor in tensors}
+        held = placeholders(tensors)
         context, rows = config["context_length"], config["padded_vocab_size"]
-        dtype_of = tensors["embed.W_E"].dtype
-        tensors.setdefault("unembed.b_U", torch.zeros(config["output_size"], dtype=dtype_of))
+        state = {**held}
+        state.setdefault("unembed.b_U", torch.zeros(config["output_size"], dtype=tensors.dtype))
         mask = torch.tril(torch.ones(context, context, dtype=torch.bool))
         for index in range(config["number_of_layers"]):
-            tensors[f"blocks.{index}.attn.mask"] = mask
-            tensors[f"blocks.{index}.attn.IGNORE"] = torch.tensor(-torch.inf)
-        torch.save(tensors, destination / FILENAME)
+            state[f"blocks.{index}.attn.mask"] = mask
+            state[f"blocks.{index}.attn.IGNORE"] = torch.tensor(-torch.inf)
+        save_torch(destination / FILENAME, state, tensors, held)
         width = config["embedding_dimension"]
         theirs = {**CONFIG_TABLE.from_model({**config, "vocab_size": rows}),
                   "d_head": width // config["number_of_heads"], "d_mlp": 4 * width,
