@@ -18,6 +18,7 @@ from .files import write_file, write_folder
 from .formats import BY_NAME, FORMATS, Format
 from .loading import model_from_checkpoint, open_checkpoint, resolve
 from .model import GPTModel
+from .pages import released_as_used
 from .progress import progress, stage
 from .skeleton import empty_model
 from .verification import prompt_for
@@ -175,7 +176,7 @@ def output_size(model: GPTModel, dtype: str | None) -> int:
 def logit_change(model: GPTModel, other: GPTModel) -> float:
     """The largest absolute logit difference of two models on the verification prompt."""
     ids = torch.tensor([prompt_for(model.config)])
-    with torch.inference_mode():
+    with torch.inference_mode(), released_as_used(model, other):
         return float((model(ids).float() - other(ids).float()).abs().max())
 
 

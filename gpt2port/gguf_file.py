@@ -10,6 +10,7 @@ are decoded here; other types through the gguf package, and ``read`` says so.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +55,9 @@ class Reader:
 
 
 def read(path: Path) -> tuple[dict, dict[str, np.ndarray], list[str]]:
-    """The metadata, every tensor as float32 in NumPy's order (the reverse of GGUF's
-    dimensions), and the names of the tensors decoded through the gguf package (types this
-    reader does not decode itself).
+    """The metadata, a maker of every tensor as float32 in NumPy's order (the reverse of GGUF's
+    dimensions), each decoded when called (quantized types this reader does not decode, through
+    the gguf package), and every tensor's shape.
 
     Raises:
         CheckpointError: for a file that is not GGUF or whose header does not fit it.
@@ -80,30 +81,35 @@ def read(path: Path) -> tuple[dict, dict[str, np.ndarray], list[str]]:
                       cursor.scalar("<u8")))
     alignment = metadata.get("general.alignment", 32)
     start = -(-cursor.at // alignment) * alignment
-    arrays, through_package = {}, []
+    arrays = {}
     for name, shape, kind, offset in infos:
         count = int(np.prod(shape))
         at = start + offset
         size = count * {F32: 4, F16: 2, BF16: 2}.get(kind, 0) or count // BLOCK * 34
         if kind in (F32, F16, BF16, Q8_0) and at + size > len(data):
             raise CheckpointError(f"{path}: tensor {name!r} runs past the end of the file")
-        if kind in (F32, F16, BF16):
-            width = 4 if kind == F32 else 2
-            raw = np.frombuffer(data[at:at + count * width], "<f4" if kind == F32 else "<u2")
-            if kind == F16:
-                raw = raw.view("<f2")
-            elif kind == BF16:  # the top 16 bits of a float32
-                raw = (raw.astype("<u4") << 16).view("<f4")
-            arrays[name] = raw.astype(np.float32).reshape(shape)
-        elif kind == Q8_0:
-            blocks = np.frombuffer(data[at:at + count // BLOCK * 34], np.uint8).reshape(-1, 34)
-            scales = blocks[:, :2].copy().view("<f2").astype(np.float32)
-            values = blocks[:, 2:].view(np.int8).astype(np.float32)
-            arrays[name] = (values * scales).reshape(shape)
+        if kind in (F32, F16, BF16, Q8_0):
+            arrays[name] = partial(_decoded, data, kind, at, count, shape)
         else:
-            arrays[name] = _through_package(path, name)
-            through_package.append(name)
-    return metadata, arrays, through_package
+            arrays[name] = partial(_through_package, path, name)
+    return metadata, arrays, {name: shape for name, shape, _, _ in infos}
+
+
+def _decoded(data: memoryview, kind: int, at: int, count: int, shape: tuple[int, ...]
+             ) -> np.ndarray:
+    """One tensor of a type this reader decodes, as float32 (a view of the file for F32)."""
+    if kind in (F32, F16, BF16):
+        width = 4 if kind == F32 else 2
+        raw = np.frombuffer(data[at:at + count * width], "<f4" if kind == F32 else "<u2")
+        if kind == F16:
+            raw = raw.view("<f2")
+        elif kind == BF16:  # the top 16 bits of a float32
+            raw = (raw.astype("<u4") << 16).view("<f4")
+        return raw.astype(np.float32, copy=False).reshape(shape)
+    blocks = np.frombuffer(data[at:at + count // BLOCK * 34], np.uint8).reshape(-1, 34)
+    scales = blocks[:, :2].copy().view("<f2").astype(np.float32)
+    values = blocks[:, 2:].view(np.int8).astype(np.float32)
+    return (values * scales).reshape(shape)
 
 
 def _through_package(path: Path, name: str) -> np.ndarray:

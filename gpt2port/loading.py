@@ -15,6 +15,7 @@ from .errors import CheckpointError, ConfigError, MappingError, NetworkError
 from .formats import Checkpoint
 from .formats.table import MappingTable, to_model
 from .model import GPTModel
+from .pages import MappedFiles
 from .skeleton import empty_model
 
 REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
@@ -47,11 +48,14 @@ def _refuse_non_finite(origin: str, tensors: dict[str, torch.Tensor], table: Map
     One float32 sum per tensor (~30 ms for 124M weights) finds them: NaN and infinity survive a
     sum; only a sum that overflows from finite values needs the exact, slower check.
     """
-    problems = []
+    problems, mapped = [], MappedFiles.now()
     for name, tensor in tensors.items():
         if table.is_ignored(name) or not tensor.is_floating_point():
             continue
-        if torch.isfinite(tensor.sum(dtype=torch.float32)) or bool(torch.isfinite(tensor).all()):
+        finite = torch.isfinite(tensor.sum(dtype=torch.float32)) or bool(
+            torch.isfinite(tensor).all())
+        mapped.release(tensor)  # read again when used: the check holds no file in memory
+        if finite:
             continue
         nan, infinite = int(tensor.isnan().sum()), int(tensor.isinf().sum())
         problems.append(f"{name!r} holds {nan} NaN and {infinite} infinite value(s)")
@@ -80,7 +84,7 @@ def _placed_state(state: dict[str, torch.Tensor], device: torch.device | str,
                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Every tensor placed; each block's query, key and value tensors stay (or become) views of
     one tensor, so that decoding runs them as one product (``decoding.packed_projection``)."""
-    placed = {}
+    placed, mapped = {}, MappedFiles.now()
     for names in _projection_groups(state):
         parts = tuple(state[name] for name in names)
         together = stacked_rows(parts)
@@ -89,8 +93,14 @@ def _placed_state(state: dict[str, torch.Tensor], device: torch.device | str,
         together = torch.cat(parts) if together is None else together
         placed.update(zip(names, _placed(together, device, dtype).split(parts[0].shape[0]),
                           strict=True))
-    return {name: placed[name] if name in placed else _placed(tensor, device, dtype)
-            for name, tensor in state.items()}
+        if not _is_placed(together, device, dtype):
+            mapped.release(*parts)  # converted: the file's pages are not needed again
+    for name, tensor in state.items():
+        if name not in placed:
+            placed[name] = _placed(tensor, device, dtype)
+            if placed[name] is not tensor:
+                mapped.release(tensor)
+    return {name: placed[name] for name in state}
 
 
 def _projection_groups(state: dict[str, torch.Tensor]) -> list[tuple[str, ...]]:

@@ -14,7 +14,10 @@ import bisect
 import ctypes
 import mmap
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 PAGE = mmap.PAGESIZE
@@ -45,26 +48,55 @@ class MappedFiles:
                 regions.append(current)  # a file mapping with no page written to
         return cls(regions)
 
-    def release(self, *tensors: torch.Tensor) -> None:
-        """Drop the pages lying wholly under each tensor, where they are a file's."""
+    def holds(self, tensor: torch.Tensor | np.ndarray) -> bool:
+        """Whether the tensor (or array) lies in one of these file mappings."""
+        start, end = _extent(tensor)
+        index = bisect.bisect_right(self._starts, start) - 1
+        return index >= 0 and start < end <= self.regions[index][1]
+
+    def release(self, *tensors: torch.Tensor | np.ndarray) -> None:
+        """Drop the pages lying wholly under each tensor (or array), where they are a file's."""
         for tensor in tensors:
-            start, end = _extent(tensor)
-            index = bisect.bisect_right(self._starts, start) - 1
-            if index < 0 or end > self.regions[index][1] or start >= end:
-                continue
-            first, last = -(-start // PAGE) * PAGE, end // PAGE * PAGE
-            if last > first:
-                _madvise(first, last - first)
+            if self.holds(tensor):
+                start, end = _extent(tensor)
+                first, last = -(-start // PAGE) * PAGE, end // PAGE * PAGE
+                if last > first:
+                    _madvise(first, last - first)
 
 
-def _extent(tensor: torch.Tensor) -> tuple[int, int]:
-    """The addresses [start, end) a tensor's elements span."""
-    if tensor.numel() == 0 or tensor.device.type != "cpu" or any(s < 0 for s in tensor.stride()):
+@contextmanager
+def released_as_used(*models: torch.nn.Module) -> Iterator[None]:
+    """While the models run, each module's own parameters' file pages are handed back once the
+    module has run: a forward pass holds about one block of a memory-mapped model."""
+    mapped = MappedFiles.now()
+
+    def release(module, inputs, output) -> None:
+        mapped.release(*module.parameters(recurse=False))
+
+    handles = [module.register_forward_hook(release)
+               for model in models for module in model.modules()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _extent(tensor: torch.Tensor | np.ndarray) -> tuple[int, int]:
+    """The addresses [start, end) a tensor's (or array's) elements span."""
+    if isinstance(tensor, np.ndarray):
+        start, width, size = tensor.__array_interface__["data"][0], tensor.itemsize, tensor.size
+        strides = tensor.strides
+    else:
+        if tensor.device.type != "cpu":
+            return 0, 0
+        start, width, size = tensor.data_ptr(), tensor.element_size(), tensor.numel()
+        strides = [stride * width for stride in tensor.stride()]
+    if size == 0 or any(stride < 0 for stride in strides):
         return 0, 0
-    span = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(),
-                                                            strict=True)) + 1
-    start = tensor.data_ptr()
-    return start, start + span * tensor.element_size()
+    span = sum((length - 1) * stride for length, stride in zip(tensor.shape, strides,
+                                                                strict=True))
+    return start, start + span + width
 
 
 def _madvise(address: int, length: int) -> None:

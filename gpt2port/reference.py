@@ -10,9 +10,38 @@ them. In the spirit of picoGPT: one line per step, shapes in comments.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
+
+from .pages import MappedFiles
+
+
+class Arrays(Mapping):
+    """A checkpoint's tensors for the pass, under GPT-2's names, each made when looked up and
+    not kept (the pass holds about one block): ``makers`` give each as float32, and one that is
+    a view of a mapped file is copied and its pages handed back."""
+
+    def __init__(self, makers: Mapping[str, Callable[[], np.ndarray]]):
+        self._makers, self._mapped = dict(makers), MappedFiles.now()
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        array = np.asarray(self._makers[name](), dtype=np.float32)
+        if not self._mapped.holds(array):
+            return array
+        copy = array.copy()
+        self._mapped.release(array)
+        return copy
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._makers
+
+    def __iter__(self):
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
 
 
 def gelu(x):  # GPT-2's tanh approximation
@@ -45,7 +74,7 @@ def attention(x, params, prefix, heads):  # [T, D] -> [T, D]
     return context @ params[f"{prefix}.c_proj.weight"] + params.get(f"{prefix}.c_proj.bias", 0)
 
 
-def forward(params: dict[str, np.ndarray], config: dict, ids: list[int]) -> np.ndarray:
+def forward(params: Mapping[str, np.ndarray], config: dict, ids: list[int]) -> np.ndarray:
     """Logits [T, V] for one sequence of token ids; a missing bias counts as zero."""
     epsilon, heads = config["layer_norm_epsilon"], config["number_of_heads"]
     activation = exact_gelu if config["gelu_approximation"] == "none" else gelu
@@ -61,7 +90,7 @@ def forward(params: dict[str, np.ndarray], config: dict, ids: list[int]) -> np.n
                             + params.get(f"{h}.mlp.c_fc.bias", 0))  # [T, 4D]
         x = x + hidden @ params[f"{h}.mlp.c_proj.weight"] + params.get(f"{h}.mlp.c_proj.bias", 0)
     x = layer_norm(x, params["ln_f.weight"], params.get("ln_f.bias", 0), epsilon)  # [T, D]
-    head = params.get("lm_head.weight", params["wte.weight"])  # [V, D], or a classifier's [C, D]
+    head = params["lm_head.weight" if "lm_head.weight" in params else "wte.weight"]  # [V|C, D]
     return x @ head.T + params.get("lm_head.bias", 0)  # [T, V]
 
 

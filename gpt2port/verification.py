@@ -16,6 +16,7 @@ from .errors import ConfigError, VerificationError
 from .formats import Format
 from .generation import generate
 from .model import GPTModel
+from .pages import MappedFiles, released_as_used
 from .progress import progress, stage
 
 # "The dog was found in a field near the town of": the fixed prompt every check runs.
@@ -139,27 +140,30 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
     reference = choose_reference(reference, folder, source_format)
     ids = prompt_for(model.config)
     device = next(model.parameters()).device
+    # one model in memory at a time: ours runs first, handing its file's pages back as it goes
+    # (a memory-mapped model reads them again when next used), then the reference
     with progress("verify", 3 if known_greedy is not None else 2) as bar:
-        stage(bar, f"{reference} reference")
-        classifier = is_classifier(model.config)
-        if reference == "transformers":
-            expected = transformers_logits(Path(folder), ids,
-                                           kind=CLASSIFIER if classifier else LM_HEAD)
-        else:
-            expected = reference_logits(Path(folder), ids, source_format=source_format)
-        bar.update()
         stage(bar, "our logits")
-        with torch.inference_mode():
+        classifier = is_classifier(model.config)
+        with torch.inference_mode(), released_as_used(model):
             ours = model(torch.tensor([ids], device=device))[0].float().cpu().numpy()
-        if classifier:  # the last token's scores classify the text
-            ours, expected = ours[-1:], expected.reshape(-1, ours.shape[-1])[-1:]
         bar.update()
         if known_greedy is not None:
             stage(bar, "greedy answer")
             prompt, answer = known_greedy
             found = generate(model, torch.tensor([list(prompt)], device=device),
                              len(answer) - len(prompt))[0].tolist()
+            MappedFiles.now().release(*model.parameters())
             bar.update()
+        stage(bar, f"{reference} reference")
+        if reference == "transformers":
+            expected = transformers_logits(Path(folder), ids,
+                                           kind=CLASSIFIER if classifier else LM_HEAD)
+        else:
+            expected = reference_logits(Path(folder), ids, source_format=source_format)
+        if classifier:  # the last token's scores classify the text
+            ours, expected = ours[-1:], expected.reshape(-1, ours.shape[-1])[-1:]
+        bar.update()
     name = (f"transformers {CLASSIFIER if classifier else LM_HEAD}"
             if reference == "transformers"
             else f"gpt2port.reference (NumPy, the checkpoint's own tensors, read by "
@@ -190,7 +194,7 @@ def _over_text(model: GPTModel, folder: Path, reference: str, source_format: For
     device = next(model.parameters()).device
 
     def ours(window: list[int]) -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), released_as_used(model):
             return model(torch.tensor([window], device=device))[0].float().cpu()
 
     if reference == "transformers":

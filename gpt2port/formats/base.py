@@ -385,3 +385,34 @@ def torch_dtype(dtype: str | None, model) -> torch.dtype:
     if dtype is None:
         return model.token_embedding_table.weight.dtype
     return {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+# --- what the NumPy reference reads with: the projects' own readers, each tensor when needed --
+
+
+def torch_loaded(path: Path) -> object:
+    """What a ``torch.save`` file holds, by ``torch.load`` itself (``weights_only``; memory-mapped
+    where the file allows, so a tensor is read when used)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (not zip) file cannot be mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def later(tensor: torch.Tensor):
+    """The tensor as a float32 array, made when called (``reference.Arrays``' makers)."""
+    return lambda: tensor.float().numpy()
+
+
+def safetensors_later(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """Makers of each tensor of a safetensors file, read by the safetensors library when called
+    (the file opened for that tensor alone), and the tensors' shapes."""
+    from safetensors import safe_open  # the safetensors library, not our reader
+
+    def read(name: str) -> np.ndarray:
+        with safe_open(path, "pt") as file:
+            return file.get_tensor(name).float().numpy()
+
+    with safe_open(path, "pt") as file:
+        shapes = {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}  # noqa: SIM118 - safe_open is not iterable
+    return {name: (lambda name=name: read(name)) for name in shapes}, shapes

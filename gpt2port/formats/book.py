@@ -11,15 +11,15 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import GPT2_HEADS, is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json
+from ..reference import Arrays
 from ..vocabulary import Vocabulary
 from ..writers import placeholders, save_torch
-from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, holding
+from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, holding, later, torch_loaded
 from .huggingface import CONFIG_TABLE as HF_CONFIG_TABLE
 from .huggingface import check_architecture
 from .native import to_conv1d_names
@@ -166,10 +166,10 @@ class Book(Format):
         book = CONFIG_TABLE.from_model({**config, "vocab_size": config["padded_vocab_size"]})
         (destination / "config.json").write_text(json.dumps(book, indent=2))
 
-    def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    def reference_tensors(self, path: Path) -> tuple[Arrays, dict]:
         """The book's names -> the model's by hand-written patterns, then GPT-2's."""
         weights = self.weights_file(Candidate(path))
-        state = torch.load(weights.path, map_location="cpu", weights_only=True)
+        state = torch_loaded(weights.path)
         state = state.get(WRAPPER, state)
         patterns = [(r"^tok_emb\.", "token_embedding_table."),
                     (r"^pos_emb\.", "position_embedding_table."),
@@ -186,9 +186,9 @@ class Book(Format):
                 continue
             for pattern, replacement in patterns:
                 name = re.sub(pattern, replacement, name)
-            ours[name] = tensor.float().numpy()
+            ours[name] = later(tensor)
         values, origin, config_table = read_config(weights.path.parent, state, str(weights.path))
         config = config_table.to_model(values, origin=origin, extra={
             "tie_output_head": False, "output_size": state["out_head.weight"].shape[0],
             "output_bias": "out_head.bias" in state})
-        return to_conv1d_names(ours, config), config
+        return to_conv1d_names(Arrays(ours), config), config

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..reference import Arrays
 from ..tokenizer import END_OF_TEXT
 from ..vocabulary import Vocabulary, from_bpe
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
@@ -150,14 +151,15 @@ def _config(fields: dict, path: Path) -> dict:
 
 
 def _tensors(gguf, reader) -> dict[str, np.ndarray]:
-    """Every tensor as a NumPy array (dequantized to f32 where quantized)."""
+    """Every tensor as a NumPy array: a view of the (copy-on-write) mapped file, or dequantized
+    to f32 where quantized."""
     tensors = {}
     for tensor in reader.tensors:
         data = tensor.data
         if tensor.tensor_type not in (gguf.GGMLQuantizationType.F32,
                                       gguf.GGMLQuantizationType.F16):
             data = gguf.quants.dequantize(data, tensor.tensor_type)
-        tensors[tensor.name] = np.array(data)
+        tensors[tensor.name] = np.asarray(data)
     return tensors
 
 
@@ -165,7 +167,7 @@ def _read(path: Path, read):
     """Run ``read(gguf, reader)``, turning the gguf package's errors into ours."""
     gguf = _gguf()
     try:
-        return read(gguf, gguf.GGUFReader(str(path)))
+        return read(gguf, gguf.GGUFReader(str(path), "c"))  # writable views: no copy
     except CheckpointError:
         raise
     except Exception as error:  # noqa: BLE001 - the gguf package's parser raises many types on damaged files
@@ -261,7 +263,7 @@ class Gguf(Format):
             writer.write_tensor_data(array)
         writer.close()
 
-    def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    def reference_tensors(self, path: Path) -> tuple[Arrays, dict]:
         """The file read from the GGUF specification with NumPy (``gguf_file``: no code shared
         with the gguf package the loader uses), llama.cpp's names back to GPT-2's by hand;
         [out, in] -> [in, out]."""
@@ -272,15 +274,15 @@ class Gguf(Format):
                  "output": "lm_head", "attn_norm": "ln_1", "ffn_norm": "ln_2",
                  "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
                  "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
-        metadata, tensors, _ = gguf_file.read(path)
+        metadata, tensors, shapes = gguf_file.read(path)
         arrays = {}
-        for name, array in tensors.items():
+        for name, make in tensors.items():
             block, base, kind = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.(\w+)", name).groups()
             theirs = f"h.{block}.{names[base]}" if block else names[base]
-            if array.ndim == 2 and base not in ("token_embd", "position_embd", "output"):
-                array = array.T
-            arrays[f"{theirs}.{kind}"] = array
+            transposed = kind == "weight" and base not in ("token_embd", "position_embd", "output")
+            arrays[f"{theirs}.{kind}"] = (lambda make=make, transposed=transposed: make().T
+                                          if transposed else make())  # [out, in] -> [in, out]
         values = {key.theirs: metadata[key.theirs] for key in CONFIG_TABLE.keys
                   if key.theirs in metadata}
-        return arrays, CONFIG_TABLE.to_model(values, origin=str(path), extra={
-            "vocab_size": arrays["wte.weight"].shape[0], "tie_output_head": False})
+        return Arrays(arrays), CONFIG_TABLE.to_model(values, origin=str(path), extra={
+            "vocab_size": shapes["token_embd.weight"][0], "tie_output_head": False})

@@ -9,16 +9,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ..config import is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json, read_weights_file
+from ..reference import Arrays
 from ..tokenizer import END_OF_TEXT_ID
 from ..vocabulary import Vocabulary
 from ..writers import write_safetensors
-from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
+from .base import (
+    Candidate,
+    ConfigKey,
+    ConfigTable,
+    Format,
+    Raw,
+    later,
+    safetensors_later,
+    torch_loaded,
+)
 from .table import MappingTable
 
 # Weights files of a Hugging Face folder, in order of preference.
@@ -231,25 +238,31 @@ class HuggingFace(Format):
         write_safetensors(destination / "model.safetensors", tensors, metadata={"format": "pt"},
                           names={name: prefix + name for name in tensors if name != "score.weight"})
 
-    def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
-        from safetensors.torch import load_file  # the safetensors library, not our reader
-
+    def reference_tensors(self, path: Path) -> tuple[Arrays, dict]:
+        """The files read by the safetensors library (or ``torch.load``), each tensor when the
+        reference needs it."""
         weights = find_weights(path) if path.is_dir() else path
         files = [weights]
         if weights.name.endswith(".index.json"):
             weight_map = json.loads(weights.read_text())["weight_map"]
             files = [weights.parent / shard for shard in sorted(set(weight_map.values()))]
-        arrays = {}
+        makers, shapes, classifier = {}, {}, False
         for file in files:
-            tensors = load_file(file) if file.suffix == ".safetensors" else torch.load(
-                file, map_location="cpu", weights_only=True)
-            for name, tensor in tensors.items():
-                arrays[name.removeprefix("transformer.")] = tensor.float().numpy()
+            if file.suffix == ".safetensors":
+                found, found_shapes = safetensors_later(file)
+            else:
+                state = torch_loaded(file)
+                found = {name: later(tensor) for name, tensor in state.items()}
+                found_shapes = {name: tuple(tensor.shape) for name, tensor in state.items()}
+            for name, maker in found.items():
+                classifier = classifier or name == "score.weight"
+                ours = name.removeprefix("transformer.")
+                ours = "lm_head.weight" if ours == "score.weight" else ours  # [num_labels, D]
+                makers[ours], shapes[ours] = maker, found_shapes[name]
         config_path = weights.parent / "config.json"
         hf_config = read_json(config_path)
-        if "score.weight" not in arrays:
-            return arrays, config_to_model(hf_config, origin=str(config_path))
-        arrays["lm_head.weight"] = arrays.pop("score.weight")  # [num_labels, D]
+        if not classifier:
+            return Arrays(makers), config_to_model(hf_config, origin=str(config_path))
         check_architecture(hf_config, origin=str(config_path))
-        return arrays, CONFIG_TABLE.to_model(hf_config, origin=str(config_path), extra={
-            "tie_output_head": False, "output_size": arrays["lm_head.weight"].shape[0]})
+        return Arrays(makers), CONFIG_TABLE.to_model(hf_config, origin=str(config_path), extra={
+            "tie_output_head": False, "output_size": shapes["lm_head.weight"][0]})

@@ -20,6 +20,7 @@ import torch
 
 from ..config import LARGEST_SIZE
 from ..errors import CheckpointError, ConfigError, unreadable
+from ..reference import Arrays
 from ..tokenizer import END_OF_TEXT, END_OF_TEXT_ID, byte_to_character
 from ..vocabulary import Vocabulary, from_bpe, merges_from_tokens
 from ..writers import tensor_bytes
@@ -271,15 +272,23 @@ class LlmC(Format):
         found = (path if path.is_dir() else path.parent) / TOKENIZER_FILENAME
         return read_tokenizer(found) if found.is_file() else super().read_vocabulary(path)
 
-    def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
-        """The file read afresh with NumPy, llm.c's stacked names mapped to GPT-2's by hand."""
+    def reference_tensors(self, path: Path) -> tuple[Arrays, dict]:
+        """The file read afresh with NumPy (mapped, each tensor decoded when needed), llm.c's
+        stacked names mapped to GPT-2's by hand."""
         path = self.model_file(Candidate(path))
-        data = path.read_bytes()
-        fields, dtype = read_header(path, data)
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+        fields, dtype = read_header(path, bytes(data[:4 * HEADER_INTS]))
         config = header_config(path, fields)
-        raw = np.frombuffer(data, dtype="<u2" if dtype == torch.bfloat16 else "<f4",
-                            offset=4 * HEADER_INTS)
-        values = (raw.astype(np.uint32) << 16).view(np.float32) if raw.dtype == "<u2" else raw
+        bf16 = dtype == torch.bfloat16
+
+        def values(offset: int, shape: tuple[int, ...], layer: int | None = None):
+            def make() -> np.ndarray:
+                raw = np.frombuffer(data, "<u2" if bf16 else "<f4", count=int(np.prod(shape)),
+                                    offset=4 * HEADER_INTS + offset * (2 if bf16 else 4))
+                raw = raw.reshape(shape) if layer is None else raw.reshape(shape)[layer].T
+                return (raw.astype(np.uint32) << 16).view(np.float32) if bf16 else raw
+            return make  # a layer's [out, in] as [in, out]
+
         gpt2 = {"ln1w": "ln_1.weight", "ln1b": "ln_1.bias", "qkvw": "attn.c_attn.weight",
                 "qkvb": "attn.c_attn.bias", "attprojw": "attn.c_proj.weight",
                 "attprojb": "attn.c_proj.bias", "ln2w": "ln_2.weight", "ln2b": "ln_2.bias",
@@ -287,13 +296,11 @@ class LlmC(Format):
                 "fcprojw": "mlp.c_proj.weight", "fcprojb": "mlp.c_proj.bias"}
         arrays, offset = {}, 0
         for name, shape in tensor_shapes(config):
-            count = int(np.prod(shape))
-            array = values[offset:offset + count].reshape(shape)
-            offset += count
             if name in gpt2:
                 for layer in range(shape[0]):
-                    arrays[f"h.{layer}.{gpt2[name]}"] = array[layer].T  # [out, in] -> [in, out]
+                    arrays[f"h.{layer}.{gpt2[name]}"] = values(offset, shape, layer)
             else:
                 arrays[{"wte": "wte.weight", "wpe": "wpe.weight", "lnfw": "ln_f.weight",
-                        "lnfb": "ln_f.bias"}[name]] = array
-        return arrays, config
+                        "lnfb": "ln_f.bias"}[name]] = values(offset, shape)
+            offset += int(np.prod(shape))
+        return Arrays(arrays), config

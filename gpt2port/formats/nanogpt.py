@@ -12,14 +12,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import CheckpointError
 from ..readers import read_json
+from ..reference import Arrays
 from ..vocabulary import Vocabulary
 from ..writers import placeholders, save_torch
-from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
+from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, later, torch_loaded
 from .table import MappingTable
 
 FILENAME = "ckpt.pt"
@@ -142,10 +142,10 @@ class NanoGPT(Format):
             "model": state, "model_args": CONFIG_TABLE.from_model(config), "iter_num": 0,
             "best_val_loss": float("inf")}, tensors, held)
 
-    def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    def reference_tensors(self, path: Path) -> tuple[Arrays, dict]:
         """nanoGPT's names are GPT-2's with ``transformer.``; Linear [out, in] transposed."""
         found = self.checkpoint_file(Candidate(path)).path
-        saved = torch.load(found, map_location="cpu", weights_only=True)
+        saved = torch_loaded(found)
         state = saved["model"] if "model_args" in saved else saved
         args = saved["model_args"] if "model_args" in saved else self.config_beside(found)
         arrays = {}
@@ -153,8 +153,8 @@ class NanoGPT(Format):
             name = name.removeprefix("_orig_mod.").removeprefix("transformer.")
             if re.fullmatch(r"h\.\d+\.attn\.bias", name):  # the causal mask, not c_attn.bias
                 continue
-            array = tensor.float().numpy()
-            arrays[name] = array.T if name.startswith("h.") and array.ndim == 2 else array
+            linear = name.startswith("h.") and tensor.dim() == 2  # [out, in] -> [in, out]
+            arrays[name] = later(tensor.t() if linear else tensor)
         config = CONFIG_TABLE.to_model(args, origin=str(found), hint=HINT,
                                        extra={**implied_config(args), "tie_output_head": True})
-        return arrays, config
+        return Arrays(arrays), config

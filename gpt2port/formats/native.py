@@ -13,9 +13,10 @@ import numpy as np
 
 from ..config import validate_config
 from ..errors import CheckpointError, ConfigError
+from ..reference import Arrays
 from ..vocabulary import Vocabulary
 from ..writers import write_safetensors
-from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
+from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, safetensors_later
 from .table import MappingTable
 
 CONFIG_KEY = "gpt2port_config"  # safetensors metadata key holding the model config as JSON
@@ -67,15 +68,13 @@ class Native(Format):
         write_safetensors(destination / FILENAME, tensors,
                           metadata={"format": "pt", **self.config_table.from_model(config)})
 
-    def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    def reference_tensors(self, path: Path) -> tuple[Arrays, dict]:
         from safetensors import safe_open  # the safetensors library, not our reader
 
         path = path / FILENAME if path.is_dir() else path
         with safe_open(path, "np") as file:
             config = validate_config(json.loads(file.metadata()[CONFIG_KEY]))
-            names = file.keys()  # safe_open is not iterable
-            ours = {name: file.get_tensor(name).astype(np.float32) for name in names}
-        return to_conv1d_names(ours, config), config
+        return to_conv1d_names(Arrays(safetensors_later(path)[0]), config), config
 
 
 def _weights(candidate: Candidate) -> Candidate:
@@ -83,31 +82,38 @@ def _weights(candidate: Candidate) -> Candidate:
     return candidate.inside(FILENAME) if candidate.path.is_dir() else candidate
 
 
-def to_conv1d_names(ours: dict[str, np.ndarray], config: dict) -> dict[str, np.ndarray]:
+def to_conv1d_names(ours: Arrays, config: dict) -> Arrays:
     """The model's own names and [out, in] weights -> GPT-2's Conv1D names and [in, out],
-    written out by hand (not through a mapping table), for the NumPy reference."""
-    arrays = {"wte.weight": ours["token_embedding_table.weight"],
-              "wpe.weight": ours["position_embedding_table.weight"],
-              "ln_f.weight": ours["layer_norm.scale"]}
+    written out by hand (not through a mapping table), for the NumPy reference; each made from
+    ``ours`` when looked up."""
+    def one(name: str, transposed: bool = False):
+        return lambda: ours[name].T if transposed else ours[name]
+
+    def joined(names: list[str], transposed: bool = False):
+        return lambda: (np.concatenate([ours[name] for name in names]).T if transposed
+                        else np.concatenate([ours[name] for name in names]))
+
+    arrays = {"wte.weight": one("token_embedding_table.weight"),
+              "wpe.weight": one("position_embedding_table.weight"),
+              "ln_f.weight": one("layer_norm.scale")}
     optional = {"ln_f.bias": "layer_norm.shift", "lm_head.weight": "output_head.weight",
                 "lm_head.bias": "output_head.bias"}
-    arrays.update({theirs: ours[name] for theirs, name in optional.items() if name in ours})
+    arrays.update({theirs: one(name) for theirs, name in optional.items() if name in ours})
     for i in range(config["number_of_layers"]):
         block, h = f"transformer_blocks.{i}", f"h.{i}"
         parts = [f"{block}.attention.{p}_projection" for p in ("query", "key", "value")]
-        arrays[f"{h}.attn.c_attn.weight"] = np.concatenate(
-            [ours[f"{p}.weight"] for p in parts]).T
+        arrays[f"{h}.attn.c_attn.weight"] = joined([f"{p}.weight" for p in parts], True)
         if f"{parts[0]}.bias" in ours:
-            arrays[f"{h}.attn.c_attn.bias"] = np.concatenate([ours[f"{p}.bias"] for p in parts])
+            arrays[f"{h}.attn.c_attn.bias"] = joined([f"{p}.bias" for p in parts])
         pairs = {"ln_1": "attention_norm", "ln_2": "feed_forward_norm"}
         for theirs, name in pairs.items():
-            arrays[f"{h}.{theirs}.weight"] = ours[f"{block}.{name}.scale"]
+            arrays[f"{h}.{theirs}.weight"] = one(f"{block}.{name}.scale")
             if f"{block}.{name}.shift" in ours:
-                arrays[f"{h}.{theirs}.bias"] = ours[f"{block}.{name}.shift"]
+                arrays[f"{h}.{theirs}.bias"] = one(f"{block}.{name}.shift")
         linears = {"attn.c_proj": "attention.output_projection",
                    "mlp.c_fc": "feed_forward.expansion", "mlp.c_proj": "feed_forward.contraction"}
         for theirs, name in linears.items():
-            arrays[f"{h}.{theirs}.weight"] = ours[f"{block}.{name}.weight"].T
+            arrays[f"{h}.{theirs}.weight"] = one(f"{block}.{name}.weight", True)
             if f"{block}.{name}.bias" in ours:
-                arrays[f"{h}.{theirs}.bias"] = ours[f"{block}.{name}.bias"]
-    return arrays
+                arrays[f"{h}.{theirs}.bias"] = one(f"{block}.{name}.bias")
+    return Arrays(arrays)

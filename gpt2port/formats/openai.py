@@ -13,16 +13,19 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckpointError, VerificationError, unreadable
 from ..readers import read_json
+from ..reference import Arrays
 from ..tensor_bundle import read_bundle, write_bundle
 from ..tokenizer import FILE_NAMES, write_bpe
 from ..vocabulary import Vocabulary
-from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
+from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, later
 from .table import MappingTable
 
 PREFIX = "model.ckpt"
@@ -136,12 +139,14 @@ def _step(prefix: Path) -> tuple[int, str]:
 # TensorFlow's own reading of a checkpoint, in a child process (its threads, logs and flags stay
 # there): every variable as float32, into an .npz
 TENSORFLOW_READER = r"""
-import sys, numpy
+import sys, zipfile, numpy
 import tensorflow as tf
 reader = tf.train.load_checkpoint(sys.argv[1])
 names = sorted(reader.get_variable_to_shape_map())
-numpy.savez(sys.argv[2], **{f"t{i}": reader.get_tensor(n).astype("float32")
-                            for i, n in enumerate(names)})
+with zipfile.ZipFile(sys.argv[2], "w") as archive:  # an .npz written one tensor at a time
+    for i, name in enumerate(names):
+        with archive.open(f"t{i}.npy", "w", force_zip64=True) as member:
+            numpy.lib.format.write_array(member, reader.get_tensor(name).astype("float32"))
 print("\n".join(names))
 """
 
@@ -150,16 +155,17 @@ def tensorflow_installed() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def bundle_arrays(prefix: Path) -> dict[str, np.ndarray]:
-    """The checkpoint's tensors as float32 arrays: read by TensorFlow where it is installed
-    (sharing no code with the loader's ``tensor_bundle``), else by ``tensor_bundle``.
+def bundle_arrays(prefix: Path) -> dict[str, Callable[[], np.ndarray]]:
+    """Makers of the checkpoint's tensors as float32 arrays: read by TensorFlow where it is
+    installed (sharing no code with the loader's ``tensor_bundle``; the child writes them one at
+    a time, each read back when its maker is called), else by ``tensor_bundle``.
 
     Raises:
         VerificationError: when TensorFlow cannot read the checkpoint.
     """
     if not tensorflow_installed():
-        return {name: tensor.float().numpy() for name, tensor in read_bundle(prefix).items()}
-    with tempfile.TemporaryDirectory() as work:
+        return {name: later(tensor) for name, tensor in read_bundle(prefix).items()}
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as work:
         output = Path(work) / "tensors.npz"
         done = subprocess.run([sys.executable, "-c", TENSORFLOW_READER, str(prefix), str(output)],
                               capture_output=True, text=True, check=False,
@@ -171,8 +177,8 @@ def bundle_arrays(prefix: Path) -> dict[str, np.ndarray]:
                                     "install); gpt2port verify reads them without TensorFlow "
                                     "once it is uninstalled")
         names = done.stdout.split()
-        with np.load(output) as found:
-            return {name: found[f"t{i}"] for i, name in enumerate(names)}
+        found = np.load(output)  # read member by member; the open file outlives the folder
+        return {name: (lambda key=f"t{i}": found[key]) for i, name in enumerate(names)}
 
 
 class OpenAI(Format):
@@ -228,15 +234,21 @@ class OpenAI(Format):
                 if tensorflow_installed() else
                 "gpt2port's tensor-bundle reader, the loader's own: TensorFlow is not installed")
 
-    def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    def reference_tensors(self, path: Path) -> tuple[Arrays, dict]:
         """``model/h0/ln_1/g`` [1, D]... as ``h.0.ln_1.weight`` [D], as picoGPT reads them; the
         tensors read by TensorFlow where it is installed (``bundle_arrays``)."""
         prefix = bundle_prefix(Path(path))
         arrays = {}
-        for name, array in bundle_arrays(prefix).items():
+        for name, make in bundle_arrays(prefix).items():
             name = re.sub(r"^h(\d+)/", r"h.\1/", name.removeprefix("model/"))  # h.0/ln_1/g
             name = re.sub(r"/[wg]$", "/weight", re.sub(r"/b$", "/bias", name)).replace("/", ".")
             name = name if name.endswith(("weight", "bias")) else f"{name}.weight"  # wte, wpe
-            arrays[name] = array[0] if array.ndim == 3 else array  # Conv1D's leading axis of 1
+            arrays[name] = partial(_without_conv1d_axis, make)
         hparams = prefix.parent / "hparams.json"
-        return arrays, config_from_hparams(read_json(hparams), origin=str(hparams))
+        return Arrays(arrays), config_from_hparams(read_json(hparams), origin=str(hparams))
+
+
+def _without_conv1d_axis(make) -> np.ndarray:
+    """A tensor without Conv1D's leading axis of 1 ([1, D, 3D] -> [D, 3D])."""
+    array = make()
+    return array[0] if array.ndim == 3 else array

@@ -18,9 +18,20 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..readers import read_json
+from ..reference import Arrays
 from ..vocabulary import Vocabulary
 from ..writers import placeholders, save_torch
-from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, holding
+from .base import (
+    Candidate,
+    ConfigKey,
+    ConfigTable,
+    Format,
+    Raw,
+    holding,
+    later,
+    safetensors_later,
+    torch_loaded,
+)
 from .table import MappingTable
 
 FILENAME = "model.pth"
@@ -178,43 +189,57 @@ class TransformerLens(Format):
                   "d_vocab_out": config["output_size"], **FIXED}
         (destination / "config.json").write_text(json.dumps(theirs, indent=2))
 
-    def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    def reference_tensors(self, path: Path) -> tuple[Arrays, dict]:
         """TransformerLens's names and per-head layout back to GPT-2's Conv1D tensors, by
         NumPy reshapes written out here (as TransformerLens's own GPT-2 conversion lays them
-        out, in reverse)."""
-        from safetensors.torch import load_file  # the safetensors library, not our reader
-
+        out, in reverse); each tensor read (``torch.load`` or the safetensors library) when the
+        reference needs it."""
         weights = self.weights_file(Candidate(path))
-        state = torch.load(weights.path, map_location="cpu", weights_only=True) if (
-            weights.is_pickle) else load_file(weights.path)
-        arrays = {name: tensor.float().numpy() for name, tensor in state.items()
-                  if tensor.is_floating_point() and not name.endswith(".IGNORE")}
+        if weights.is_pickle:
+            state = torch_loaded(weights.path)
+            makers = {name: later(tensor) for name, tensor in state.items()
+                      if tensor.is_floating_point() and not name.endswith(".IGNORE")}
+            shapes = {name: tuple(state[name].shape) for name in makers}
+        else:
+            makers, shapes = safetensors_later(weights.path)
+            state = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+        arrays = Arrays(makers)
         values, origin = read_config(weights.path.parent, state, str(weights.path))
         config = CONFIG_TABLE.to_model(values, origin=origin, extra={
             "tie_output_head": False, "output_bias": "unembed.b_U" in arrays,
-            "output_size": arrays["unembed.W_U"].shape[1]})
+            "output_size": shapes["unembed.W_U"][1]})
         width = config["embedding_dimension"]
-        ones, zeros = np.ones(width, np.float32), np.zeros(width, np.float32)
-        ours = {"wte.weight": arrays["embed.W_E"], "wpe.weight": arrays["pos_embed.W_pos"],
-                "ln_f.weight": arrays.get("ln_final.w", ones),
-                "ln_f.bias": arrays.get("ln_final.b", zeros),
-                "lm_head.weight": arrays["unembed.W_U"].T}
+
+        def get(name: str, default: float | None = None):
+            return lambda: arrays[name] if name in arrays else np.full(width, default, np.float32)
+
+        def attention_in(block: str):  # [H, D, Dh] x 3 -> [D, 3D]
+            return lambda: np.concatenate([arrays[f"{block}.attn.W_{p}"].transpose(1, 0, 2)
+                                           .reshape(width, width) for p in "QKV"], axis=1)
+
+        def attention_bias(block: str):
+            return lambda: np.concatenate([arrays[f"{block}.attn.b_{p}"].reshape(width)
+                                           for p in "QKV"])
+
+        def attention_out(block: str):  # [H, Dh, D] -> [D, D]
+            return lambda: arrays[f"{block}.attn.W_O"].reshape(width, width)
+
+        ours = {"wte.weight": get("embed.W_E"), "wpe.weight": get("pos_embed.W_pos"),
+                "ln_f.weight": get("ln_final.w", 1.0), "ln_f.bias": get("ln_final.b", 0.0),
+                "lm_head.weight": lambda: arrays["unembed.W_U"].T}
         if "unembed.b_U" in arrays:
-            ours["lm_head.bias"] = arrays["unembed.b_U"]
+            ours["lm_head.bias"] = get("unembed.b_U")
         for i in range(config["number_of_layers"]):
             block, h = f"blocks.{i}", f"h.{i}"
-            per_head = [arrays[f"{block}.attn.W_{p}"] for p in "QKV"]  # [H, D, Dh] each
-            ours[f"{h}.attn.c_attn.weight"] = np.concatenate(
-                [w.transpose(1, 0, 2).reshape(width, width) for w in per_head], axis=1)
-            ours[f"{h}.attn.c_attn.bias"] = np.concatenate(
-                [arrays[f"{block}.attn.b_{p}"].reshape(width) for p in "QKV"])
-            ours[f"{h}.attn.c_proj.weight"] = arrays[f"{block}.attn.W_O"].reshape(width, width)
-            ours[f"{h}.attn.c_proj.bias"] = arrays[f"{block}.attn.b_O"]
+            ours[f"{h}.attn.c_attn.weight"] = attention_in(block)
+            ours[f"{h}.attn.c_attn.bias"] = attention_bias(block)
+            ours[f"{h}.attn.c_proj.weight"] = attention_out(block)
+            ours[f"{h}.attn.c_proj.bias"] = get(f"{block}.attn.b_O")
             for norm, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-                ours[f"{h}.{theirs}.weight"] = arrays.get(f"{block}.{norm}.w", ones)
-                ours[f"{h}.{theirs}.bias"] = arrays.get(f"{block}.{norm}.b", zeros)
+                ours[f"{h}.{theirs}.weight"] = get(f"{block}.{norm}.w", 1.0)
+                ours[f"{h}.{theirs}.bias"] = get(f"{block}.{norm}.b", 0.0)
             for part in ("in", "out"):
                 name = "c_fc" if part == "in" else "c_proj"
-                ours[f"{h}.mlp.{name}.weight"] = arrays[f"{block}.mlp.W_{part}"]
-                ours[f"{h}.mlp.{name}.bias"] = arrays[f"{block}.mlp.b_{part}"]
-        return ours, config
+                ours[f"{h}.mlp.{name}.weight"] = get(f"{block}.mlp.W_{part}")
+                ours[f"{h}.mlp.{name}.bias"] = get(f"{block}.mlp.b_{part}")
+        return Arrays(ours), config
