@@ -33,7 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"124M": (12, 768, 12), "355M": (24, 1024, 16), "774M": (36, 1280, 20),
           "1.5B": (48, 1600, 25)}
-CONVERSIONS = [("gguf", "f32"), ("gguf", "f16"), ("gguf", "q8_0"), ("hf", None), ("hf", "bf16"),
+CONVERSIONS = [("gguf", "f32"), ("gguf", "f16"), ("gguf", "bf16"), ("gguf", "q8_0"), ("hf", None),
+               ("hf", "bf16"),
                ("native", None), ("book", None), ("nanogpt", None), ("llmc", None),
                ("openai", None), ("tlens", None)]
 LOAD = ("import sys, torch, gpt2port; model = gpt2port.load_pretrained(sys.argv[1]{dtype}); "

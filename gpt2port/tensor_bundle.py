@@ -18,6 +18,7 @@ import mmap
 import os
 import struct
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -216,15 +217,18 @@ def write_bundle(prefix: Path, tensors: Mapping[str, torch.Tensor], *,
     """Write ``prefix.index`` and ``prefix.data-00000-of-00001``; returns both paths."""
     entries, offset = [], 0
     data = data_path(prefix)
-    with open(data, "wb") as file:
+    # each tensor's CRC computed on other threads while its bytes are written
+    with open(data, "wb") as file, ThreadPoolExecutor(1) as checksums:
         for name in sorted(tensors, key=str.encode):
             tensor = tensors[name].detach().cpu()
             if tensor.dtype not in DTYPE_CODES:
                 raise CheckpointError(f"tensor {name!r}: {tensor.dtype} has no TensorFlow dtype")
             raw = tensor_bytes(tensor)
+            checksum = checksums.submit(crc32c, raw)
             file.write(raw)
             entries.append((name.encode(), _encode_entry(
-                DTYPE_CODES[tensor.dtype], tuple(tensor.shape), offset, raw.size, crc32c(raw))))
+                DTYPE_CODES[tensor.dtype], tuple(tensor.shape), offset, raw.size,
+                checksum.result())))
             offset += raw.size
     index = Path(f"{prefix}.index")
     index.write_bytes(encode_table([(b"", HEADER), *entries], block_bytes))

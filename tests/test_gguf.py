@@ -78,6 +78,21 @@ def test_f16_bf16_and_q8_0(source, tmp_path, quantization, kind, bound):
         assert (rounded(IDS) - expected).abs().max() <= bound * expected.abs().max()
 
 
+@pytest.mark.parametrize("quantization", ["bf16", "q8_0"])
+def test_quantized_bytes_are_the_gguf_packages_own(source, tmp_path, quantization):
+    """Each 2-D weight's stored bytes are what the gguf package's quantizer makes of it."""
+    out = convert(source, tmp_path / quantization, to="gguf", dtype=quantization)
+    f32 = convert(source, tmp_path / "f32", to="gguf", dtype="f32")
+    kind = getattr(gguf.GGMLQuantizationType, quantization.upper())
+    exact = {t.name: np.array(t.data) for t in gguf.GGUFReader(f32 / "model.gguf").tensors}
+    stored = [t for t in gguf.GGUFReader(out / "model.gguf").tensors if t.tensor_type == kind]
+    assert len(stored) >= 8
+    for tensor in stored:
+        expected = gguf.quants.quantize(exact[tensor.name], kind)
+        assert np.array_equal(np.asarray(tensor.data).view(np.uint8),
+                              expected.view(np.uint8)), tensor.name
+
+
 def test_a_missing_output_weight_is_tied(source, tmp_path):
     exported = gguf.GGUFReader(convert(source, tmp_path / "out", to="gguf") / "model.gguf")
     writer = gguf.GGUFWriter(str(tmp_path / "no-output.gguf"), "gpt2")

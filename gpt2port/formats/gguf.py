@@ -6,7 +6,9 @@ Weights are stored as ``nn.Linear`` stores them, [out, in]; ``attn_qkv`` packs q
 
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,22 @@ CONFIG_TABLE = ConfigTable((
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
 TENSOR_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
 TORCH_TYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def _quantized(tensor: torch.Tensor, dtype: str, gguf) -> np.ndarray:
+    """A 2-D weight's bytes as ``bf16`` or ``q8_0`` rows, bit for bit as the gguf package makes
+    them: bf16 by torch's conversion (round to nearest even, as the package does for finite
+    values); q8_0 by the package's quantizer, on row chunks a thread per core (NumPy releases
+    the GIL)."""
+    values = tensor.detach().float().contiguous()
+    if dtype == "bf16":
+        return values.to(torch.bfloat16).view(torch.uint8).numpy()
+    kind, rows = gguf.GGMLQuantizationType.Q8_0, values.numpy()
+    workers = os.cpu_count() or 1
+    with ThreadPoolExecutor(workers) as pool:
+        parts = pool.map(lambda part: gguf.quants.quantize(part, kind),
+                         np.array_split(rows, min(len(rows), 4 * workers)))
+        return np.concatenate(list(parts))
 
 
 def _gguf():
@@ -254,13 +272,20 @@ class Gguf(Format):
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for name, tensor in tensors.items():
-            stored = encodings[name]
-            if stored == "quantized":
-                array = gguf.quants.quantize(tensor.float().contiguous().numpy(), kind)
-            else:
-                array = tensor.to(TORCH_TYPES[stored]).contiguous().numpy()
-            writer.write_tensor_data(array)
+        # each tensor written on another thread while the next is made and encoded
+        with ThreadPoolExecutor(1) as behind:
+            written = None
+            for name, tensor in tensors.items():
+                stored = encodings[name]
+                if stored == "quantized":
+                    array = _quantized(tensor, dtype, gguf)
+                else:
+                    array = tensor.to(TORCH_TYPES[stored]).contiguous().numpy()
+                if written is not None:
+                    written.result()
+                written = behind.submit(writer.write_tensor_data, array)
+            if written is not None:
+                written.result()
         writer.close()
 
     def reference_tensors(self, path: Path) -> tuple[Arrays, dict]:
