@@ -1,7 +1,12 @@
-"""gpt2port next to transformers (and llama.cpp where llama-cpp-python is installed), same
-checkpoint, same run, ratios printed.
+"""gpt2port next to transformers and llama.cpp, same checkpoint, same run, ratios printed.
 
-    python benchmarks/compare.py [--write-docs] [--baseline DIR]    # ~6 min on 2 cores
+    python benchmarks/compare.py [--write-docs] [--baseline DIR] [--llama-bench PATH]
+                                                                     # ~6 min on 2 cores
+
+llama.cpp is measured by its own ``llama-bench`` where ``--llama-bench`` gives the binary (built
+from the llama.cpp sources vendored in llama-cpp-python's sdist: docs/benchmarks.md), and through
+llama-cpp-python's ``Llama`` (the binding: its Python sampling adds per-token cost) where that is
+installed; both on gpt2port's own GGUF exports, in the same alternating rounds.
 
 ``--baseline DIR`` measures the gpt2port of another checkout (a ``git worktree`` of an earlier
 commit, say) as a third implementation in the same rounds, and prints its ratios to this one.
@@ -206,12 +211,16 @@ def median_of(code: str, runs: int, *args) -> dict:
     return {key: statistics.median(r[key] for r in results) for key in results[0]}
 
 
-def gguf_exports(folder: Path, work: Path) -> dict[str, Path]:
-    """gpt2port's own GGUF exports (f32, f16) for llama.cpp, when llama-cpp-python is here."""
+def binding_installed() -> bool:
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
-        return {}
+        return False
+    return True
+
+
+def gguf_exports(folder: Path, work: Path) -> dict[str, Path]:
+    """gpt2port's own GGUF exports (f32, f16) for llama.cpp."""
     exports = {}
     for dtype in ("f32", "f16"):
         exports[dtype] = work / f"gpt2-{dtype}.gguf"
@@ -222,10 +231,22 @@ def gguf_exports(folder: Path, work: Path) -> dict[str, Path]:
 
 
 def llama_cpp(exports: dict[str, Path]) -> dict:
-    """llama.cpp's decode speed on each export, one fresh process each."""
+    """llama.cpp's decode speed through llama-cpp-python on each export, a fresh process each."""
     return {f"decode_{dtype}_tokens_per_s": child(LLAMA, path, NEW_TOKENS,
                                                   THREADS)["decode_tokens_per_s"]
             for dtype, path in exports.items()}
+
+
+def llama_bench(binary: Path, exports: dict[str, Path]) -> dict:
+    """llama.cpp's own ``llama-bench``: NEW_TOKENS generated (no prompt), THREADS threads, its
+    best repetition, on each export."""
+    found = {}
+    for dtype, path in exports.items():
+        done = subprocess.run([str(binary), "-m", str(path), "-p", "0", "-n", str(NEW_TOKENS),
+                               "-t", str(THREADS), "-r", "3", "-o", "json"],
+                              capture_output=True, text=True, check=True)
+        found[f"decode_{dtype}_tokens_per_s"] = max(json.loads(done.stdout)[0]["samples_ts"])
+    return found
 
 
 ROWS = (  # (key, label, unit, lower is better)
@@ -240,7 +261,7 @@ ROWS = (  # (key, label, unit, lower is better)
 )
 
 
-def table(ours: dict, theirs: dict, llama: dict) -> list[str]:
+def table(ours: dict, theirs: dict, llama: dict, bench: dict) -> list[str]:
     lines = ["| measure | gpt2port | transformers | ratio |", "|---|---|---|---|"]
     for key, label, unit, _ in ROWS:
         lines.append(f"| {label} ({unit}) | {ours[key]:.3f} | {theirs[key]:.3f} | "
@@ -250,13 +271,15 @@ def table(ours: dict, theirs: dict, llama: dict) -> list[str]:
     lines.append(f"| gpt2port bf16 / fp16 decode vs transformers fp32 | | | "
                  f"{bf16:.2f}x / {fp16:.2f}x |")
     pairs = (("f32", "float32", "f32"), ("f16", "float16", "f16"), ("bf16", "bfloat16", "f16"))
-    for label, ours_dtype, gguf in pairs:  # bf16 against llama.cpp's f16, as issue 12 sets it
-        if f"decode_{gguf}_tokens_per_s" not in llama:
-            continue
-        mine, value = ours[f"decode_{ours_dtype}_tokens_per_s"], llama[f"decode_{gguf}_tokens_per_s"]
-        lines.append(f"| greedy decode, batch 1, gpt2port {label} vs llama.cpp {gguf} on "
-                     f"gpt2port's GGUF (tok/s) | {mine:.1f} | llama.cpp {value:.1f} | "
-                     f"{mine / value:.2f}x |")
+    for peer, measured in (("llama-bench", bench), ("llama-cpp-python binding", llama)):
+        for label, ours_dtype, gguf in pairs:  # bf16 against llama.cpp's f16, as issue 12 set
+            if f"decode_{gguf}_tokens_per_s" not in measured:
+                continue
+            mine = ours[f"decode_{ours_dtype}_tokens_per_s"]
+            value = measured[f"decode_{gguf}_tokens_per_s"]
+            lines.append(f"| greedy decode, batch 1, gpt2port {label} vs llama.cpp {gguf} "
+                         f"({peer}) on gpt2port's GGUF (tok/s) | {mine:.1f} | {peer} "
+                         f"{value:.1f} | {mine / value:.2f}x |")
     return lines
 
 
@@ -308,6 +331,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--baseline", type=Path, help="another checkout, measured alongside")
+    parser.add_argument("--llama-bench", type=Path, help="llama.cpp's llama-bench binary")
     args = parser.parse_args()
     implementations = IMPLEMENTATIONS
     if args.baseline is not None:
@@ -317,20 +341,24 @@ def main() -> None:
         work = Path(temporary)
         folder = write_full_size_folder(work / "gpt2-124m")
         results = {name: median_of(LOAD, 5, folder, name) for name in implementations}
-        exports = gguf_exports(folder, work)
+        binding = binding_installed()
+        exports = gguf_exports(folder, work) if binding or args.llama_bench else {}
         speeds = {name: [] for name in implementations}
-        llama_runs = []
+        llama_runs, bench_runs = [], []
         for _ in range(ROUNDS):  # interleaved, so that a noisy spell does not favour one side
             for name in implementations:
                 speeds[name].append(child(SPEED, folder, name, NEW_TOKENS))
-            if exports:
+            if args.llama_bench:
+                bench_runs.append(llama_bench(args.llama_bench, exports))
+            if binding:
                 llama_runs.append(llama_cpp(exports))
         for name, runs in speeds.items():
             results[name].update({key: (max if key.endswith("per_s") else min)(r[key] for r in runs)
                                   for key in runs[0]})
         gpu = gpu_rows(folder)
-    llama = {key: max(run[key] for run in llama_runs) for key in llama_runs[0]} if llama_runs else {}
-    lines = table(results["gpt2port"], results["transformers"], llama) + gpu
+    llama, bench = ({key: max(run[key] for run in runs) for key in runs[0]} if runs else {}
+                    for runs in (llama_runs, bench_runs))
+    lines = table(results["gpt2port"], results["transformers"], llama, bench) + gpu
     print(f"machine: {machine()}\n" + "\n".join(lines))
     if args.baseline is not None:
         print("\n".join(["", *baseline_table(results["gpt2port"], results["baseline"],
@@ -340,7 +368,8 @@ def main() -> None:
         intro = docs.read_text().split("<!-- results -->")[0] if docs.exists() else ""
         docs.write_text(intro + "<!-- results -->\n\nMachine: " + machine() + "\n\n"
                         + "\n".join(lines) + "\n\n![decode speed](benchmarks.png)\n")
-        chart(results["gpt2port"], results["transformers"], llama, docs.with_suffix(".png"))
+        chart(results["gpt2port"], results["transformers"], bench or llama,
+              docs.with_suffix(".png"))
 
 
 if __name__ == "__main__":
