@@ -41,7 +41,7 @@ def openai_tensors(model):
     return named
 
 
-@pytest.mark.parametrize("length", [0, 1, 3, 255, 256, 257, 4099, (4 << 20) + 13])
+@pytest.mark.parametrize("length", [0, 1, 3, 255, 256, 257, 4099, (4 << 20) + 13, (13 << 20) + 5])
 def test_crc32c_agrees_with_the_crc32c_package(length):
     reference = pytest.importorskip("crc32c", reason="the crc32c package is a test dependency")
     data = np.random.default_rng(length).integers(0, 256, length, dtype=np.uint8).tobytes()
