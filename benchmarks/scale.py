@@ -6,7 +6,9 @@ shapes, next to llama.cpp's converter and transformers, in the same run.
 
 Each figure is one fresh process (best of the rounds, alternating): its wall time and its peak
 resident memory, which counts the pages of memory-mapped files it touched; where it starts a
-child (transformers' reference), the peak of the two together, sampled every 20 ms. The
+child (transformers' reference), the peak of the two together, sampled every 20 ms. (The
+measuring process imports neither torch nor the checkpoint, since a child's peak RSS starts from
+its parent's.) The
 checkpoints are random weights in the Hub's layout (fp32 ``model.safetensors`` with the mask
 buffers, tied head), written once per size into a temporary folder (11 GB for all four; their
 exports need as much again, one size at a time). ``floor`` is the time a process takes to read
@@ -179,8 +181,14 @@ LLAMA = "llama.cpp convert_hf_to_gguf.py --outtype f16"
 
 
 def measure_size(size: str, work: Path, rounds: int, llama_cpp: Path | None) -> dict:
-    """label -> (best seconds, highest peak bytes, best floor seconds or None)."""
-    folder = write_checkpoint(work / "source", size)
+    """label -> (best seconds, highest peak bytes, floor seconds or None)."""
+    folder = work / "source"
+    # written by a child: a process's peak RSS starts from its parent's at fork and exec, so the
+    # measuring process stays small (no torch, no tensors)
+    writing = ("import sys, pathlib, scale; "
+               "scale.write_checkpoint(pathlib.Path(sys.argv[1]), sys.argv[2])")
+    subprocess.run([sys.executable, "-c", writing, str(folder), size], check=True,
+                   cwd=Path(__file__).parent)
     results: dict[str, list] = {}
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     for round_ in range(rounds):
