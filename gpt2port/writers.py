@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SAFETENSORS_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-                     torch.float64: "F64", torch.int64: "I64", torch.int32: "I32",
-                     torch.bool: "BOOL", torch.uint8: "U8"}
+from .readers import SAFETENSORS_DTYPES
+
+SAFETENSORS_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
 def tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
