@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 PAGE = mmap.PAGESIZE
+DONT_NEED = getattr(mmap, "MADV_DONTNEED", None)  # None where the system has no such advice
 _HEADER = re.compile(r"([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ (\d+)")
 
 
@@ -50,18 +51,19 @@ class MappedFiles:
 
     def holds(self, tensor: torch.Tensor | np.ndarray) -> bool:
         """Whether the tensor (or array) lies in one of these file mappings."""
-        start, end = _extent(tensor)
-        index = bisect.bisect_right(self._starts, start) - 1
-        return index >= 0 and start < end <= self.regions[index][1]
+        return self._within(*_extent(tensor))
 
     def release(self, *tensors: torch.Tensor | np.ndarray) -> None:
         """Drop the pages lying wholly under each tensor (or array), where they are a file's."""
         for tensor in tensors:
-            if self.holds(tensor):
-                start, end = _extent(tensor)
-                first, last = -(-start // PAGE) * PAGE, end // PAGE * PAGE
-                if last > first:
-                    _madvise(first, last - first)
+            start, end = _extent(tensor)
+            first, last = -(-start // PAGE) * PAGE, end // PAGE * PAGE
+            if self._within(start, end) and last > first and DONT_NEED is not None:
+                _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), DONT_NEED)
+
+    def _within(self, start: int, end: int) -> bool:
+        index = bisect.bisect_right(self._starts, start) - 1
+        return index >= 0 and start < end <= self.regions[index][1]
 
 
 @contextmanager
@@ -97,12 +99,6 @@ def _extent(tensor: torch.Tensor | np.ndarray) -> tuple[int, int]:
     span = sum((length - 1) * stride for length, stride in zip(tensor.shape, strides,
                                                                 strict=True))
     return start, start + span + width
-
-
-def _madvise(address: int, length: int) -> None:
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if advice is not None:
-        _LIBC.madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), advice)
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
