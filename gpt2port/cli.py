@@ -137,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="stop at <|endoftext|> instead of going on to --max-new-tokens")
     generate.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     generate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
+    generate.add_argument("--compile", action="store_true",
+                          help="run each token by the compiled step (CPU; built with the "
+                          "machine's C compiler on first use, then cached)")
 
     convert = commands.add_parser("convert", help="write a checkpoint in another format")
     _source_options(convert)
@@ -287,7 +290,8 @@ def run_generate(args: argparse.Namespace) -> None:
     ids = torch.tensor([tokenizer.encode(args.prompt) or [END_OF_TEXT_ID]], device=device)
     tokens = stream(model, ids, args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                    stop_at_eos=args.stop_at_eos)  # refuses a classifier here, before any id
+                    stop_at_eos=args.stop_at_eos, compile=args.compile)  # refuses a classifier
+    # (and a model compile cannot run) here, before any id
     vocabulary = model.config["vocab_size"]
     if int(ids.max()) >= vocabulary:
         raise TokenizerError(f"the prompt encodes to id {int(ids.max())}, but {args.model} has a "

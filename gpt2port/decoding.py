@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .compiled_step import CompiledStep
 from .cuda_graphs import CapturedStep
 from .kv_cache import KVCache, StaticKVCache
 from .model import FeedForward, GPTModel, MultiHeadAttention
@@ -62,11 +63,11 @@ class Decoder:
     ``forward`` runs tokens after the cached ones and caches them. One-token steps at batch 1
     run their products by the kernel ``kernels.for_decoding`` chooses (``step``); with
     ``static_cache`` they keep fixed shapes, and on CUDA replay one captured CUDA graph
-    (``cuda_graphs``).
+    (``cuda_graphs``); with ``compiled`` they run by the compiled step (``compiled_step``).
     """
 
     def __init__(self, model: GPTModel, batch_size: int, capacity: int | None = None, *,
-                 static_cache: bool = False):
+                 static_cache: bool = False, compiled: bool = False):
         self.model = model
         self.cache = (StaticKVCache if static_cache else KVCache)(model, batch_size, capacity)
         blocks = model.transformer_blocks
@@ -74,6 +75,8 @@ class Decoder:
         self.step = kernels.for_decoding(model.token_embedding_table.weight, batch_size)
         self.static_cache = static_cache
         self.captured: CapturedStep | None = None  # with static_cache: made at the first step
+        self.compiled = (CompiledStep(model, self.cache.keys, self.cache.values,
+                                      self.packed) if compiled else None)
 
     def forward(self, token_ids: torch.Tensor, padding: torch.Tensor | None = None, *,
                 last_only: bool = False) -> torch.Tensor:
@@ -82,6 +85,8 @@ class Decoder:
         tokens = token_ids.shape[1]
         if tokens > 1:
             logits = self.logits(token_ids, padding, F.linear, last_only=last_only)
+        elif self.compiled is not None and padding is None:
+            logits = self.compiled(int(token_ids[0, 0]), self.cache.length)[None, None]
         elif self.static_cache and padding is None:
             self.captured = self.captured or CapturedStep(self)
             with self.step.running():
@@ -148,7 +153,8 @@ class Continuation:
     GPT-2's absolute positions need."""
 
     def __init__(self, model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
-                 attention_mask: torch.Tensor | None = None, static_cache: bool = False):
+                 attention_mask: torch.Tensor | None = None, static_cache: bool = False,
+                 compiled: bool = False):
         batch, prompt_length = token_ids.shape
         total = prompt_length + max_new_tokens
         self.context = model.config["context_length"]
@@ -159,7 +165,8 @@ class Continuation:
             self.padding = torch.ones_like(self.ids)
             self.padding[:, :prompt_length] = attention_mask
         self.begin, self.end = 0, prompt_length  # the window the cache holds
-        self.decoder = Decoder(model, batch, min(self.context, total), static_cache=static_cache)
+        self.decoder = Decoder(model, batch, min(self.context, total), static_cache=static_cache,
+                               compiled=compiled)
 
     def start(self) -> torch.Tensor:
         """The logits (B, V) after the prompts."""

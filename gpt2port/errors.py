@@ -68,6 +68,13 @@ class OutputError(Gpt2portError):
     exit_code = 7
 
 
+class CompileError(Gpt2portError):
+    """The compiled decoding step (``generate(..., compile=True)``) cannot be built or loaded."""
+
+    exit_code = 8
+    default_hint = "install a C compiler (gcc or clang; CC= names another), or leave compile off"
+
+
 class DownloadError(Gpt2portError):
     """Fetching from the Hub failed; the subclasses say why."""
 

@@ -66,8 +66,8 @@ def check_options(max_new_tokens: int, *, temperature: float, top_k: int | None,
 def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
            seed: int | None = None, stop_at_eos: bool = False,
-           attention_mask: torch.Tensor | None = None, static_cache: bool = False
-           ) -> Iterator[torch.Tensor]:
+           attention_mask: torch.Tensor | None = None, static_cache: bool = False,
+           compile: bool = False) -> Iterator[torch.Tensor]:
     """Yield each new column of ids (B, 1) as soon as it is chosen.
 
     Keys and values go to a preallocated cache (``decoding.Continuation``), so each step runs the
@@ -80,8 +80,15 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
     replayed from a CUDA graph (``cuda_graphs.CapturedStep``); prompts of one length only (no
     ``attention_mask``). Opt-in: its GPU speed is still to be measured (docs/benchmarks.md).
 
+    ``compile`` runs the one-token steps (batch 1, CPU) by the compiled step
+    (``compiled_step``): built with the machine's C compiler on first use (about a second, then
+    cached on disk), 1.3-1.9x faster than the regular step (docs/benchmarks.md). Prompts still
+    run by the regular path.
+
     Raises:
-        ConfigError: at once, for options that cannot work.
+        ConfigError: at once, for options that cannot work (``compile`` for a model or batch
+            it cannot run).
+        compiled_step.CompileError: ``compile`` where no C compiler can build the step.
     """
     check_options(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if is_classifier(model.config):
@@ -92,22 +99,22 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
     if static_cache and attention_mask is not None:
         raise ConfigError("static_cache takes prompts of one length (no attention_mask)",
                           hint="pad nothing, or leave static_cache off")
-    return _stream(model, token_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                   top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
-                   attention_mask=attention_mask, static_cache=static_cache)
+    with torch.inference_mode():  # made here, so that compile's errors come at once
+        continuation = Continuation(model, token_ids, max_new_tokens,
+                                    attention_mask=attention_mask, static_cache=static_cache,
+                                    compiled=compile)
+    return _stream(model, continuation, token_ids, max_new_tokens, temperature=temperature,
+                   top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)
 
 
 @torch.inference_mode()
-def _stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
-            temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
-            stop_at_eos: bool, attention_mask: torch.Tensor | None, static_cache: bool
-            ) -> Iterator[torch.Tensor]:
+def _stream(model: GPTModel, continuation: Continuation, token_ids: torch.Tensor,
+            max_new_tokens: int, *, temperature: float, top_k: int | None, top_p: float | None,
+            seed: int | None, stop_at_eos: bool) -> Iterator[torch.Tensor]:
     vocabulary = model.config["vocab_size"]  # ids past it are padding rows: never chosen
     generator = None
     if seed is not None:
         generator = torch.Generator(device=token_ids.device).manual_seed(seed)
-    continuation = Continuation(model, token_ids, max_new_tokens, attention_mask=attention_mask,
-                                static_cache=static_cache)
     logits = continuation.start()  # (B, V)
     finished = torch.zeros(token_ids.shape[0], 1, dtype=torch.bool, device=token_ids.device)
     for step in range(max_new_tokens):
@@ -135,6 +142,8 @@ def generate(model: GPTModel, token_ids: torch.Tensor | list[list[int]], max_new
         return torch.cat([token_ids, *new], dim=1)
     device = next(model.parameters()).device
     ids, mask = pad_left(token_ids, device=device)
+    if len(set(map(len, token_ids))) == 1:
+        mask = None  # nothing padded
     new = torch.cat(list(stream(model, ids, max_new_tokens, attention_mask=mask, **options))
                     or [ids[:, :0]], dim=1).tolist()
     results = []

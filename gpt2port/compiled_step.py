@@ -1,0 +1,274 @@
+"""A one-token decoding step compiled for this machine: ``csrc/step.c``, built on first use with
+the machine's C compiler, cached on disk, loaded through ctypes.
+
+The step runs a whole token (embeddings, every block, the output head) in one call, with no
+per-operation dispatch: on the CPU at batch 1 that dispatch, not the products, is what an eager
+step spends beyond its weights' memory traffic (docs/benchmarks.md). It reads the model's own
+tensors where they are (no copy of a weight; fp32 copies of the norms and biases, a few hundred
+KB), writes the decoder's own KV cache, and keeps its activations in fp32.
+
+Built once per machine and source: ``$XDG_CACHE_HOME/gpt2port`` (else ``~/.cache/gpt2port``),
+named by a hash of the source, the compiler, its flags and the CPU, written under a temporary
+name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CompileError, ConfigError
+from .model import FeedForward, GPTModel, LayerNorm, MultiHeadAttention, TransformerBlock
+
+SOURCE = Path(__file__).parent / "csrc" / "step.c"
+# tried in order: the CPU's own instructions and OpenMP threads, then less
+FLAG_SETS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-fopenmp"), ("-O3",))
+KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+GELUS = {"tanh": 0, "none": 1}
+
+
+class Product(ctypes.Structure):
+    _fields_ = [("weight", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("rows", ctypes.c_int64), ("cols", ctypes.c_int64),
+                ("transposed", ctypes.c_int64), ("stride", ctypes.c_int64)]
+
+
+class Norm(ctypes.Structure):
+    _fields_ = [("scale", ctypes.c_void_p), ("shift", ctypes.c_void_p)]
+
+
+class Block(ctypes.Structure):
+    _fields_ = [("attention_norm", Norm), ("feed_forward_norm", Norm),
+                *((name, Product) for name in ("query", "key", "value", "output", "expansion",
+                                               "contraction"))]
+
+
+class Model(ctypes.Structure):
+    _fields_ = [*((name, ctypes.c_int64) for name in ("width", "heads", "layers", "capacity",
+                                                      "kind", "exact_gelu")),
+                ("epsilon", ctypes.c_double),
+                ("token_table", ctypes.c_void_p), ("position_table", ctypes.c_void_p),
+                ("blocks", ctypes.POINTER(Block)), ("final_norm", Norm), ("head", Product),
+                ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p),
+                ("scratch", ctypes.c_void_p), ("logits", ctypes.c_void_p),
+                ("partials", ctypes.c_void_p), ("threads", ctypes.c_int64),
+                ("partial_size", ctypes.c_int64)]
+
+
+def cache_folder() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "gpt2port"
+
+
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which(
+        "clang")
+
+
+@cache
+def cpu_identity() -> str:
+    """What the built code depends on: the CPU's model and its instruction set flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [line for line in info.splitlines() if line.startswith(("model name", "flags",
+                                                                       "Features"))]
+        return "\n".join(dict.fromkeys(lines))
+    except OSError:
+        return platform.processor()
+
+
+@cache
+def version_of(compiler_path: str) -> str:
+    return subprocess.run([compiler_path, "--version"], capture_output=True, text=True,
+                          check=False).stdout
+
+
+def library_path(compiler_path: str, flags: tuple[str, ...]) -> Path:
+    """Where the step built by this compiler with these flags is kept."""
+    version = version_of(compiler_path)
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler_path, version, *flags,
+                                    platform.machine(), cpu_identity()]).encode()).hexdigest()
+    return cache_folder() / f"step-{key[:20]}.so"
+
+
+def build(compiler_path: str, flags: tuple[str, ...], path: Path) -> bool:
+    """Compile the step to ``path`` (renamed into place when done); False if it fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".building-") as folder:
+        built = Path(folder) / path.name
+        result = subprocess.run([compiler_path, *flags, "-shared", "-fPIC", str(SOURCE), "-lm",
+                                 "-o", str(built)], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            return False
+        os.replace(built, path)
+    return True
+
+
+@cache
+def library() -> ctypes.CDLL:
+    """The step's shared library, built on first use with the first flag set that compiles."""
+    found = compiler()
+    if found is None:
+        raise CompileError("no C compiler found (looked for $CC, cc, gcc and clang) to build "
+                           "the compiled decoding step")
+    for flags in FLAG_SETS:
+        path = library_path(found, flags)
+        if not path.exists() and not build(found, flags, path):
+            continue
+        try:
+            step = ctypes.CDLL(str(path))
+        except OSError as error:
+            raise CompileError(f"{path}: cannot load the compiled step ({error})",
+                               hint="delete that file to rebuild it, or leave compile off"
+                               ) from None
+        step.gpt2port_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, ctypes.c_int64]
+        step.gpt2port_step.restype = None
+        step.gpt2port_max_threads.restype = ctypes.c_int64
+        return step
+    raise CompileError(f"{found} could not compile {SOURCE}",
+                       hint="check that it is a working C compiler (CC= names another), or "
+                       "leave compile off")
+
+
+def unsupported(model: GPTModel, batch: int) -> str | None:
+    """Why this model's one-token steps cannot run compiled (None: they can)."""
+    weight = model.token_embedding_table.weight
+    if weight.device.type != "cpu":
+        return f"it runs on the CPU; the model is on {weight.device}"
+    if batch != 1:
+        return f"it runs batch 1; this generation has {batch} sequences"
+    if model.training:
+        return "it runs in eval mode (no dropout); the model is in training mode"
+    if weight.dtype not in KINDS:
+        return f"it runs fp32, fp16 or bf16 weights; the model is {weight.dtype}"
+    if model.config["gelu_approximation"] not in GELUS:
+        return f"it runs GPT-2's GELU; the model's is {model.config['gelu_approximation']!r}"
+    plain = {"token_embedding_table": nn.Embedding, "position_embedding_table": nn.Embedding,
+             "layer_norm": LayerNorm, "output_head": nn.Linear}
+    for name, kind in plain.items():
+        if type(getattr(model, name)) is not kind:
+            return f"it runs GPT-2's own layers; model.{name} is a {type(getattr(model, name))}"
+    for index, block in enumerate(model.transformer_blocks):
+        parts = {"": (block, TransformerBlock), "attention": (block.attention, MultiHeadAttention),
+                 "feed_forward": (block.feed_forward, FeedForward),
+                 "attention_norm": (block.attention_norm, LayerNorm),
+                 "feed_forward_norm": (block.feed_forward_norm, LayerNorm)}
+        linears = [block.attention.query_projection, block.attention.key_projection,
+                   block.attention.value_projection, block.attention.output_projection,
+                   block.feed_forward.expansion, block.feed_forward.contraction]
+        if (any(type(module) is not kind for module, kind in parts.values())
+                or any(type(layer) is not nn.Linear for layer in linears)
+                or type(block.feed_forward.activation) is not nn.GELU):
+            return f"it runs GPT-2's own layers; block {index} has replaced ones"
+    modules = list(model.modules())
+    if any(module._forward_hooks or module._forward_pre_hooks for module in modules):
+        return "it runs GPT-2's own layers; the model has forward hooks"
+    if any(layout(parameter) is None for parameter in model.parameters()) or any(
+            layout(table.weight) != (0, table.weight.shape[1])
+            for table in (model.token_embedding_table, model.position_embedding_table)):
+        return "it reads row-major weights or their transposes; the model has other strides"
+    if len({parameter.dtype for parameter in model.parameters()}) > 1:
+        return "it runs one dtype; the model's parameters mix dtypes"
+    return None
+
+
+def layout(tensor: torch.Tensor) -> tuple[int, int] | None:
+    """(0, stride) where a 2-d tensor's rows are contiguous, (1, stride) where its columns are
+    (the stride from one to the next, in elements), else None; a 1-d tensor must be contiguous.
+    """
+    if tensor.dim() == 1:
+        return (0, 1) if tensor.stride(0) == 1 or tensor.numel() == 1 else None
+    (rows, cols), (down, across) = tensor.shape, tensor.stride()
+    if across == 1 and down >= cols:
+        return 0, down
+    if down == 1 and across >= rows:
+        return 1, across
+    return None
+
+
+class CompiledStep:
+    """A decoder's one-token steps at batch 1 on the CPU, by the compiled step. Holds the fp32
+    norms and biases it made and every tensor the C structs point at."""
+
+    def __init__(self, model: GPTModel, keys: torch.Tensor, values: torch.Tensor,
+                 packed: list[tuple[torch.Tensor, torch.Tensor | None] | None]):
+        reason = unsupported(model, keys.shape[1])
+        if reason is not None:
+            raise ConfigError(f"compile: {reason}",
+                              hint="leave compile off for this model (generation still works)")
+        self.library = library()
+        config = model.config
+        self.held: list[torch.Tensor] = [keys, values]
+        blocks = model.transformer_blocks
+        self.blocks = (Block * len(blocks))(*map(self.block, blocks, packed))
+        capacity, width = keys.shape[3], config["embedding_dimension"]
+        head = model.output_head
+        self.logits = torch.empty(head.weight.shape[0])
+        scratch = 6 * width + blocks[0].feed_forward.expansion.weight.shape[0]
+        scratch += config["number_of_heads"] * capacity
+        self.scratch = torch.empty(scratch)
+        threads = self.library.gpt2port_max_threads()
+        partial_size = max(weight.shape[0] for weight in model.parameters() if weight.dim() == 2)
+        self.partials = torch.empty(threads, partial_size)
+        self.model = Model(
+            width=width, heads=config["number_of_heads"], layers=len(blocks), capacity=capacity,
+            kind=KINDS[head.weight.dtype], exact_gelu=GELUS[config["gelu_approximation"]],
+            epsilon=config["layer_norm_epsilon"],
+            token_table=self.pointer(model.token_embedding_table.weight),
+            position_table=self.pointer(model.position_embedding_table.weight),
+            blocks=self.blocks, final_norm=self.norm(model.layer_norm),
+            head=self.product(head.weight, head.bias),
+            keys=self.pointer(keys), values=self.pointer(values),
+            scratch=self.pointer(self.scratch), logits=self.pointer(self.logits),
+            partials=self.pointer(self.partials), threads=threads, partial_size=partial_size)
+        self.dtype = head.weight.dtype
+
+    def __call__(self, token: int, position: int) -> torch.Tensor:
+        """The logits (V,) after ``token`` at ``position``; its keys and values cached."""
+        self.library.gpt2port_step(ctypes.byref(self.model), token, position)
+        return self.logits.to(self.dtype, copy=True)
+
+    def pointer(self, tensor: torch.Tensor | None, *, fp32: bool = False) -> int | None:
+        if tensor is None:
+            return None
+        tensor = tensor.detach()
+        if fp32:
+            tensor = tensor.float().contiguous()
+        self.held.append(tensor)
+        return tensor.data_ptr()
+
+    def norm(self, norm: LayerNorm) -> Norm:
+        return Norm(self.pointer(norm.scale, fp32=True), self.pointer(norm.shift, fp32=True))
+
+    def product(self, weight: torch.Tensor | None, bias: torch.Tensor | None) -> Product:
+        """``weight`` None: no product (key and value when the query's holds all three)."""
+        if weight is None:
+            return Product(None, None, 0, 0, 0, 0)
+        rows, cols = weight.shape
+        return Product(self.pointer(weight), self.pointer(bias, fp32=True), rows, cols,
+                       *layout(weight))
+
+    def block(self, block: TransformerBlock,
+              packed: tuple[torch.Tensor, torch.Tensor | None] | None) -> Block:
+        attention, feed_forward = block.attention, block.feed_forward
+        projections = (attention.query_projection, attention.key_projection,
+                       attention.value_projection)
+        if packed is not None:  # one product for all three
+            products = [self.product(*packed), self.product(None, None),
+                        self.product(None, None)]
+        else:
+            products = [self.product(layer.weight, layer.bias) for layer in projections]
+        products += [self.product(layer.weight, layer.bias) for layer in (
+            attention.output_projection, feed_forward.expansion, feed_forward.contraction)]
+        return Block(self.norm(block.attention_norm), self.norm(block.feed_forward_norm),
+                     *products)
