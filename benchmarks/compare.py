@@ -78,11 +78,15 @@ def best(run, repeats):
         times.append(time.perf_counter() - start)
     return min(times)
 
+compiled = None
 if implementation != "transformers":
+    import importlib.util
     from gpt2port import generate, load_pretrained
     load = lambda dtype: load_pretrained(folder, dtype=dtype)
     forward = lambda model, ids: model(ids)
     decode = lambda model: generate(model, prompt, new_tokens)
+    if importlib.util.find_spec("gpt2port.compiled_step"):  # a baseline may predate it
+        compiled = lambda model: generate(model, prompt, new_tokens, compile=True)
 else:
     from transformers import GPT2LMHeadModel
     load = lambda dtype: GPT2LMHeadModel.from_pretrained(folder, dtype=dtype).eval()
@@ -99,6 +103,9 @@ with torch.inference_mode():
     for dtype in ("float32", "bfloat16", "float16"):
         model = load(getattr(torch, dtype))
         results[f"decode_{dtype}_tokens_per_s"] = new_tokens / best(lambda: decode(model), 3)
+        if compiled:
+            results[f"decode_compiled_{dtype}_tokens_per_s"] = new_tokens / best(
+                lambda: compiled(model), 3)
 print(json.dumps(results))
 """
 
@@ -121,6 +128,17 @@ for _ in range(3):
     run()
     times.append(time.perf_counter() - start)
 print(json.dumps({"decode_tokens_per_s": new_tokens / min(times)}))
+"""
+
+
+COMPILE = r"""
+import json, os, sys, time
+os.environ["XDG_CACHE_HOME"] = sys.argv[1]  # cold: an empty folder; warm: the same, built
+start = time.perf_counter()
+from gpt2port import compiled_step
+imported = time.perf_counter()
+compiled_step.library()
+print(json.dumps({"library_s": time.perf_counter() - imported}))
 """
 
 
@@ -230,6 +248,14 @@ def gguf_exports(folder: Path, work: Path) -> dict[str, Path]:
     return exports
 
 
+def compile_cost(work: Path) -> dict:
+    """The compiled step's one-time cost: built into an empty cache (cold), then found there by
+    a new process (warm); the best of 3 of each."""
+    cold = [child(COMPILE, work / f"cold-cache-{attempt}")["library_s"] for attempt in range(3)]
+    warm = [child(COMPILE, work / "cold-cache-0")["library_s"] for _ in range(3)]
+    return {"compile_cold_s": min(cold), "compile_warm_s": min(warm)}
+
+
 def llama_cpp(exports: dict[str, Path]) -> dict:
     """llama.cpp's decode speed through llama-cpp-python on each export, a fresh process each."""
     return {f"decode_{dtype}_tokens_per_s": child(LLAMA, path, NEW_TOKENS,
@@ -270,16 +296,27 @@ def table(ours: dict, theirs: dict, llama: dict, bench: dict) -> list[str]:
     fp16 = ours["decode_float16_tokens_per_s"] / theirs["decode_float32_tokens_per_s"]
     lines.append(f"| gpt2port bf16 / fp16 decode vs transformers fp32 | | | "
                  f"{bf16:.2f}x / {fp16:.2f}x |")
+    for dtype in ("float32", "bfloat16", "float16"):
+        key = f"decode_compiled_{dtype}_tokens_per_s"
+        if key in ours:
+            lines.append(f"| greedy decode, batch 1, {dtype}, `compile=True` (tok/s) | "
+                         f"{ours[key]:.1f} | {theirs[f'decode_{dtype}_tokens_per_s']:.1f} | "
+                         f"{ours[key] / theirs[f'decode_{dtype}_tokens_per_s']:.2f}x |")
+    if "compile_cold_s" in ours:
+        lines.append(f"| `compile=True` one-time cost: built (cold) / found in the cache (warm) "
+                     f"(s) | {ours['compile_cold_s']:.2f} / {ours['compile_warm_s']:.4f} | | |")
     pairs = (("f32", "float32", "f32"), ("f16", "float16", "f16"), ("bf16", "bfloat16", "f16"))
     for peer, measured in (("llama-bench", bench), ("llama-cpp-python binding", llama)):
         for label, ours_dtype, gguf in pairs:  # bf16 against llama.cpp's f16, as issue 12 set
             if f"decode_{gguf}_tokens_per_s" not in measured:
                 continue
-            mine = ours[f"decode_{ours_dtype}_tokens_per_s"]
             value = measured[f"decode_{gguf}_tokens_per_s"]
-            lines.append(f"| greedy decode, batch 1, gpt2port {label} vs llama.cpp {gguf} "
-                         f"({peer}) on gpt2port's GGUF (tok/s) | {mine:.1f} | {peer} "
-                         f"{value:.1f} | {mine / value:.2f}x |")
+            for step, key in (("", f"decode_{ours_dtype}_tokens_per_s"),
+                              (" compiled", f"decode_compiled_{ours_dtype}_tokens_per_s")):
+                if key in ours:
+                    lines.append(f"| greedy decode, batch 1, gpt2port{step} {label} vs llama.cpp "
+                                 f"{gguf} ({peer}) on gpt2port's GGUF (tok/s) | {ours[key]:.1f} "
+                                 f"| {peer} {value:.1f} | {ours[key] / value:.2f}x |")
     return lines
 
 
@@ -312,8 +349,10 @@ def chart(ours: dict, theirs: dict, llama: dict, path: Path) -> None:
     keys = [f"decode_{d}_tokens_per_s" for d in ("float32", "bfloat16", "float16")]
     figure, axis = plt.subplots(figsize=(7, 3.6))
     x = range(len(labels))
-    axis.bar([i - 0.2 for i in x], [ours[k] for k in keys], 0.4, label="gpt2port")
-    axis.bar([i + 0.2 for i in x], [theirs[k] for k in keys], 0.4, label="transformers")
+    compiled = [ours.get(k.replace("decode_", "decode_compiled_"), 0) for k in keys]
+    axis.bar([i - 0.27 for i in x], [ours[k] for k in keys], 0.27, label="gpt2port")
+    axis.bar(list(x), compiled, 0.27, label="gpt2port compile=True")
+    axis.bar([i + 0.27 for i in x], [theirs[k] for k in keys], 0.27, label="transformers")
     if llama:
         axis.axhline(llama.get("decode_f32_tokens_per_s", 0), ls="--", c="gray",
                      label="llama.cpp f32")
@@ -355,6 +394,7 @@ def main() -> None:
         for name, runs in speeds.items():
             results[name].update({key: (max if key.endswith("per_s") else min)(r[key] for r in runs)
                                   for key in runs[0]})
+        results["gpt2port"].update(compile_cost(work))
         gpu = gpu_rows(folder)
     llama, bench = ({key: max(run[key] for run in runs) for key in runs[0]} if runs else {}
                     for runs in (llama_runs, bench_runs))

@@ -217,7 +217,7 @@ class CompiledStep:
         scratch = 6 * width + blocks[0].feed_forward.expansion.weight.shape[0]
         scratch += config["number_of_heads"] * capacity
         self.scratch = torch.empty(scratch)
-        threads = self.library.gpt2port_max_threads()
+        threads = max(self.library.gpt2port_max_threads(), os.cpu_count() or 1)
         partial_size = max(weight.shape[0] for weight in model.parameters() if weight.dim() == 2)
         self.partials = torch.empty(threads, partial_size)
         self.model = Model(

@@ -191,7 +191,7 @@ static int64_t team_size(void) {
 #endif
 }
 
-/* The most threads a step's team can have: what `partials` is sized for. */
+/* The calling thread's OpenMP thread count (1 without OpenMP): a step's team, at most. */
 int64_t gpt2port_max_threads(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();
@@ -281,7 +281,9 @@ void gpt2port_step(const Model *m, int64_t token, int64_t position) {
         x[i] = to_float(m->token_table, token * width + i, m->kind)
                + to_float(m->position_table, position * width + i, m->kind);
     int gelu = m->exact_gelu ? 2 : 1;
-#pragma omp parallel num_threads(m->threads)
+    int64_t team = gpt2port_max_threads(); /* the calling thread's own setting, */
+    team = team < m->threads ? team : m->threads; /* up to what `partials` holds */
+#pragma omp parallel num_threads(team)
     {
         for (int64_t layer = 0; layer < m->layers; layer++) {
             const Block *b = &m->blocks[layer];

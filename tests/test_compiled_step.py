@@ -1,0 +1,263 @@
+"""The compiled one-token step (``generate(..., compile=True)``) against transformers and the
+regular path: logits at every position, greedy ids, the sliding window, every dtype and weight
+layout it reads; the models and machines it refuses, and its build cache."""
+
+import copy
+import os
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from checkpoints import reference_model, write_hub_layout, write_layout
+
+from gpt2port import ConfigError, compiled_step, generate, load_pretrained
+from gpt2port.decoding import Continuation, Decoder
+from gpt2port.errors import CompileError
+from gpt2port.tokenizer import BUNDLED
+
+pytestmark = pytest.mark.skipif(compiled_step.compiler() is None,
+                                reason="no C compiler on this machine to build the step with")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def build_cache(tmp_path_factory):
+    """The step built into a cache folder of this module's own, not the user's."""
+    folder = tmp_path_factory.mktemp("xdg-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(folder))
+        compiled_step.library.cache_clear()
+        yield folder / "gpt2port"
+    compiled_step.library.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """(gpt2port's model in the Hub's layout, transformers' model), tiny random weights."""
+    reference = reference_model(seed=3)
+    folder = write_hub_layout(reference, tmp_path_factory.mktemp("compiled") / "tiny")
+    return load_pretrained(folder), reference
+
+
+def stepped_logits(model, ids, prompt_length, *, compiled):
+    """The logits after every position of ``ids`` (1, T): the prompt in one pass, then one
+    token at a time."""
+    with torch.inference_mode():
+        decoder = Decoder(model, 1, ids.shape[1], compiled=compiled)
+        found = [decoder.forward(ids[:, :prompt_length])]
+        found += [decoder.forward(ids[:, t:t + 1]) for t in range(prompt_length, ids.shape[1])]
+    return torch.cat(found, 1).float()
+
+
+def row_major(model):
+    """A copy of ``model`` whose every weight is its own row-major tensor (no q|k|v packing)."""
+    copied = copy.deepcopy(model)
+    for parameter in copied.parameters():
+        parameter.data = parameter.data.contiguous().clone()
+    copied.tie_output_head()
+    return copied
+
+
+@pytest.mark.parametrize("layout", ["hub", "row-major"])
+def test_compiled_steps_give_transformers_logits_at_every_position(pair, layout):
+    """The Hub's fp32 layout reads transposed, packed q|k|v weights; a row-major model reads
+    each projection by rows: both are the step's fp32 kernels."""
+    ours, reference = pair
+    model = ours if layout == "hub" else row_major(ours)
+    ids = torch.randint(0, 512, (1, 50), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = reference(ids).logits
+    found = stepped_logits(model, ids, 5, compiled=True)
+    assert (found - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+@pytest.mark.parametrize(("dtype", "bound"), [(torch.float16, 0.02), (torch.bfloat16, 0.1)])
+def test_half_precision_compiled_steps_stay_close_to_transformers_fp32(pair, tmp_path, dtype,
+                                                                      bound):
+    _, reference = pair
+    model = load_pretrained(write_hub_layout(reference, tmp_path / "tiny"), dtype=dtype)
+    ids = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = reference(ids).logits
+    found = stepped_logits(model, ids, 3, compiled=True)
+    regular = stepped_logits(model, ids, 3, compiled=False)
+    scale = expected.abs().max()
+    assert (found - expected).abs().max() < bound * scale
+    # its activations stay fp32, so it is no further from fp32 than the regular half step
+    assert (found - expected).abs().max() <= (regular - expected).abs().max() + 1e-3 * scale
+
+
+def test_the_portable_build_gives_the_same_logits(pair, tmp_path, monkeypatch):
+    """Built without the CPU's own instructions (as on a CPU without AVX2): the plain C
+    products and half-precision conversions, against the native build and transformers."""
+    ours, reference = pair
+    ids = torch.randint(0, 512, (1, 30), generator=torch.Generator().manual_seed(6))
+    half = write_hub_layout(reference, tmp_path / "half")
+    models = [ours, row_major(ours), load_pretrained(half, dtype=torch.float16),
+              load_pretrained(half, dtype=torch.bfloat16)]
+    native = [stepped_logits(model, ids, 3, compiled=True) for model in models]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(compiled_step, "FLAG_SETS", (("-O3", "-fopenmp"), ("-O3",)))
+    compiled_step.library.cache_clear()
+    portable = [stepped_logits(model, ids, 3, compiled=True) for model in models]
+    compiled_step.library.cache_clear()
+    with torch.no_grad():
+        expected = reference(ids).logits
+    scale = expected.abs().max()
+    for model, fast, plain in zip(models, native, portable, strict=True):
+        dtype = model.output_head.weight.dtype  # the logits come back in it: one step apart
+        assert (plain - fast).abs().max() <= (1e-5 + torch.finfo(dtype).eps) * scale, dtype
+    assert (portable[0] - expected).abs().max() < 1e-4 * scale
+
+
+def test_compiled_greedy_ids_are_transformers_own(pair):
+    ours, reference = pair
+    prompt = [5, 6, 7]
+    found = generate(ours, torch.tensor([prompt]), 40, compile=True)[0].tolist()
+    expected = reference.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
+                                  attention_mask=torch.ones(1, 3, dtype=torch.long),
+                                  pad_token_id=0)[0].tolist()
+    assert found == expected
+
+
+def test_past_the_context_the_compiled_step_follows_the_sliding_window(pair):
+    """100 new tokens past a context of 64: teacher-forced along one sequence, the compiled
+    steps give the regular path's logits, window slides included."""
+    ours, _ = pair
+    ids = generate(ours, torch.tensor([[5, 6, 7]]), 100)
+    found, regular = [], []
+    with torch.inference_mode():
+        for compiled, into in ((True, found), (False, regular)):
+            continuation = Continuation(ours, ids[:, :3], 100, compiled=compiled)
+            into.append(continuation.start())
+            for column in range(3, ids.shape[1] - 1):
+                into.append(continuation.extend(ids[:, column:column + 1]))
+    found, regular = torch.stack(found), torch.stack(regular)
+    assert (found - regular).abs().max() <= 1e-4 * regular.abs().max()
+    sampled = {"temperature": 0.8, "top_k": 20, "seed": 3}
+    assert torch.equal(generate(ours, ids[:, :3], 30, compile=True, **sampled),
+                       generate(ours, ids[:, :3], 30, **sampled))
+
+
+def test_the_exact_gelu_and_an_untied_head(tmp_path):
+    """nanoGPT's exact GELU, and a model with no tied head: each by its own tensors."""
+    reference = reference_model(seed=5, activation_function="gelu", tie_word_embeddings=False)
+    with torch.no_grad():
+        reference.lm_head.weight.normal_(0, 0.2)
+    reference.save_pretrained(tmp_path / "tiny")
+    model = load_pretrained(tmp_path / "tiny")
+    assert model.config["gelu_approximation"] == "none"
+    ids = torch.randint(0, 512, (1, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = reference(ids).logits
+    found = stepped_logits(model, ids, 4, compiled=True)
+    assert (found - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+def test_threads_each_run_their_own_compiled_generation(pair):
+    ours, _ = pair
+    prompts = [torch.tensor([[t, t + 1, t + 2]]) for t in range(4)]
+    expected = [generate(ours, prompt, 30, compile=True) for prompt in prompts]
+    found = [None] * len(prompts)
+
+    def run(index):
+        found[index] = generate(ours, prompts[index], 30, compile=True)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(map(torch.equal, found, expected))
+
+
+def hooked(model):
+    copied = copy.deepcopy(model)
+    copied.transformer_blocks[1].feed_forward.register_forward_hook(lambda *_: None)
+    return copied
+
+
+def replaced(model):
+    copied = copy.deepcopy(model)
+    copied.transformer_blocks[0].feed_forward.expansion = torch.nn.Sequential(
+        copied.transformer_blocks[0].feed_forward.expansion)
+    return copied
+
+
+@pytest.mark.parametrize(("change", "said"), [
+    (lambda model: model, "compile: it runs batch 1; this generation has 2 sequences"),
+    (lambda model: copy.deepcopy(model).train(), "the model is in training mode"),
+    (hooked, "the model has forward hooks"),
+    (replaced, "block 0 has replaced ones"),
+    (lambda model: copy.deepcopy(model).double(), "the model is torch.float64"),
+])
+def test_a_model_the_step_cannot_run_is_refused_before_any_step(pair, change, said):
+    ours, _ = pair
+    model = change(ours)
+    batch = 2 if "batch" in said else 1
+    with pytest.raises(ConfigError, match=said) as raised:
+        generate(model, torch.ones(batch, 3, dtype=torch.long), 5, compile=True)
+    assert "leave compile off" in raised.value.hint
+
+
+def test_without_a_compiler_it_says_so(pair, monkeypatch, tmp_path):
+    ours, _ = pair
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built there
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    compiled_step.library.cache_clear()
+    with pytest.raises(CompileError, match="no C compiler found") as raised:
+        generate(ours, torch.tensor([[1, 2]]), 3, compile=True)
+    assert raised.value.exit_code == 8 and "install a C compiler" in raised.value.hint
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    compiled_step.library.cache_clear()
+    with pytest.raises(CompileError, match=f"{broken} could not compile .*step.c"):
+        generate(ours, torch.tensor([[1, 2]]), 3, compile=True)
+    assert not list((tmp_path / "gpt2port").iterdir())  # no partial build left behind
+    compiled_step.library.cache_clear()
+
+
+def test_the_step_is_built_once_into_the_cache_with_the_umask(pair, build_cache, monkeypatch):
+    ours, _ = pair
+    generate(ours, torch.tensor([[1, 2]]), 3, compile=True)
+    built = list(build_cache.iterdir())
+    assert len(built) == 1 and built[0].name.startswith("step-") and built[0].suffix == ".so"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(built[0].stat().st_mode) & umask == 0
+    compiled_step.library.cache_clear()  # a new process: found, not built again
+    monkeypatch.setattr(compiled_step, "build", lambda *_: pytest.fail("built again"))
+    assert torch.equal(generate(ours, torch.tensor([[1, 2]]), 3, compile=True),
+                       generate(ours, torch.tensor([[1, 2]]), 3))
+
+
+def test_the_cli_prints_the_same_text_compiled_or_not_and_says_why_it_cannot(tmp_path,
+                                                                         build_cache):
+    model = write_layout("hub", tmp_path / "model", vocab_size=50257, bos_token_id=50256,
+                         eos_token_id=50256)
+    for name in ("vocab.json", "merges.txt"):
+        (model / name).write_bytes((BUNDLED / name).read_bytes())
+    env = {**os.environ, "XDG_CACHE_HOME": str(build_cache.parent)}
+
+    def run(*options, **changes):
+        return subprocess.run([sys.executable, "-m", "gpt2port", "generate", str(model),
+                               "The dog", "--max-new-tokens", "20", *options],
+                              capture_output=True, text=True, env={**env, **changes},
+                              check=False, timeout=300)
+
+    regular, compiled = run(), run("--compile")
+    assert regular.returncode == compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout == regular.stdout and len(compiled.stdout) > len("The dog")
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    refused = run("--compile", CC=str(broken), XDG_CACHE_HOME=str(tmp_path / "empty-cache"))
+    assert refused.returncode == 8 and "Traceback" not in refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"error: {broken} could not compile {compiled_step.SOURCE}",
+        "hint: check that it is a working C compiler (CC= names another), or leave compile off"]
