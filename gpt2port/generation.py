@@ -82,7 +82,7 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
 
     ``compile`` runs the one-token steps (batch 1, CPU) by the compiled step
     (``compiled_step``): built with the machine's C compiler on first use (about a second, then
-    cached on disk), 1.3-1.9x faster than the regular step (docs/benchmarks.md). Prompts still
+    cached on disk), 1.4-2.0x faster than the regular step (docs/benchmarks.md). Prompts still
     run by the regular path.
 
     Raises:
