@@ -85,7 +85,7 @@ if implementation != "transformers":
     load = lambda dtype: load_pretrained(folder, dtype=dtype)
     forward = lambda model, ids: model(ids)
     decode = lambda model: generate(model, prompt, new_tokens)
-    if importlib.util.find_spec("gpt2port.compiled_step"):  # a baseline may predate it
+    if importlib.util.find_spec("gpt2port.engine.compiled_step"):  # a baseline may predate it
         compiled = lambda model: generate(model, prompt, new_tokens, compile=True)
 else:
     from transformers import GPT2LMHeadModel
@@ -135,7 +135,7 @@ COMPILE = r"""
 import json, os, sys, time
 os.environ["XDG_CACHE_HOME"] = sys.argv[1]  # cold: an empty folder; warm: the same, built
 start = time.perf_counter()
-from gpt2port import compiled_step
+from gpt2port.engine import compiled_step
 imported = time.perf_counter()
 compiled_step.library()
 print(json.dumps({"library_s": time.perf_counter() - imported}))

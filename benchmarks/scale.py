@@ -54,7 +54,7 @@ FLOOR = ("import sys\nsource, target, size = sys.argv[1], sys.argv[2], int(sys.a
 
 class HubLayout:
     """The tensors of the Hub's ``openai-community/gpt2`` layout for a shape, made one at a
-    time from a seeded generator (what ``gpt2port.writers.write_safetensors`` takes)."""
+    time from a seeded generator (what ``gpt2port.io.writers.write_safetensors`` takes)."""
 
     def __init__(self, layers: int, width: int):
         import torch
@@ -87,7 +87,7 @@ class HubLayout:
 
 
 def write_checkpoint(folder: Path, size: str) -> Path:
-    from gpt2port.writers import write_safetensors
+    from gpt2port.io.writers import write_safetensors
 
     layers, width, heads = SHAPES[size]
     folder.mkdir(parents=True)

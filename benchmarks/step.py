@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from checkpoint import write_full_size_folder
 
-from gpt2port import kernels, load_pretrained
-from gpt2port.decoding import Decoder, packed_projection
+from gpt2port import load_pretrained
+from gpt2port.engine import kernels
+from gpt2port.engine.decoding import Decoder, packed_projection
 from gpt2port.model import GPTModel
 
 STEPS, ROUNDS = 30, 5

@@ -20,12 +20,12 @@ _EXPORTS = {
     "MappingError": "errors",
     "TokenizerError": "errors",
     "OutputError": "errors",
-    "compare": "comparison",
-    "Comparison": "comparison",
-    "generate": "generation",
+    "compare": "proof.comparison",
+    "Comparison": "proof.comparison",
+    "generate": "engine.generation",
     "load_pretrained": "loading",
     "GPTModel": "model",
-    "load_tokenizer": "tokenizer",
+    "load_tokenizer": "text.tokenizer",
 }
 __all__ = [
     "GPT_CONFIG_124M",
@@ -46,8 +46,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .comparison import Comparison, compare
     from .config import GPT_CONFIG_124M, PRESETS, validate_config
+    from .engine.generation import generate
     from .errors import (
         CheckpointError,
         ConfigError,
@@ -56,10 +56,10 @@ if TYPE_CHECKING:
         OutputError,
         TokenizerError,
     )
-    from .generation import generate
     from .loading import load_pretrained
     from .model import GPTModel
-    from .tokenizer import load_tokenizer
+    from .proof.comparison import Comparison, compare
+    from .text.tokenizer import load_tokenizer
 
 
 def __getattr__(name: str) -> object:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Self
 
 from .config import PRESETS, hub_source
+from .console.phases import phase
 from .errors import ConfigError, Gpt2portError, OfflineError, TokenizerError, VerificationError
-from .phases import phase
 
 EXAMPLES = """\
 examples:
@@ -177,7 +177,7 @@ def _folder(args: argparse.Namespace) -> Path:
 def _verify(args: argparse.Namespace, folder: Path, known: tuple | None = None) -> None:
     """Load ``folder`` and check it against the reference (and the known answer, if any)."""
     from .loading import load_pretrained
-    from .verification import verify
+    from .proof.verification import verify
 
     phase("loading")
     model = load_pretrained(folder, dtype="float32")
@@ -199,7 +199,7 @@ def run_download(args: argparse.Namespace) -> None:
         known = PRESETS["gpt2"].known_greedy if folder.name == "124M" else None
         print(f"files in {folder} (sizes checked; tensors' CRC-32C checked on reading):")
     else:
-        from .hub import download
+        from .hub.snapshots import download
         from .loading import hub_name
 
         if Path(args.model).exists():
@@ -226,7 +226,7 @@ def run_download(args: argparse.Namespace) -> None:
 
 def _download_release(args: argparse.Namespace) -> Path:
     from .formats.openai import PRESET_SIZES, RELEASE_FILES
-    from .releases import default_folder, download_release
+    from .hub.releases import default_folder, download_release
 
     size = PRESET_SIZES.get(args.model, args.model)
     folder = args.cache_dir / "openai" / size if args.cache_dir else default_folder(size)
@@ -276,9 +276,9 @@ def _device(name: str) -> str:
 def run_generate(args: argparse.Namespace) -> None:
     import torch
 
-    from .generation import stream
+    from .engine.generation import stream
     from .loading import load_pretrained
-    from .tokenizer import END_OF_TEXT_ID, has_tokenizer, load_tokenizer
+    from .text.tokenizer import END_OF_TEXT_ID, has_tokenizer, load_tokenizer
 
     device = _device(args.device)
     folder = _folder(args)
@@ -354,7 +354,7 @@ def _text(path: Path) -> str:
 
 
 def run_compare(args: argparse.Namespace) -> None:
-    from .comparison import compare
+    from .proof.comparison import compare
 
     text = _text(args.text) if args.text else None
     found = compare(args.model, args.other, text=text)

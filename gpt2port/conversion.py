@@ -13,16 +13,16 @@ from pathlib import Path
 
 import torch
 
+from .console.progress import progress, stage
 from .errors import ConfigError
-from .files import write_file, write_folder
 from .formats import BY_NAME, FORMATS, Format
+from .io.outputs import write_file, write_folder
+from .io.pages import released_as_used
 from .loading import model_from_checkpoint, open_checkpoint, resolve
 from .model import GPTModel
-from .pages import released_as_used
-from .progress import progress, stage
+from .proof.verification import prompt_for
 from .skeleton import empty_model
-from .verification import prompt_for
-from .vocabulary import Vocabulary
+from .text.vocabulary import Vocabulary
 
 
 class ConversionWarning(UserWarning):

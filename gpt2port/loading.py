@@ -10,12 +10,12 @@ import torch
 
 from . import formats, slots
 from .config import PRESETS, hub_source
-from .decoding import stacked_rows
+from .engine.decoding import stacked_rows
 from .errors import CheckpointError, ConfigError, MappingError, NetworkError
 from .formats import Checkpoint
 from .formats.table import MappingTable, to_model
+from .io.pages import MappedFiles
 from .model import GPTModel
-from .pages import MappedFiles
 from .skeleton import empty_model
 
 REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
@@ -211,7 +211,7 @@ def resolve(name_or_path: str | Path, *, revision: str | None = None,
                               hint=f"give the file's own path: {path / filename}")
         return path
     name = hub_name(str(name_or_path))
-    from . import hub  # imported here: a local load needs no network stack
+    from .hub import snapshots as hub  # imported here: a local load needs no network stack
 
     source = hub_source(name, revision)
     pinned = source.pinned if filename is None else {}  # a preset's hashes are of its own files

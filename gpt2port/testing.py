@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .comparison import Comparison, compare
+from .proof.comparison import Comparison, compare
 
 
 def assert_equivalent(a: str | Path, b: str | Path, *, atol: float | None = None,

@@ -13,8 +13,8 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokeniz
 
 from gpt2port import load_pretrained, load_tokenizer
 from gpt2port.conversion import ConversionWarning, convert
-from gpt2port.tokenizer import BUNDLED
-from gpt2port.verification import verify
+from gpt2port.proof.verification import verify
+from gpt2port.text.tokenizer import BUNDLED
 
 TEXT = "Hello <|user|> the covidvaccine works<|endoftext|><|pad|> ok <|assistant|>"
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from checkpoints import write_layout
 
-from gpt2port.tokenizer import BUNDLED
+from gpt2port.text.tokenizer import BUNDLED
 
 FORMAT_FILES = {  # a file name each format claims, filled with random bytes
     "hf": "model.safetensors", "native": "model.safetensors", "gguf": "model.gguf",

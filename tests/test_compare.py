@@ -88,7 +88,7 @@ def test_a_bug_planted_in_the_loaders_gguf_reader_is_caught_by_verify(source, tm
     pytest.importorskip("gguf")
     from gpt2port import load_pretrained
     from gpt2port.formats import gguf
-    from gpt2port.verification import verify
+    from gpt2port.proof.verification import verify
 
     exported = quietly(source, tmp_path / "model.gguf", to="gguf")
     assert verify(load_pretrained(exported), exported).passed
@@ -109,7 +109,7 @@ def test_a_bug_planted_in_the_loaders_tensor_bundle_reader_is_caught_by_verify(
     pytest.importorskip("tensorflow", reason="TensorFlow is the OpenAI reference (a test extra)")
     from gpt2port import load_pretrained
     from gpt2port.formats import openai
-    from gpt2port.verification import verify
+    from gpt2port.proof.verification import verify
 
     exported = quietly(source, tmp_path / "openai", to="openai")
     real = openai.read_bundle

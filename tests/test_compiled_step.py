@@ -13,10 +13,11 @@ import pytest
 import torch
 from checkpoints import reference_model, write_hub_layout, write_layout
 
-from gpt2port import ConfigError, compiled_step, generate, load_pretrained
-from gpt2port.decoding import Continuation, Decoder
+from gpt2port import ConfigError, generate, load_pretrained
+from gpt2port.engine import compiled_step
+from gpt2port.engine.decoding import Continuation, Decoder
 from gpt2port.errors import CompileError
-from gpt2port.tokenizer import BUNDLED
+from gpt2port.text.tokenizer import BUNDLED
 
 pytestmark = pytest.mark.skipif(compiled_step.compiler() is None,
                                 reason="no C compiler on this machine to build the step with")

@@ -21,7 +21,7 @@ from gpt2port.conversion import ConversionWarning, convert
 from gpt2port.errors import OutputError
 from gpt2port.formats import BY_NAME, huggingface
 from gpt2port.loading import open_checkpoint
-from gpt2port.tokenizer import BUNDLED
+from gpt2port.text.tokenizer import BUNDLED
 
 IDS = torch.arange(1, 41).view(2, 20)
 

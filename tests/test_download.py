@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from stand_in_hub import StandInHub
 
 from gpt2port.config import PRESETS
-from gpt2port.tokenizer import BUNDLED
+from gpt2port.text.tokenizer import BUNDLED
 
 REPO = "test-org/tiny-gpt2"
 GPT2 = PRESETS["gpt2"]
@@ -89,7 +89,7 @@ def test_download_verify_generate_inspect(hub, env):
 
     verified = gpt2port("verify", REPO, "--reference", "numpy", "--offline", env=env)
     assert verified.returncode == 0, verified.stderr
-    assert "gpt2port.reference (NumPy" in verified.stdout and "PASSED" in verified.stdout
+    assert "gpt2port.proof.reference (NumPy" in verified.stdout and "PASSED" in verified.stdout
 
     generated = gpt2port("generate", REPO, "The dog", "--max-new-tokens", "5", "--offline",
                          env=env)

@@ -5,7 +5,7 @@ import torch
 from checkpoints import LAYOUTS, TINY, load_reference, write_layout
 
 from gpt2port import generate, load_pretrained
-from gpt2port.decoding import Decoder, packed_projection
+from gpt2port.engine.decoding import Decoder, packed_projection
 
 FULL_SIZE_PARAMETERS = 124_439_808
 

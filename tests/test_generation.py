@@ -7,9 +7,10 @@ import pytest
 import torch
 from checkpoints import reference_model, write_hub_layout
 
-from gpt2port import ConfigError, generate, kernels, load_pretrained
-from gpt2port.decoding import Continuation, Decoder
-from gpt2port.generation import stream
+from gpt2port import ConfigError, generate, load_pretrained
+from gpt2port.engine import kernels
+from gpt2port.engine.decoding import Continuation, Decoder
+from gpt2port.engine.generation import stream
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_sampling_is_seeded_and_respects_top_k(pair):
 
 def test_stop_at_eos_ends_each_row_at_its_end_of_text(pair, monkeypatch):
     ours, _ = pair
-    from gpt2port import generation
+    from gpt2port.engine import generation
 
     greedy = generate(ours, [[1, 2, 3]], 10)[0]
     monkeypatch.setattr(generation, "END_OF_TEXT_ID", greedy[5])  # the 3rd new token

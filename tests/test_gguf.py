@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from gpt2port import ConfigError, generate, load_pretrained, load_tokenizer
 from gpt2port.conversion import convert
-from gpt2port.tokenizer import BUNDLED
+from gpt2port.text.tokenizer import BUNDLED
 
 IDS = torch.arange(1, 30).view(1, 29)
 
@@ -156,7 +156,7 @@ def test_llama_cpp_runs_the_export_as_gpt2port_does(full_size_hub_folder, tmp_pa
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed (.ci/run builds it from source; "
         "this test says so when that build failed)")
-    from gpt2port.verification import PROMPT
+    from gpt2port.proof.verification import PROMPT
 
     model = load_pretrained(full_size_hub_folder)
     source = tmp_path / "source"  # the 124M-shape checkpoint with GPT-2's tokenizer beside it

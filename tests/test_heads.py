@@ -19,7 +19,7 @@ from gpt2port import GPT_CONFIG_124M, ConfigError, GPTModel, generate, load_pret
 from gpt2port.conversion import ConversionWarning, convert
 from gpt2port.inspection import describe
 from gpt2port.loading import open_checkpoint
-from gpt2port.verification import verify
+from gpt2port.proof.verification import verify
 
 book = pytest.importorskip("llms_from_scratch.ch04", reason="pip install --no-deps "
                            "llms-from-scratch (the book's code; .ci/run installs it)")

@@ -19,8 +19,8 @@ from other_projects import write_llmc_model, write_nanogpt_checkpoint
 from gpt2port import Gpt2portError, load_pretrained
 from gpt2port.conversion import convert
 from gpt2port.loading import model_from_checkpoint, open_checkpoint
-from gpt2port.tokenizer import BUNDLED, encoding
-from gpt2port.vocabulary import Vocabulary, read_folder, write_hf_files
+from gpt2port.text.tokenizer import BUNDLED, encoding
+from gpt2port.text.vocabulary import Vocabulary, read_folder, write_hf_files
 
 EXAMPLES = 400  # per reader; the closing note of issue 6 reports these counts
 SECONDS_PER_LOAD = 10  # a tiny model loads in ~20 ms: anything near this is a hang
@@ -198,7 +198,7 @@ def test_a_header_claiming_a_trillion_elements_allocates_nothing(tmp_path):
 
 
 def test_a_bundle_entry_claiming_a_trillion_elements_allocates_nothing(tmp_path):
-    from gpt2port.tensor_bundle import HEADER, _encode_entry, encode_table
+    from gpt2port.io.tensor_bundle import HEADER, _encode_entry, encode_table
 
     folder = convert(write_layout("hub", tmp_path / "hub"), tmp_path / "openai", to="openai")
     entry = _encode_entry(1, (10**6, 10**6), 0, 4 * 10**12, 0)
@@ -223,7 +223,7 @@ def test_non_finite_weights_are_refused_by_name(value, tmp_path):
 def protobuf_messages(depth=2):
     """Well-formed protobuf wire format with any field numbers, wire types and values (nested
     messages included), so that a field of the wrong type reaches the parser."""
-    from gpt2port.tensor_bundle import _varint
+    from gpt2port.io.tensor_bundle import _varint
 
     def encode(fields):
         out = b""
@@ -249,7 +249,7 @@ def protobuf_messages(depth=2):
 def test_random_bundle_records_behind_valid_checksums_give_our_error(valid, tmp_path):
     """The index's block CRCs stop most byte mutations early; this feeds the record parser
     arbitrary header and entry bytes inside a table whose checksums are right."""
-    from gpt2port.tensor_bundle import HEADER, encode_table, read_bundle
+    from gpt2port.io.tensor_bundle import HEADER, encode_table, read_bundle
 
     folder, _ = valid["tf_bundle_index"]
     work = tmp_path / "work"

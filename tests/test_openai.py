@@ -11,10 +11,10 @@ from checkpoints import hub_state_dict, load_reference, reference_model, write_h
 
 from gpt2port import CheckpointError, ConfigError, load_pretrained
 from gpt2port.conversion import convert
-from gpt2port.crc32c import crc32c
 from gpt2port.formats import openai
-from gpt2port.tensor_bundle import data_path, decode_table, read_bundle, write_bundle
-from gpt2port.tokenizer import BUNDLED
+from gpt2port.io.crc32c import crc32c
+from gpt2port.io.tensor_bundle import data_path, decode_table, read_bundle, write_bundle
+from gpt2port.text.tokenizer import BUNDLED
 
 IDS = torch.arange(1, 30).view(1, 29)
 NO_TENSORFLOW = "TensorFlow is not installed (pip install tensorflow-cpu; .ci/run installs it)"
@@ -159,7 +159,7 @@ def test_the_release_files_are_what_the_table_names(exported):
 
 
 def test_entries_with_fields_of_the_wrong_wire_type_are_refused(exported):
-    from gpt2port.tensor_bundle import HEADER, _field, encode_table
+    from gpt2port.io.tensor_bundle import HEADER, _field, encode_table
 
     wrong = {"header": [(b"", _field(1, b"x")), (b"model/wte", _field(1, 1))],
              "offset": [(b"", HEADER), (b"model/wte", _field(1, 1) + _field(4, b"x"))]}
@@ -219,7 +219,7 @@ def test_a_prefix_given_directly_loads_that_step(training_run):
     model = load_pretrained(folder / "model-500")
     with torch.no_grad():
         assert torch.allclose(model(IDS), steps[500](IDS).logits, atol=1e-5)
-    from gpt2port.verification import verify
+    from gpt2port.proof.verification import verify
 
     assert verify(model, folder / "model-500", reference="numpy").passed
 

@@ -10,7 +10,7 @@ from test_download import gpt2port, gpt2port_at_once
 
 from gpt2port.conversion import convert
 from gpt2port.formats.openai import RELEASE_FILES
-from gpt2port.tokenizer import BUNDLED
+from gpt2port.text.tokenizer import BUNDLED
 
 DATA = "model.ckpt.data-00000-of-00001"
 

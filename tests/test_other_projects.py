@@ -221,8 +221,8 @@ def test_llmc_tokenizer_is_gpt2s(tmp_path):
     from transformers import GPT2Tokenizer
 
     from gpt2port.formats.llmc import write_tokenizer
-    from gpt2port.tokenizer import BUNDLED
-    from gpt2port.vocabulary import read_folder
+    from gpt2port.text.tokenizer import BUNDLED
+    from gpt2port.text.vocabulary import read_folder
 
     write_tokenizer(read_folder(BUNDLED), tmp_path / "gpt2_tokenizer.bin")
     header, tokens = read_llmc_tokenizer(tmp_path / "gpt2_tokenizer.bin")

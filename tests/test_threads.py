@@ -11,7 +11,7 @@ import torch
 from checkpoints import write_layout
 
 from gpt2port import generate, load_pretrained
-from gpt2port.files import current_umask
+from gpt2port.io.outputs import current_umask
 
 
 def in_threads(*jobs):
@@ -116,7 +116,7 @@ def test_verify_leaves_transformers_logging_to_other_threads(tmp_path):
     process are never switched, not even for a moment."""
     from transformers.utils import logging
 
-    from gpt2port.verification import verify
+    from gpt2port.proof.verification import verify
 
     folder = write_layout("hub", tmp_path / "hub")
     model, done = load_pretrained(folder), threading.Event()
@@ -172,7 +172,7 @@ def test_threads_loading_converting_and_verifying_at_once_give_the_serial_result
     from transformers.utils import logging
 
     from gpt2port.conversion import convert
-    from gpt2port.verification import verify
+    from gpt2port.proof.verification import verify
 
     source = write_layout("hub", tmp_path / "hub")
     ids = torch.tensor([[1, 2, 3, 4, 5]])

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from gpt2port import ConfigError, load_pretrained
 from gpt2port.conversion import convert
-from gpt2port.verification import verify
+from gpt2port.proof.verification import verify
 
 IDS = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(4))
 

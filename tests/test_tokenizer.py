@@ -9,7 +9,7 @@ import tiktoken_ext.openai_public
 from transformers import GPT2TokenizerFast
 
 from gpt2port import TokenizerError, load_tokenizer
-from gpt2port.tokenizer import BUNDLED
+from gpt2port.text.tokenizer import BUNDLED
 
 TEXTS = [
     "Every effort moves you", "Hello, world! It's 2026 — naïve café 🚀",

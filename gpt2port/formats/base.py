@@ -23,9 +23,9 @@ import torch
 
 from ..config import complete_config, config_hint, config_problems
 from ..errors import ConfigError
-from ..files import copy_hf_tokenizer
-from ..readers import load_pickle, read_safetensors
-from ..vocabulary import Vocabulary, read_folder, write_hf_files
+from ..io.outputs import copy_hf_tokenizer
+from ..io.readers import load_pickle, read_safetensors
+from ..text.vocabulary import Vocabulary, read_folder, write_hf_files
 from .stream import TensorStream
 from .table import MappingTable
 

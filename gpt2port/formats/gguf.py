@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..reference import Arrays
-from ..tokenizer import END_OF_TEXT
-from ..vocabulary import Vocabulary, from_bpe
+from ..proof.reference import Arrays
+from ..text.tokenizer import END_OF_TEXT
+from ..text.vocabulary import Vocabulary, from_bpe
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -196,7 +196,7 @@ def _read(path: Path, read):
 class Gguf(Format):
     name = "gguf"
     name_table = TABLE
-    reference_reads_with = ("gpt2port.gguf_file: the GGUF specification in NumPy, not the gguf "
+    reference_reads_with = ("gpt2port.io.gguf_file: the GGUF specification in NumPy, not the gguf "
                             "package")
     head = "separate"
     title = "GGUF for llama.cpp, arch `gpt2`"
@@ -292,7 +292,7 @@ class Gguf(Format):
         """The file read from the GGUF specification with NumPy (``gguf_file``: no code shared
         with the gguf package the loader uses), llama.cpp's names back to GPT-2's by hand;
         [out, in] -> [in, out]."""
-        from .. import gguf_file
+        from ..io import gguf_file
 
         path = path / FILENAME if path.is_dir() else path
         names = {"token_embd": "wte", "position_embd": "wpe", "output_norm": "ln_f",

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from ..config import is_classifier
 from ..errors import CheckpointError, ConfigError
-from ..readers import read_json, read_weights_file
-from ..reference import Arrays
-from ..tokenizer import END_OF_TEXT_ID
-from ..vocabulary import Vocabulary
-from ..writers import write_safetensors
+from ..io.readers import read_json, read_weights_file
+from ..io.writers import write_safetensors
+from ..proof.reference import Arrays
+from ..text.tokenizer import END_OF_TEXT_ID
+from ..text.vocabulary import Vocabulary
 from .base import (
     Candidate,
     ConfigKey,

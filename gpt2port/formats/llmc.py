@@ -20,10 +20,10 @@ import torch
 
 from ..config import LARGEST_SIZE
 from ..errors import CheckpointError, ConfigError, unreadable
-from ..reference import Arrays
-from ..tokenizer import END_OF_TEXT, END_OF_TEXT_ID, byte_to_character
-from ..vocabulary import Vocabulary, from_bpe, merges_from_tokens
-from ..writers import tensor_bytes
+from ..io.writers import tensor_bytes
+from ..proof.reference import Arrays
+from ..text.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, byte_to_character
+from ..text.vocabulary import Vocabulary, from_bpe, merges_from_tokens
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..readers import read_json
-from ..reference import Arrays
-from ..vocabulary import Vocabulary
-from ..writers import placeholders, save_torch
+from ..io.readers import read_json
+from ..io.writers import placeholders, save_torch
+from ..proof.reference import Arrays
+from ..text.vocabulary import Vocabulary
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, later, torch_loaded
 from .table import MappingTable
 

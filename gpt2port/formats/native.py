@@ -13,9 +13,9 @@ import numpy as np
 
 from ..config import validate_config
 from ..errors import CheckpointError, ConfigError
-from ..reference import Arrays
-from ..vocabulary import Vocabulary
-from ..writers import write_safetensors
+from ..io.writers import write_safetensors
+from ..proof.reference import Arrays
+from ..text.vocabulary import Vocabulary
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, safetensors_later
 from .table import MappingTable
 

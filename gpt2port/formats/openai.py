@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, VerificationError, unreadable
-from ..readers import read_json
-from ..reference import Arrays
-from ..tensor_bundle import read_bundle, write_bundle
-from ..tokenizer import FILE_NAMES, write_bpe
-from ..vocabulary import Vocabulary
+from ..io.readers import read_json
+from ..io.tensor_bundle import read_bundle, write_bundle
+from ..proof.reference import Arrays
+from ..text.tokenizer import FILE_NAMES, write_bpe
+from ..text.vocabulary import Vocabulary
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, later
 from .table import MappingTable
 

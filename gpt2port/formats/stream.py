@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from ..pages import MappedFiles
+from ..io.pages import MappedFiles
 from .table import MappingTable, applicable_rules, source_shapes
 
 

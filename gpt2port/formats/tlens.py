@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from ..readers import read_json
-from ..reference import Arrays
-from ..vocabulary import Vocabulary
-from ..writers import placeholders, save_torch
+from ..io.readers import read_json
+from ..io.writers import placeholders, save_torch
+from ..proof.reference import Arrays
+from ..text.vocabulary import Vocabulary
 from .base import (
     Candidate,
     ConfigKey,

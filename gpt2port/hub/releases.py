@@ -17,8 +17,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .errors import AccessError, ConfigError, DiskFullError, NetworkError, NotFoundError
-from .formats.openai import RELEASE_FILES, SIZES
+from ..errors import AccessError, ConfigError, DiskFullError, NetworkError, NotFoundError
+from ..formats.openai import RELEASE_FILES, SIZES
 
 STORAGE = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 ENDPOINT_VARIABLE = "GPT2PORT_OPENAI_ENDPOINT"  # another base URL (mirrors, tests)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pages import MappedFiles
+from ..io.pages import MappedFiles
 
 
 class Arrays(Mapping):
@@ -97,7 +97,7 @@ def forward(params: Mapping[str, np.ndarray], config: dict, ids: list[int]) -> n
 def reference_logits(path: Path, ids: list[int], *, source_format=None) -> np.ndarray:
     """Logits [T, V] of the checkpoint at ``path`` (any format, recognised unless
     ``source_format`` says it), computed from its files alone."""
-    from .formats import recognise
+    from ..formats import recognise
 
     source_format = source_format or recognise(Path(path))
     arrays, config = source_format.reference_tensors(Path(path))

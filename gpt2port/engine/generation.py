@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import torch
 
-from .config import is_classifier
+from ..config import is_classifier
+from ..errors import ConfigError
+from ..model import GPTModel
+from ..text.tokenizer import END_OF_TEXT_ID
 from .decoding import Continuation
-from .errors import ConfigError
-from .model import GPTModel
-from .tokenizer import END_OF_TEXT_ID
 
 
 def next_token(logits: torch.Tensor, *, temperature: float, top_k: int | None,

@@ -20,7 +20,8 @@ from huggingface_hub import HfApi, constants, errors, hf_hub_download, try_to_lo
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import WeakFileLock
 
-from .errors import (
+from ..console.phases import phase
+from ..errors import (
     AccessError,
     DiskFullError,
     DownloadError,
@@ -29,9 +30,8 @@ from .errors import (
     NotFoundError,
     OfflineError,
 )
-from .formats.huggingface import WEIGHTS_FILES
-from .phases import phase
-from .readers import read_json
+from ..formats.huggingface import WEIGHTS_FILES
+from ..io.readers import read_json
 
 CONFIG = "config.json"
 TOKENIZER = ("vocab.json", "merges.txt")

@@ -11,8 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import OutputError
-from .tokenizer import TOKENIZER_JSON
+from ..errors import OutputError
+from ..text.tokenizer import TOKENIZER_JSON
 
 # transformers' tokenizer files, copied together so that AutoTokenizer reads the copy as the source
 HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", TOKENIZER_JSON, "tokenizer_config.json",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, unreadable
+from ..errors import CheckpointError, unreadable
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

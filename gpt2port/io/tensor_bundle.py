@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import CheckpointError, unreadable
 from .crc32c import crc32c, mask, unmask
-from .errors import CheckpointError, unreadable
 from .writers import tensor_bytes
 
 MAGIC = 0xDB4775248B80FB57  # LevelDB's table magic number

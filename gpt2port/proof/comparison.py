@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .formats import Checkpoint
-from .loading import model_from_checkpoint, open_checkpoint, resolve
-from .model import GPTModel
-from .progress import progress
+from ..console.progress import progress
+from ..formats import Checkpoint
+from ..loading import model_from_checkpoint, open_checkpoint, resolve
+from ..model import GPTModel
 from .verification import RELATIVE_TOLERANCE
 
 SAMPLE_TEXT = resources.files("gpt2port") / "data" / "sample.txt"  # public domain, ~1,400 tokens
@@ -194,7 +194,7 @@ def _same_shape(model_a: GPTModel, model_b: GPTModel) -> bool:
 def token_ids(text: str | None, vocabulary: int) -> list[int]:
     """``text`` (default: the shipped sample) as GPT-2's tokenizer encodes it, folded into the
     smaller vocabulary of test models."""
-    from .tokenizer import load_tokenizer
+    from ..text.tokenizer import load_tokenizer
 
     text = SAMPLE_TEXT.read_text(encoding="utf-8") if text is None else text
     return [token % vocabulary for token in load_tokenizer().encode(text)]

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CompileError, ConfigError
-from .model import FeedForward, GPTModel, LayerNorm, MultiHeadAttention, TransformerBlock
+from ..errors import CompileError, ConfigError
+from ..model import FeedForward, GPTModel, LayerNorm, MultiHeadAttention, TransformerBlock
 
 SOURCE = Path(__file__).parent / "csrc" / "step.c"
 # tried in order: the CPU's own instructions and OpenMP threads, then less

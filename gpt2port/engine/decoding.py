@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model import FeedForward, GPTModel, MultiHeadAttention
 from . import kernels
 from .compiled_step import CompiledStep
 from .cuda_graphs import CapturedStep
 from .kv_cache import KVCache, StaticKVCache
-from .model import FeedForward, GPTModel, MultiHeadAttention
 
 
 def stacked_rows(parts: tuple[torch.Tensor, ...]) -> torch.Tensor | None:

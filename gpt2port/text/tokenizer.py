@@ -9,8 +9,8 @@ from pathlib import Path
 
 import tiktoken
 
-from .errors import TokenizerError, unreadable
-from .readers import read_json
+from ..errors import TokenizerError, unreadable
+from ..io.readers import read_json
 
 END_OF_TEXT = "<|endoftext|>"
 END_OF_TEXT_ID = 50256

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CheckpointError, TokenizerError
-from .readers import read_json
+from ..errors import CheckpointError, TokenizerError
+from ..io.readers import read_json
 from .tokenizer import END_OF_TEXT, byte_to_character, character_to_byte, read_bpe
 
 # transformers' files beside vocab.json + merges.txt (or a tokenizer.json)
@@ -95,7 +95,7 @@ def read_vocabulary(path: Path) -> Vocabulary | None:
     Raises:
         TokenizerError: when the files cannot be read or disagree.
     """
-    from .formats import recognise
+    from ..formats import recognise
 
     try:
         found = recognise(Path(path))

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import is_classifier
-from .errors import ConfigError, VerificationError
-from .formats import Format
-from .generation import generate
-from .model import GPTModel
-from .pages import MappedFiles, released_as_used
-from .progress import progress, stage
+from ..config import is_classifier
+from ..console.progress import progress, stage
+from ..engine.generation import generate
+from ..errors import ConfigError, VerificationError
+from ..formats import Format
+from ..io.pages import MappedFiles, released_as_used
+from ..model import GPTModel
 
 # "The dog was found in a field near the town of": the fixed prompt every check runs.
 PROMPT = (464, 3290, 373, 1043, 287, 257, 2214, 1474, 262, 16246, 286, 2688)
@@ -133,7 +133,7 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
     Raises:
         ConfigError: for ``text`` with a classifier (its scores are not next-token logits).
     """
-    from .formats import recognise
+    from ..formats import recognise
     from .reference import reference_logits
 
     source_format = recognise(Path(folder))
@@ -166,7 +166,7 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
         bar.update()
     name = (f"transformers {CLASSIFIER if classifier else LM_HEAD}"
             if reference == "transformers"
-            else f"gpt2port.reference (NumPy, the checkpoint's own tensors, read by "
+            else f"gpt2port.proof.reference (NumPy, the checkpoint's own tensors, read by "
                  f"{source_format.reference_reads_with})")
     result = Verification(
         reference=name,

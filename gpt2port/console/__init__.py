@@ -1,0 +1,1 @@
+"""What a long call shows on stderr: progress bars and phase markers."""

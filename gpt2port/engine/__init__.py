@@ -1,0 +1,1 @@
+"""The decoding engine: KV caches, step kernels, the compiled and captured steps, token choice."""

@@ -1,0 +1,1 @@
+"""Where checkpoints are fetched from: Hugging Face Hub snapshots, OpenAI's release files."""

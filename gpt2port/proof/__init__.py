@@ -1,0 +1,1 @@
+"""Proof that a model computes what its checkpoint means: the NumPy reference, verify, compare."""
