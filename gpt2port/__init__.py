@@ -25,7 +25,7 @@ _EXPORTS = {
     "generate": "engine.generation",
     "load_pretrained": "loading",
     "GPTModel": "model",
-    "load_tokenizer": "text.tokenizer",
+    "load_tokenizer": "loading",
 }
 __all__ = [
     "GPT_CONFIG_124M",
@@ -56,10 +56,9 @@ if TYPE_CHECKING:
         OutputError,
         TokenizerError,
     )
-    from .loading import load_pretrained
+    from .loading import load_pretrained, load_tokenizer
     from .model import GPTModel
     from .proof.comparison import Comparison, compare
-    from .text.tokenizer import load_tokenizer
 
 
 def __getattr__(name: str) -> object:

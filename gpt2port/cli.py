@@ -277,8 +277,8 @@ def run_generate(args: argparse.Namespace) -> None:
     import torch
 
     from .engine.generation import stream
-    from .loading import load_pretrained
-    from .text.tokenizer import END_OF_TEXT_ID, has_tokenizer, load_tokenizer
+    from .loading import load_pretrained, load_tokenizer
+    from .text.tokenizer import END_OF_TEXT_ID, has_tokenizer
 
     device = _device(args.device)
     folder = _folder(args)

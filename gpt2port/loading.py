@@ -1,4 +1,5 @@
-"""``load_pretrained``: a preset, Hub repo id, folder or file -> a ready ``GPTModel``."""
+"""A preset, Hub repo id, folder or file -> a ready ``GPTModel`` (``load_pretrained``) and its
+tokenizer (``load_tokenizer``)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,20 @@ import re
 from difflib import get_close_matches
 from pathlib import Path
 
+import tiktoken
 import torch
 
 from . import formats, slots
 from .config import PRESETS, hub_source
-from .engine.decoding import stacked_rows
-from .errors import CheckpointError, ConfigError, MappingError, NetworkError
+from .errors import CheckpointError, ConfigError, MappingError, NetworkError, TokenizerError
 from .formats import Checkpoint
 from .formats.table import MappingTable, to_model
 from .io.pages import MappedFiles
+from .io.rows import stacked_rows
 from .model import GPTModel
 from .skeleton import empty_model
+from .text.tokenizer import BUNDLED, encoding
+from .text.vocabulary import Vocabulary, read_folder
 
 REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -83,7 +87,7 @@ def _is_placed(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dt
 def _placed_state(state: dict[str, torch.Tensor], device: torch.device | str,
                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Every tensor placed; each block's query, key and value tensors stay (or become) views of
-    one tensor, so that decoding runs them as one product (``decoding.packed_projection``)."""
+    one tensor, so that decoding runs them as one product (``engine.decoding.packed_projection``)."""
     placed, mapped = {}, MappedFiles.now()
     for names in _projection_groups(state):
         parts = tuple(state[name] for name in names)
@@ -244,3 +248,37 @@ def load_pretrained(name_or_path: str | Path, *, revision: str | None = None,
     """
     folder = resolve(name_or_path, revision=revision, cache_dir=cache_dir, filename=filename)
     return model_from_checkpoint(open_checkpoint(folder), dtype=dtype, device=device)
+
+
+def load_tokenizer(path: str | Path | None = None) -> tiktoken.Encoding:
+    """The tokenizer of the checkpoint at ``path`` as a tiktoken ``Encoding``: a folder's
+    vocab.json + merges.txt (or encoder.json + vocab.bpe, or tokenizer.json), a GGUF file's or an
+    llm.c folder's own; added tokens are its special tokens (``encode(text,
+    allowed_special="all")`` matches them in text, as transformers does). Default: GPT-2's own,
+    bundled.
+
+    Raises:
+        TokenizerError: when the checkpoint has no tokenizer, or its files disagree.
+    """
+    root = Path(path) if path is not None else BUNDLED
+    vocabulary = read_folder(root) if path is None else read_vocabulary(root)
+    if vocabulary is None:
+        raise TokenizerError(f"{root}: no tokenizer files (vocab.json + merges.txt, "
+                             "encoder.json + vocab.bpe, or tokenizer.json)",
+                             hint="copy GPT-2's tokenizer files into the folder")
+    return encoding(vocabulary, str(root))
+
+
+def read_vocabulary(path: Path) -> Vocabulary | None:
+    """The tokenizer of the checkpoint at ``path``: its format's own (inside a GGUF, llm.c's
+    ``gpt2_tokenizer.bin``), else the files in its folder.
+
+    Raises:
+        TokenizerError: when the files cannot be read or disagree.
+    """
+
+    try:
+        found = formats.recognise(Path(path))
+    except CheckpointError:
+        return read_folder(path if path.is_dir() else path.parent)
+    return found.read_vocabulary(Path(path))

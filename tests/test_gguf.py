@@ -156,7 +156,7 @@ def test_llama_cpp_runs_the_export_as_gpt2port_does(full_size_hub_folder, tmp_pa
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed (.ci/run builds it from source; "
         "this test says so when that build failed)")
-    from gpt2port.proof.verification import PROMPT
+    from gpt2port.proof.figures import PROMPT
 
     model = load_pretrained(full_size_hub_folder)
     source = tmp_path / "source"  # the 124M-shape checkpoint with GPT-2's tokenizer beside it

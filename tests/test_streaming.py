@@ -17,7 +17,8 @@ from gpt2port import load_pretrained
 from gpt2port.conversion import convert
 from gpt2port.formats import BY_NAME, FORMATS
 from gpt2port.formats import stream as stream_module
-from gpt2port.proof.reference import Arrays, reference_logits
+from gpt2port.io.arrays import Arrays
+from gpt2port.proof.reference import reference_logits
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads /proc/self/smaps, which only Linux has")

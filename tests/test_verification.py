@@ -7,8 +7,9 @@ from huggingface_hub import try_to_load_from_cache
 
 from gpt2port import generate, load_pretrained
 from gpt2port.config import PRESETS
+from gpt2port.proof.figures import prompt_for
 from gpt2port.proof.reference import reference_logits
-from gpt2port.proof.verification import prompt_for, verify
+from gpt2port.proof.verification import verify
 
 GPT2 = PRESETS["gpt2"]
 

@@ -23,9 +23,8 @@ import torch
 
 from ..config import complete_config, config_hint, config_problems
 from ..errors import ConfigError
-from ..io.outputs import copy_hf_tokenizer
 from ..io.readers import load_pickle, read_safetensors
-from ..text.vocabulary import Vocabulary, read_folder, write_hf_files
+from ..text.vocabulary import Vocabulary, copy_hf_tokenizer, read_folder, write_hf_files
 from .stream import TensorStream
 from .table import MappingTable
 

@@ -15,9 +15,9 @@ import torch
 
 from ..config import GPT2_HEADS, is_classifier
 from ..errors import CheckpointError, ConfigError
+from ..io.arrays import Arrays
 from ..io.readers import read_json
 from ..io.writers import placeholders, save_torch
-from ..proof.reference import Arrays
 from ..text.vocabulary import Vocabulary
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, holding, later, torch_loaded
 from .huggingface import CONFIG_TABLE as HF_CONFIG_TABLE

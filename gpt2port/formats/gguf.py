@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..proof.reference import Arrays
+from ..io import gguf_file
+from ..io.arrays import Arrays
 from ..text.tokenizer import END_OF_TEXT
 from ..text.vocabulary import Vocabulary, from_bpe
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
@@ -292,8 +293,6 @@ class Gguf(Format):
         """The file read from the GGUF specification with NumPy (``gguf_file``: no code shared
         with the gguf package the loader uses), llama.cpp's names back to GPT-2's by hand;
         [out, in] -> [in, out]."""
-        from ..io import gguf_file
-
         path = path / FILENAME if path.is_dir() else path
         names = {"token_embd": "wte", "position_embd": "wpe", "output_norm": "ln_f",
                  "output": "lm_head", "attn_norm": "ln_1", "ffn_norm": "ln_2",

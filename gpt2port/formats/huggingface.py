@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ..config import is_classifier
 from ..errors import CheckpointError, ConfigError
+from ..io.arrays import Arrays
 from ..io.readers import read_json, read_weights_file
 from ..io.writers import write_safetensors
-from ..proof.reference import Arrays
 from ..text.tokenizer import END_OF_TEXT_ID
 from ..text.vocabulary import Vocabulary
 from .base import (

@@ -20,8 +20,8 @@ import torch
 
 from ..config import LARGEST_SIZE
 from ..errors import CheckpointError, ConfigError, unreadable
+from ..io.arrays import Arrays
 from ..io.writers import tensor_bytes
-from ..proof.reference import Arrays
 from ..text.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, byte_to_character
 from ..text.vocabulary import Vocabulary, from_bpe, merges_from_tokens
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw

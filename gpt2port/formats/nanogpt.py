@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..io.arrays import Arrays
 from ..io.readers import read_json
 from ..io.writers import placeholders, save_torch
-from ..proof.reference import Arrays
 from ..text.vocabulary import Vocabulary
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, later, torch_loaded
 from .table import MappingTable

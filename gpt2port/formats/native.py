@@ -13,8 +13,8 @@ import numpy as np
 
 from ..config import validate_config
 from ..errors import CheckpointError, ConfigError
+from ..io.arrays import Arrays
 from ..io.writers import write_safetensors
-from ..proof.reference import Arrays
 from ..text.vocabulary import Vocabulary
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, safetensors_later
 from .table import MappingTable

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, VerificationError, unreadable
+from ..io.arrays import Arrays
 from ..io.readers import read_json
 from ..io.tensor_bundle import read_bundle, write_bundle
-from ..proof.reference import Arrays
 from ..text.tokenizer import FILE_NAMES, write_bpe
 from ..text.vocabulary import Vocabulary
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw, later

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..io.arrays import Arrays
 from ..io.readers import read_json
 from ..io.writers import placeholders, save_torch
-from ..proof.reference import Arrays
 from ..text.vocabulary import Vocabulary
 from .base import (
     Candidate,

@@ -12,11 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import OutputError
-from ..text.tokenizer import TOKENIZER_JSON
-
-# transformers' tokenizer files, copied together so that AutoTokenizer reads the copy as the source
-HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", TOKENIZER_JSON, "tokenizer_config.json",
-                      "special_tokens_map.json", "added_tokens.json")
 
 
 def write_folder(destination: Path, fill: Callable[[Path], object], *,
@@ -199,13 +194,4 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def copy_hf_tokenizer(source: Path, folder: Path) -> bool:
-    """Copy transformers' tokenizer files of ``source`` (vocab.json + merges.txt or
-    tokenizer.json, and the files beside them) into ``folder`` as they are; False when it has
-    none of them."""
-    if not ((source / "vocab.json").is_file() or (source / TOKENIZER_JSON).is_file()):
-        return False
-    for name in HF_TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, Path(folder) / name)
-    return True
+#END

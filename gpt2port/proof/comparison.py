@@ -6,20 +6,16 @@ logits over a text, with one verdict.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-from ..console.progress import progress
 from ..formats import Checkpoint
 from ..loading import model_from_checkpoint, open_checkpoint, resolve
 from ..model import GPTModel
-from .verification import RELATIVE_TOLERANCE
+from .figures import LogitFigures, logit_figures, token_ids
 
-SAMPLE_TEXT = resources.files("gpt2port") / "data" / "sample.txt"  # public domain, ~1,400 tokens
 LARGEST = 5  # the differing tensors a report names
 TRAINING_ONLY = ("dropout_rate",)  # config keys that do not change what a model computes
 
@@ -32,35 +28,6 @@ class TensorDifference:
     theirs: tuple[str, str]  # the tensor's name in A's format and in B's
     max_abs: float
     max_relative: float
-
-
-@dataclass
-class LogitFigures:
-    """Two models' logits over one text, in windows of the context length."""
-
-    tokens: int = 0
-    windows: int = 0
-    max_abs: float = 0.0
-    tolerance: float = 0.0  # the fp32 tolerance: 1e-4 of the largest logit (at least 1)
-    mean_kl: float = 0.0  # KL(first || second) per token
-    max_kl: float = 0.0
-    top1_agreement: float = 1.0
-    perplexity_first: float = 0.0
-    perplexity_second: float = 0.0
-
-    @property
-    def within(self) -> bool:
-        """Within fp32 rounding: the logits within the tolerance, the same top-1 token."""
-        return self.max_abs <= self.tolerance and self.top1_agreement == 1.0
-
-    def report(self, first: str, second: str) -> str:
-        return (f"logits over {self.tokens} tokens ({self.windows} window(s)): max abs diff "
-                f"{self.max_abs:.3g} (tolerance {self.tolerance:.3g}), KL mean "
-                f"{self.mean_kl:.3g} max {self.max_kl:.3g}, top-1 agreement "
-                f"{self.top1_agreement:.2%}" + ("" if math.isnan(self.perplexity_first) else
-                                                f", perplexity {first} "
-                                                f"{self.perplexity_first:.4g} {second} "
-                                                f"{self.perplexity_second:.4g}"))
 
 
 @dataclass
@@ -191,15 +158,6 @@ def _same_shape(model_a: GPTModel, model_b: GPTModel) -> bool:
     return all(model_a.config[key] == model_b.config[key] for key in keys)
 
 
-def token_ids(text: str | None, vocabulary: int) -> list[int]:
-    """``text`` (default: the shipped sample) as GPT-2's tokenizer encodes it, folded into the
-    smaller vocabulary of test models."""
-    from ..text.tokenizer import load_tokenizer
-
-    text = SAMPLE_TEXT.read_text(encoding="utf-8") if text is None else text
-    return [token % vocabulary for token in load_tokenizer().encode(text)]
-
-
 def _logits_of(model: GPTModel):
     def logits(window: list[int]) -> torch.Tensor:
         with torch.inference_mode():
@@ -207,39 +165,4 @@ def _logits_of(model: GPTModel):
     return logits
 
 
-def logit_figures(first, second, ids: list[int], context: int, vocabulary: int
-                  ) -> LogitFigures:
-    """The figures of two logit functions (ids -> [T, V]) over ``ids`` in windows of
-    ``context`` tokens, each position scored on the next id."""
-    starts = range(0, max(len(ids) - 1, 1), context)
-    figures, kl_sum, agree = LogitFigures(windows=len(starts)), 0.0, 0
-    nll = [0.0, 0.0]
-    largest = 1.0
-    with progress("compare logits", len(starts)) as bar:
-        for start in starts:
-            window = ids[start:start + context]
-            one = torch.as_tensor(first(window))[:, :vocabulary].float()
-            other = torch.as_tensor(second(window))[:, :vocabulary].float()
-            figures.max_abs = max(figures.max_abs, float((one - other).abs().max()))
-            largest = max(largest, float(one.abs().max()))
-            log_one, log_other = one.log_softmax(-1), other.log_softmax(-1)
-            kl = (log_one.exp() * (log_one - log_other)).sum(-1).clamp_min(0)
-            kl_sum += float(kl.sum())
-            figures.max_kl = max(figures.max_kl, float(kl.max()))
-            agree += int((one.argmax(-1) == other.argmax(-1)).sum())
-            figures.tokens += len(window)
-            targets = torch.tensor(ids[start + 1:start + len(window) + 1])
-            rows = torch.arange(len(targets))
-            if len(targets) and int(targets.max()) < one.shape[-1]:  # not a classifier's scores
-                nll[0] -= float(log_one[rows, targets].sum())
-                nll[1] -= float(log_other[rows, targets].sum())
-            else:
-                nll = [math.nan, math.nan]
-            bar.update()
-    scored = max(len(ids) - 1, 1)
-    figures.mean_kl = kl_sum / max(figures.tokens, 1)
-    figures.top1_agreement = agree / max(figures.tokens, 1)
-    figures.perplexity_first = math.exp(nll[0] / scored)
-    figures.perplexity_second = math.exp(nll[1] / scored)
-    figures.tolerance = RELATIVE_TOLERANCE * largest
-    return figures
+#END

@@ -10,38 +10,12 @@ them. In the spirit of picoGPT: one line per step, shapes in comments.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from ..io.pages import MappedFiles
-
-
-class Arrays(Mapping):
-    """A checkpoint's tensors for the pass, under GPT-2's names, each made when looked up and
-    not kept (the pass holds about one block): ``makers`` give each as float32, and one that is
-    a view of a mapped file is copied and its pages handed back."""
-
-    def __init__(self, makers: Mapping[str, Callable[[], np.ndarray]]):
-        self._makers, self._mapped = dict(makers), MappedFiles.now()
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        array = np.asarray(self._makers[name](), dtype=np.float32)
-        if not self._mapped.holds(array):
-            return array
-        copy = array.copy()
-        self._mapped.release(array)
-        return copy
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._makers
-
-    def __iter__(self):
-        return iter(self._makers)
-
-    def __len__(self) -> int:
-        return len(self._makers)
+from ..formats import recognise
 
 
 def gelu(x):  # GPT-2's tanh approximation
@@ -97,8 +71,6 @@ def forward(params: Mapping[str, np.ndarray], config: dict, ids: list[int]) -> n
 def reference_logits(path: Path, ids: list[int], *, source_format=None) -> np.ndarray:
     """Logits [T, V] of the checkpoint at ``path`` (any format, recognised unless
     ``source_format`` says it), computed from its files alone."""
-    from ..formats import recognise
-
     source_format = source_format or recognise(Path(path))
     arrays, config = source_format.reference_tensors(Path(path))
     return forward(arrays, config, ids)

@@ -15,13 +15,11 @@ from ..config import is_classifier
 from ..console.progress import progress, stage
 from ..engine.generation import generate
 from ..errors import ConfigError, VerificationError
-from ..formats import Format
+from ..formats import Format, recognise
 from ..io.pages import MappedFiles, released_as_used
 from ..model import GPTModel
-
-# "The dog was found in a field near the town of": the fixed prompt every check runs.
-PROMPT = (464, 3290, 373, 1043, 287, 257, 2214, 1474, 262, 16246, 286, 2688)
-RELATIVE_TOLERANCE = 1e-4  # of the largest reference logit (at least 1): fp32 rounding, not bugs
+from .figures import RELATIVE_TOLERANCE, LogitFigures, logit_figures, prompt_for, token_ids
+from .reference import forward, reference_logits
 
 
 @dataclass
@@ -34,7 +32,7 @@ class Verification:
     argmax_agreement: float
     greedy_expected: list[int] | None = None
     greedy_found: list[int] | None = None
-    over_text: object | None = None  # comparison.LogitFigures over a text (verify --text)
+    over_text: LogitFigures | None = None  # over a text (verify --text)
 
     @property
     def passed(self) -> bool:
@@ -61,11 +59,6 @@ class Verification:
                          f"{verdict(self.over_text.within)}")
         lines.append("PASSED" if self.passed else "FAILED")
         return "\n".join(lines)
-
-
-def prompt_for(config: dict) -> list[int]:
-    """The fixed prompt, folded into a small test vocabulary and context if need be."""
-    return [token % config["vocab_size"] for token in PROMPT][: config["context_length"]]
 
 
 # transformers' forward pass in a child process: its logs and progress bars are that process's,
@@ -128,14 +121,11 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
     """Compare ``model`` (loaded from ``folder``) with a reference reading of the same files.
 
     ``known_greedy`` = (prompt ids, expected ids) adds a greedy-decoding check; ``text`` adds
-    the logit figures over that text (``comparison.LogitFigures``), in windows of the context.
+    the logit figures over that text (``figures.LogitFigures``), in windows of the context.
 
     Raises:
         ConfigError: for ``text`` with a classifier (its scores are not next-token logits).
     """
-    from ..formats import recognise
-    from .reference import reference_logits
-
     source_format = recognise(Path(folder))
     reference = choose_reference(reference, folder, source_format)
     ids = prompt_for(model.config)
@@ -184,9 +174,6 @@ def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
 def _over_text(model: GPTModel, folder: Path, reference: str, source_format: Format,
                text: str):
     """Our logits against the reference's over ``text``, window by window."""
-    from .comparison import logit_figures, token_ids
-    from .reference import forward
-
     config = model.config
     if is_classifier(config):
         raise ConfigError(f"{folder}: --text compares next-token logits, and this model is a "

@@ -124,27 +124,6 @@ def write_bpe(vocab: dict[str, int], merges: list[str], folder: Path,
                                           encoding="utf-8")
 
 
-def load_tokenizer(path: str | Path | None = None) -> tiktoken.Encoding:
-    """The tokenizer of the checkpoint at ``path`` as a tiktoken ``Encoding``: a folder's
-    vocab.json + merges.txt (or encoder.json + vocab.bpe, or tokenizer.json), a GGUF file's or an
-    llm.c folder's own; added tokens are its special tokens (``encode(text,
-    allowed_special="all")`` matches them in text, as transformers does). Default: GPT-2's own,
-    bundled.
-
-    Raises:
-        TokenizerError: when the checkpoint has no tokenizer, or its files disagree.
-    """
-    from .vocabulary import read_folder, read_vocabulary
-
-    root = Path(path) if path is not None else BUNDLED
-    vocabulary = read_folder(root) if path is None else read_vocabulary(root)
-    if vocabulary is None:
-        raise TokenizerError(f"{root}: no tokenizer files (vocab.json + merges.txt, "
-                             "encoder.json + vocab.bpe, or tokenizer.json)",
-                             hint="copy GPT-2's tokenizer files into the folder")
-    return encoding(vocabulary, str(root))
-
-
 def encoding(vocabulary, origin: str) -> tiktoken.Encoding:
     """A ``vocabulary.Vocabulary`` as a tiktoken ``Encoding``; its merges are checked against
     its tokens.

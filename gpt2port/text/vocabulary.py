@@ -10,17 +10,21 @@ Hugging Face files are read here.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CheckpointError, TokenizerError
+from ..errors import TokenizerError
 from ..io.readers import read_json
-from .tokenizer import END_OF_TEXT, byte_to_character, character_to_byte, read_bpe
+from .tokenizer import END_OF_TEXT, TOKENIZER_JSON, byte_to_character, character_to_byte, read_bpe
 
 # transformers' files beside vocab.json + merges.txt (or a tokenizer.json)
 CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 ADDED_TOKENS_FILE = "added_tokens.json"  # older transformers' added tokens: text -> id
 ROLES = ("bos", "eos", "pad")
+# transformers' tokenizer files, copied together so that AutoTokenizer reads the copy as the source
+HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", TOKENIZER_JSON, "tokenizer_config.json",
+                      "special_tokens_map.json", "added_tokens.json")
 
 
 @dataclass(frozen=True)
@@ -86,22 +90,6 @@ def from_bpe(vocab: dict[str, int], merges: list[str], added: dict[int, tuple[st
         roles = {"bos": end_of_text, "eos": end_of_text, **roles}
     return Vocabulary(tuple(by_id[i] for i in range(len(by_id))), tuple(merges),
                       frozenset(added_ids), frozenset(special), roles)
-
-
-def read_vocabulary(path: Path) -> Vocabulary | None:
-    """The tokenizer of the checkpoint at ``path``: its format's own (inside a GGUF, llm.c's
-    ``gpt2_tokenizer.bin``), else the files in its folder.
-
-    Raises:
-        TokenizerError: when the files cannot be read or disagree.
-    """
-    from ..formats import recognise
-
-    try:
-        found = recognise(Path(path))
-    except CheckpointError:
-        return read_folder(path if path.is_dir() else path.parent)
-    return found.read_vocabulary(Path(path))
 
 
 def read_folder(folder: Path) -> Vocabulary | None:
@@ -229,3 +217,15 @@ def write_hf_files(vocabulary: Vocabulary, folder: Path, context_length: int) ->
                                           encoding="utf-8")
     (folder / CONFIG_FILES[1]).write_text(json.dumps(special_map, indent=2, ensure_ascii=False),
                                           encoding="utf-8")
+
+
+def copy_hf_tokenizer(source: Path, folder: Path) -> bool:
+    """Copy transformers' tokenizer files of ``source`` (vocab.json + merges.txt or
+    tokenizer.json, and the files beside them) into ``folder`` as they are; False when it has
+    none of them."""
+    if not ((source / "vocab.json").is_file() or (source / TOKENIZER_JSON).is_file()):
+        return False
+    for name in HF_TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, Path(folder) / name)
+    return True
