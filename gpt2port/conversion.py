@@ -207,8 +207,7 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
         checkpoint = open_checkpoint(folder)
         model = model_from_checkpoint(checkpoint)
         changes = plan(model.config, target, approximate_gelu=approximate_gelu)
-        vocabulary = checkpoint.format.read_vocabulary(folder)
-        vocabulary, said = tokenizer_plan(vocabulary, model.config, target)
+        vocabulary, said = tokenizer_plan(checkpoint.vocabulary, model.config, target)
         written = adapted(model, target.held_config(model.config))
         for change in changes:
             if not change.exact:
@@ -224,8 +223,7 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
         one_file = target.file_suffix is not None and destination.suffix == target.file_suffix
         written_to = (write_file if one_file else write_folder)(
             destination, lambda output: target.write(
-                written, output, dtype=dtype, vocabulary=vocabulary,
-                source=folder if folder.is_dir() else folder.parent),
+                written, output, dtype=dtype, vocabulary=vocabulary),
             needs=output_size(written, dtype))
         bar.update()
     return written_to

@@ -24,7 +24,7 @@ import torch
 from ..config import complete_config, config_hint, config_problems
 from ..errors import ConfigError
 from ..io.readers import load_pickle, read_safetensors
-from ..text.vocabulary import Vocabulary, copy_hf_tokenizer, read_folder, write_hf_files
+from ..text.vocabulary import Vocabulary, read_folder, write_tokenizer_files
 from .stream import TensorStream
 from .table import MappingTable
 
@@ -128,13 +128,24 @@ class Raw:
 
 @dataclass
 class Checkpoint:
-    """A checkpoint's tensors under their own names, its format's table, and the model config."""
+    """A checkpoint's tensors under their own names, its format's table, the model config, and
+    its tokenizer (read by its format on first use, once)."""
 
     origin: str
     tensors: dict[str, torch.Tensor]
     config: dict
     table: MappingTable
     format: Format
+    path: Path
+
+    @cached_property
+    def vocabulary(self) -> Vocabulary | None:
+        """The checkpoint's tokenizer, None where it has none.
+
+        Raises:
+            TokenizerError: when its files cannot be read or disagree.
+        """
+        return self.format.read_vocabulary(self.path)
 
 
 class Candidate:
@@ -290,7 +301,7 @@ class Format:
         config = config_table.to_model(
             raw.config, origin=raw.config_origin or raw.origin, hint=self.config_hint,
             extra={**raw.extra, **self._head_shape(table, tensors), "tie_output_head": tied})
-        return Checkpoint(raw.origin, tensors, config, table, self)
+        return Checkpoint(raw.origin, tensors, config, table, self, candidate.path)
 
     def _head_shape(self, table: MappingTable, tensors: dict[str, torch.Tensor]) -> dict:
         """The output head's config as the tensors give it, where the format can hold more than
@@ -311,10 +322,10 @@ class Format:
         return self.name_table
 
     def write(self, model, destination: Path, *, dtype: str | None,
-              vocabulary: Vocabulary | None = None, source: Path | None = None) -> None:
+              vocabulary: Vocabulary | None = None) -> None:
         """Write ``model`` (of a config ``held_config`` gives) to ``destination`` (a new folder,
-        or a file for a format with a ``file_suffix``), with ``vocabulary``, the tokenizer of
-        the folder ``source``, where there is one."""
+        or a file for a format with a ``file_suffix``), with the tokenizer ``vocabulary``, where
+        there is one."""
         config = model.config
         dtype = self.writing_dtype(dtype, model)
         if self.head == "separate":  # a tied head is written as its own tensor too
@@ -330,18 +341,16 @@ class Format:
         finally:
             tensors.release()
         if Path(destination).is_dir() and vocabulary is not None:
-            self.write_tokenizer(vocabulary, source, Path(destination), config)
+            self.write_tokenizer(vocabulary, Path(destination), config)
 
     def writing_dtype(self, dtype: str | None, model) -> str | None:
         """The --dtype to write (None: the model's own)."""
         return dtype
 
-    def write_tokenizer(self, vocabulary: Vocabulary, source: Path | None, folder: Path,
-                        config: dict) -> None:
-        """Give ``folder`` the tokenizer: transformers' files of ``source`` as they are, else
-        written from ``vocabulary``."""
-        if source is None or not copy_hf_tokenizer(source, folder):
-            write_hf_files(vocabulary, folder, config["context_length"])
+    def write_tokenizer(self, vocabulary: Vocabulary, folder: Path, config: dict) -> None:
+        """Give ``folder`` the tokenizer as transformers' files (those it was read from, as they
+        were, else written from ``vocabulary``)."""
+        write_tokenizer_files(vocabulary, folder, config["context_length"])
 
     def held_config(self, config: dict) -> dict:
         """The model config as this format stores it: values it has no place for become the

@@ -236,8 +236,7 @@ class Gguf(Format):
         path = path / FILENAME if path.is_dir() else path
         return _read(path, lambda gguf, reader: _vocabulary(gguf, reader, path))
 
-    def write_tokenizer(self, vocabulary: Vocabulary, source: Path | None, folder: Path,
-                        config: dict) -> None:
+    def write_tokenizer(self, vocabulary: Vocabulary, folder: Path, config: dict) -> None:
         """Nothing beside the file: the tokenizer is inside it."""
 
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,

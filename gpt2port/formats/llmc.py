@@ -264,8 +264,7 @@ class LlmC(Format):
                           f"{vocabulary.roles['pad']})")
         return losses
 
-    def write_tokenizer(self, vocabulary: Vocabulary, source: Path | None, folder: Path,
-                        config: dict) -> None:
+    def write_tokenizer(self, vocabulary: Vocabulary, folder: Path, config: dict) -> None:
         write_tokenizer(vocabulary, folder / TOKENIZER_FILENAME)
 
     def read_vocabulary(self, path: Path) -> Vocabulary | None:

@@ -221,8 +221,7 @@ class OpenAI(Format):
         return [f"encoder.json keeps {', '.join(special)} as added tokens, not marked special"
                 ] if special else []
 
-    def write_tokenizer(self, vocabulary: Vocabulary, source: Path | None, folder: Path,
-                        config: dict) -> None:
+    def write_tokenizer(self, vocabulary: Vocabulary, folder: Path, config: dict) -> None:
         """``encoder.json`` (every token, added ones too) and ``vocab.bpe``, as OpenAI's
         ``encoder.py`` reads them."""
         write_bpe({token: i for i, token in enumerate(vocabulary.tokens)},

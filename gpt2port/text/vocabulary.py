@@ -10,11 +10,10 @@ Hugging Face files are read here.
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import TokenizerError
+from ..errors import TokenizerError, unreadable
 from ..io.readers import read_json
 from .tokenizer import END_OF_TEXT, TOKENIZER_JSON, byte_to_character, character_to_byte, read_bpe
 
@@ -38,6 +37,9 @@ class Vocabulary:
     added: frozenset[int] = frozenset()
     special: frozenset[int] = frozenset()
     roles: dict[str, int] = field(default_factory=dict)  # "bos", "eos", "pad" -> id
+    # transformers' own files as read (name, bytes): written back as they are, so that
+    # AutoTokenizer reads a conversion's folder as the source's
+    files: tuple[tuple[str, bytes], ...] = field(default=(), compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -108,8 +110,9 @@ def read_folder(folder: Path) -> Vocabulary | None:
     origin = str(folder)
     added = _added_tokens(folder, vocab)
     text_ids = {text: i for i, (text, _) in added.items()} | vocab
-    return from_bpe({t: i for t, i in vocab.items() if i not in added}, merges, added,
-                    _roles(folder, text_ids), origin)
+    vocabulary = from_bpe({t: i for t, i in vocab.items() if i not in added}, merges, added,
+                          _roles(folder, text_ids), origin)
+    return replace(vocabulary, files=_hf_files(folder))
 
 
 def _added_tokens(folder: Path, vocab: dict[str, int]) -> dict[int, tuple[str, bool]]:
@@ -219,13 +222,30 @@ def write_hf_files(vocabulary: Vocabulary, folder: Path, context_length: int) ->
                                           encoding="utf-8")
 
 
-def copy_hf_tokenizer(source: Path, folder: Path) -> bool:
-    """Copy transformers' tokenizer files of ``source`` (vocab.json + merges.txt or
-    tokenizer.json, and the files beside them) into ``folder`` as they are; False when it has
-    none of them."""
-    if not ((source / "vocab.json").is_file() or (source / TOKENIZER_JSON).is_file()):
-        return False
+def _hf_files(folder: Path) -> tuple[tuple[str, bytes], ...]:
+    """transformers' tokenizer files of ``folder`` (where it has vocab.json or tokenizer.json)
+    as (name, bytes).
+
+    Raises:
+        TokenizerError: when one cannot be read.
+    """
+    folder = Path(folder)
+    if not ((folder / "vocab.json").is_file() or (folder / TOKENIZER_JSON).is_file()):
+        return ()
+    found = []
     for name in HF_TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, Path(folder) / name)
-    return True
+        if (folder / name).is_file():
+            try:
+                found.append((name, (folder / name).read_bytes()))
+            except OSError as error:
+                raise unreadable(folder / name, error, TokenizerError) from None
+    return tuple(found)
+
+
+def write_tokenizer_files(vocabulary: Vocabulary, folder: Path, context_length: int) -> None:
+    """``vocabulary`` as transformers' files: those it was read from as they were, else
+    written (``write_hf_files``)."""
+    if not vocabulary.files:
+        write_hf_files(vocabulary, folder, context_length)
+    for name, content in vocabulary.files:
+        (Path(folder) / name).write_bytes(content)
