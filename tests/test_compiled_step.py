@@ -3,6 +3,7 @@ regular path: logits at every position, greedy ids, the sliding window, every dt
 layout it reads; the models and machines it refuses, and its build cache."""
 
 import copy
+import ctypes
 import os
 import stat
 import subprocess
@@ -16,6 +17,7 @@ from checkpoints import reference_model, write_hub_layout, write_layout
 from gpt2port import ConfigError, generate, load_pretrained
 from gpt2port.engine import compiled_step
 from gpt2port.engine.decoding import Continuation, Decoder
+from gpt2port.engine.generation import stream
 from gpt2port.errors import CompileError
 from gpt2port.text.tokenizer import BUNDLED
 
@@ -255,10 +257,90 @@ def test_the_cli_prints_the_same_text_compiled_or_not_and_says_why_it_cannot(tmp
     assert regular.returncode == compiled.returncode == 0, compiled.stderr
     assert compiled.stdout == regular.stdout and len(compiled.stdout) > len("The dog")
     broken = tmp_path / "cc"
-    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.write_text("#!/bin/sh\necho 'step.c:1:1: error: this compiler is broken' >&2\n"
+                      "exit 1\n")
     broken.chmod(0o755)
     refused = run("--compile", CC=str(broken), XDG_CACHE_HOME=str(tmp_path / "empty-cache"))
     assert refused.returncode == 8 and "Traceback" not in refused.stderr
     assert refused.stderr.splitlines() == [
-        f"error: {broken} could not compile {compiled_step.SOURCE}",
+        (f"error: {broken} could not compile {compiled_step.SOURCE}: step.c:1:1: error: this "
+         "compiler is broken"),
         "hint: check that it is a working C compiler (CC= names another), or leave compile off"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("token", [-1, 1000, 60000, 2**40])
+def test_ids_outside_the_vocabulary_are_refused_before_any_step(pair, dtype, token):
+    ours, _ = pair
+    model = copy.deepcopy(ours).to(dtype)
+    vocabulary = model.config["vocab_size"]
+    with pytest.raises(ConfigError, match=f"token id {token} is outside the model's vocabulary "
+                       f"\\(0 to {vocabulary - 1}\\)"):
+        generate(model, [[1, token]], 3, compile=True)
+    with pytest.raises(ConfigError, match=f"token id {token} is outside"):
+        generate(model, torch.tensor([[token]]), 3, compile=True)
+
+
+def test_the_step_checks_ids_and_positions_itself(pair):
+    """Past the Python checks, the C step reads no table and writes no cache row outside its
+    bounds: it answers why instead."""
+    ours, _ = pair
+    with torch.inference_mode():
+        decoder = Decoder(ours, 1, 8, compiled=True)
+        step = decoder.compiled
+        rows = ours.token_embedding_table.weight.shape[0]
+        call = step.library.gpt2port_step
+        model = step.model
+        assert call(ctypes.byref(model), rows, 0) == 1
+        assert call(ctypes.byref(model), -1, 0) == 1
+        assert call(ctypes.byref(model), 0, 8) == 2  # the cache holds 8
+        assert call(ctypes.byref(model), 0, -1) == 2
+        assert call(ctypes.byref(model), 0, 0) == 0
+        with pytest.raises(ConfigError, match="position 8 is outside the cache"):
+            step(0, 8)
+        with pytest.raises(ConfigError, match=f"token id {rows} is outside"):
+            step(rows, 0)
+
+
+def test_the_c_structs_are_laid_out_as_the_ctypes_ones():
+    library = compiled_step.library()
+    sizes = (ctypes.c_int64 * 4)()
+    library.gpt2port_struct_sizes(ctypes.byref(sizes))
+    assert list(sizes) == [ctypes.sizeof(s) for s in compiled_step.STRUCTS]
+
+
+def test_a_mismatched_struct_is_refused(monkeypatch):
+    class Longer(compiled_step.Model):
+        _fields_ = (("extra", ctypes.c_int64),)
+    monkeypatch.setattr(compiled_step, "STRUCTS", (*compiled_step.STRUCTS[:3], Longer))
+    compiled_step.library.cache_clear()
+    try:
+        with pytest.raises(CompileError, match="structs do not match gpt2port's \\(Longer"):
+            compiled_step.library()
+    finally:
+        compiled_step.library.cache_clear()
+
+
+@pytest.mark.parametrize("change", ["replace a layer", "retype", "add a hook", "train"])
+def test_a_model_changed_while_generating_is_refused(pair, change):
+    model = copy.deepcopy(pair[0])
+    tokens = stream(model, torch.tensor([[1, 2]]), 5, compile=True)
+    next(tokens)
+    if change == "replace a layer":
+        model.transformer_blocks[0].feed_forward.expansion = torch.nn.Linear(64, 256)
+    elif change == "retype":
+        model.half()
+    elif change == "add a hook":
+        model.layer_norm.register_forward_hook(lambda *_: None)
+    else:
+        model.train()
+    with pytest.raises(ConfigError, match="the model changed while it was generating"):
+        next(tokens)
+
+
+def test_a_replaced_attention_is_refused_on_every_path(pair):
+    model = copy.deepcopy(pair[0])
+    model.transformer_blocks[1].attention = torch.nn.Identity()
+    for compile in (True, False):
+        with pytest.raises(ConfigError, match="block 1's attention is a Identity"):
+            generate(model, [[1, 2]], 3, compile=compile)

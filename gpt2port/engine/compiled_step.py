@@ -35,6 +35,7 @@ SOURCE = Path(__file__).parent / "csrc" / "step.c"
 FLAG_SETS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-fopenmp"), ("-O3",))
 KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 GELUS = {"tanh": 0, "none": 1}
+HINT = "token ids are 0 to the model's vocab_size - 1, positions within its context"
 
 
 class Product(ctypes.Structure):
@@ -62,7 +63,13 @@ class Model(ctypes.Structure):
                 ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p),
                 ("scratch", ctypes.c_void_p), ("logits", ctypes.c_void_p),
                 ("partials", ctypes.c_void_p), ("threads", ctypes.c_int64),
-                ("partial_size", ctypes.c_int64)]
+                ("partial_size", ctypes.c_int64), ("token_rows", ctypes.c_int64),
+                ("position_rows", ctypes.c_int64)]
+
+
+STRUCTS = (Product, Norm, Block, Model)  # in the order gpt2port_struct_sizes gives their sizes
+STEP_PROBLEMS = {1: "the token is outside the embedding table",
+                 2: "the position is outside the position table or the cache"}
 
 
 def cache_folder() -> Path:
@@ -101,17 +108,25 @@ def library_path(compiler_path: str, flags: tuple[str, ...]) -> Path:
     return cache_folder() / f"step-{key[:20]}.so"
 
 
-def build(compiler_path: str, flags: tuple[str, ...], path: Path) -> bool:
-    """Compile the step to ``path`` (renamed into place when done); False if it fails."""
+def build(compiler_path: str, flags: tuple[str, ...], path: Path) -> str | None:
+    """Compile the step to ``path`` (renamed into place when done); the compiler's message
+    where it fails, else None."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".building-") as folder:
         built = Path(folder) / path.name
-        result = subprocess.run([compiler_path, *flags, "-shared", "-fPIC", str(SOURCE), "-lm",
-                                 "-o", str(built)], capture_output=True, text=True, check=False)
+        try:
+            result = subprocess.run([compiler_path, *flags, "-shared", "-fPIC", str(SOURCE),
+                                     "-lm", "-o", str(built)], capture_output=True, text=True,
+                                    check=False)
+        except OSError as error:
+            return f"{compiler_path} could not be run ({error.strerror or error})"
         if result.returncode != 0:
-            return False
+            said = [line for line in (result.stderr or result.stdout).splitlines()
+                    if line.strip()]
+            errors = [line for line in said if "error" in line.lower()] or said
+            return errors[0].strip() if errors else f"exit code {result.returncode}"
         os.replace(built, path)
-    return True
+    return None
 
 
 @cache
@@ -121,23 +136,46 @@ def library() -> ctypes.CDLL:
     if found is None:
         raise CompileError("no C compiler found (looked for $CC, cc, gcc and clang) to build "
                            "the compiled decoding step")
+    said = None
     for flags in FLAG_SETS:
         path = library_path(found, flags)
-        if not path.exists() and not build(found, flags, path):
-            continue
+        if not path.exists():
+            said = build(found, flags, path)
+            if said is not None:
+                continue
         try:
             step = ctypes.CDLL(str(path))
-        except OSError as error:
+            step.gpt2port_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, ctypes.c_int64]
+            step.gpt2port_step.restype = ctypes.c_int64
+            step.gpt2port_max_threads.restype = ctypes.c_int64
+            step.gpt2port_struct_sizes.argtypes = [ctypes.POINTER(ctypes.c_int64 * len(STRUCTS))]
+            step.gpt2port_struct_sizes.restype = None
+        except (OSError, AttributeError) as error:
             raise CompileError(f"{path}: cannot load the compiled step ({error})",
                                hint="delete that file to rebuild it, or leave compile off"
                                ) from None
-        step.gpt2port_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, ctypes.c_int64]
-        step.gpt2port_step.restype = None
-        step.gpt2port_max_threads.restype = ctypes.c_int64
+        _check_struct_sizes(step, path)
         return step
-    raise CompileError(f"{found} could not compile {SOURCE}",
+    raise CompileError(f"{found} could not compile {SOURCE}: {said}",
                        hint="check that it is a working C compiler (CC= names another), or "
                        "leave compile off")
+
+
+def _check_struct_sizes(step: ctypes.CDLL, path: Path) -> None:
+    """Refuse a library whose structs are not laid out as the ctypes ones here.
+
+    Raises:
+        CompileError: naming the structs whose sizes differ.
+    """
+    sizes = (ctypes.c_int64 * len(STRUCTS))()
+    step.gpt2port_struct_sizes(ctypes.byref(sizes))
+    differ = [f"{struct.__name__} {size} bytes in C, {ctypes.sizeof(struct)} here"
+              for struct, size in zip(STRUCTS, sizes, strict=True)
+              if size != ctypes.sizeof(struct)]
+    if differ:
+        raise CompileError(f"{path}: the compiled step's structs do not match gpt2port's ("
+                           + "; ".join(differ) + ")",
+                           hint="delete that file to rebuild it, or leave compile off")
 
 
 def unsupported(model: GPTModel, batch: int) -> str | None:
@@ -163,13 +201,15 @@ def unsupported(model: GPTModel, batch: int) -> str | None:
                  "feed_forward": (block.feed_forward, FeedForward),
                  "attention_norm": (block.attention_norm, LayerNorm),
                  "feed_forward_norm": (block.feed_forward_norm, LayerNorm)}
+        replaced = f"it runs GPT-2's own layers; block {index} has replaced ones"
+        if any(type(module) is not kind for module, kind in parts.values()):
+            return replaced
         linears = [block.attention.query_projection, block.attention.key_projection,
                    block.attention.value_projection, block.attention.output_projection,
                    block.feed_forward.expansion, block.feed_forward.contraction]
-        if (any(type(module) is not kind for module, kind in parts.values())
-                or any(type(layer) is not nn.Linear for layer in linears)
+        if (any(type(layer) is not nn.Linear for layer in linears)
                 or type(block.feed_forward.activation) is not nn.GELU):
-            return f"it runs GPT-2's own layers; block {index} has replaced ones"
+            return replaced
     modules = list(model.modules())
     if any(module._forward_hooks or module._forward_pre_hooks for module in modules):
         return "it runs GPT-2's own layers; the model has forward hooks"
@@ -179,6 +219,48 @@ def unsupported(model: GPTModel, batch: int) -> str | None:
         return "it reads row-major weights or their transposes; the model has other strides"
     if len({parameter.dtype for parameter in model.parameters()}) > 1:
         return "it runs one dtype; the model's parameters mix dtypes"
+    return None
+
+
+class Unchanged:
+    """What the step's pointers were taken from: which module sits in each place, which memory
+    each parameter holds, and that no module trains or has hooks. ``__call__`` says whether the
+    model still is so (about 60 microseconds for 124M: plain dict lookups, no module walk)."""
+
+    def __init__(self, model: GPTModel):
+        modules = list(model.modules())
+        self.modules = modules
+        self.places = [(module._modules, name, child) for module in modules
+                       for name, child in module._modules.items()]
+        self.memory = [(module._parameters, name, _address(parameter))
+                       for module in modules for name, parameter in module._parameters.items()]
+
+    def __call__(self) -> bool:
+        return (all(held.get(name) is child for held, name, child in self.places)
+                and all(_address(held.get(name)) == address
+                        for held, name, address in self.memory)
+                and not any(module.training or module._forward_hooks
+                            or module._forward_pre_hooks for module in self.modules))
+
+
+def _address(parameter: torch.Tensor | None) -> tuple | None:
+    return None if parameter is None else (parameter.data_ptr(), parameter.dtype)
+
+
+def _cache_problem(model: GPTModel, keys: torch.Tensor, values: torch.Tensor) -> str | None:
+    """Why the KV cache cannot be written by the step (None: it can)."""
+    config = model.config
+    heads = config["number_of_heads"]
+    for name, tensor in (("keys", keys), ("values", values)):
+        if (tensor.dtype != torch.float32 or tensor.device.type != "cpu"
+                or not tensor.is_contiguous() or tensor.dim() != 5
+                or tuple(tensor.shape[:3]) != (config["number_of_layers"], 1, heads)
+                or tensor.shape[4] * heads != config["embedding_dimension"]):
+            return (f"it writes an fp32, contiguous CPU cache of (layers, 1, heads, capacity, "
+                    f"head width); the {name} are {tensor.dtype} {list(tensor.shape)} on "
+                    f"{tensor.device}")
+    if keys.shape != values.shape:
+        return "its keys and values caches differ in shape"
     return None
 
 
@@ -202,11 +284,12 @@ class CompiledStep:
 
     def __init__(self, model: GPTModel, keys: torch.Tensor, values: torch.Tensor,
                  packed: list[tuple[torch.Tensor, torch.Tensor | None] | None]):
-        reason = unsupported(model, keys.shape[1])
+        reason = unsupported(model, keys.shape[1]) or _cache_problem(model, keys, values)
         if reason is not None:
             raise ConfigError(f"compile: {reason}",
                               hint="leave compile off for this model (generation still works)")
         self.library = library()
+        self.unchanged, self.vocabulary = Unchanged(model), model.config["vocab_size"]
         config = model.config
         self.held: list[torch.Tensor] = [keys, values]
         blocks = model.transformer_blocks
@@ -230,12 +313,32 @@ class CompiledStep:
             head=self.product(head.weight, head.bias),
             keys=self.pointer(keys), values=self.pointer(values),
             scratch=self.pointer(self.scratch), logits=self.pointer(self.logits),
-            partials=self.pointer(self.partials), threads=threads, partial_size=partial_size)
-        self.dtype = head.weight.dtype
+            partials=self.pointer(self.partials), threads=threads, partial_size=partial_size,
+            token_rows=model.token_embedding_table.weight.shape[0],
+            position_rows=model.position_embedding_table.weight.shape[0])
+        self.dtype, self.capacity = head.weight.dtype, capacity
 
     def __call__(self, token: int, position: int) -> torch.Tensor:
-        """The logits (V,) after ``token`` at ``position``; its keys and values cached."""
-        self.library.gpt2port_step(ctypes.byref(self.model), token, position)
+        """The logits (V,) after ``token`` at ``position``; its keys and values cached.
+
+        Raises:
+            ConfigError: for a token outside the vocabulary, a position outside the cache, or a
+                model changed since this step was made (a layer replaced, a tensor moved).
+        """
+        if not 0 <= token < self.vocabulary:
+            raise ConfigError(f"compile: token id {token} is outside the model's vocabulary "
+                              f"(0 to {self.vocabulary - 1})", hint=HINT)
+        if not 0 <= position < self.capacity:
+            raise ConfigError(f"compile: position {position} is outside the cache (0 to "
+                              f"{self.capacity - 1})", hint=HINT)
+        if not self.unchanged():
+            raise ConfigError("compile: the model changed while it was generating (a layer "
+                              "replaced, a tensor moved or retyped, a hook added)",
+                              hint="start a new generation after changing the model")
+        status = self.library.gpt2port_step(ctypes.byref(self.model), token, position)
+        if status != 0:
+            raise ConfigError(f"compile: {STEP_PROBLEMS.get(status, f'status {status}')} "
+                              f"(token {token}, position {position})", hint=HINT)
         return self.logits.to(self.dtype, copy=True)
 
     def pointer(self, tensor: torch.Tensor | None, *, fp32: bool = False) -> int | None:

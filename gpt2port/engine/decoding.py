@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..io.rows import stacked_rows
-from ..model import FeedForward, GPTModel, MultiHeadAttention
+from ..model import FeedForward, GPTModel, MultiHeadAttention, TransformerBlock
 from . import kernels
 from .compiled_step import CompiledStep
 from .cuda_graphs import CapturedStep
@@ -27,6 +28,25 @@ def is_plain_linear(module: nn.Module) -> bool:
     """An ``nn.Linear`` itself, without hooks: its product may run by another kernel. A replaced
     layer (an adapter, say) or a hooked one is called as the module it is."""
     return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+
+
+def cacheable(model: GPTModel) -> GPTModel:
+    """``model`` when its blocks can run over a KV cache: each block's attention is GPT-2's
+    (``MultiHeadAttention``, or a subclass); any other layer may be replaced.
+
+    Raises:
+        ConfigError: naming the first block whose attention is something else.
+    """
+    for index, block in enumerate(model.transformer_blocks):
+        attention = getattr(block, "attention", None)
+        if not isinstance(block, TransformerBlock) or not isinstance(attention,
+                                                                    MultiHeadAttention):
+            found = type(attention if isinstance(block, TransformerBlock) else block).__name__
+            raise ConfigError(f"block {index}'s attention is a {found}: generation caches the "
+                              "keys and values of GPT-2's MultiHeadAttention",
+                              hint="keep MultiHeadAttention (replacing its projections is "
+                              "fine), or run the model's forward pass yourself")
+    return model
 
 
 def packed_projection(attention: MultiHeadAttention
@@ -54,7 +74,7 @@ class Decoder:
 
     def __init__(self, model: GPTModel, batch_size: int, capacity: int | None = None, *,
                  static_cache: bool = False, compiled: bool = False):
-        self.model = model
+        self.model = cacheable(model)
         self.cache = (StaticKVCache if static_cache else KVCache)(model, batch_size, capacity)
         blocks = model.transformer_blocks
         self.packed = [packed_projection(block.attention) for block in blocks]

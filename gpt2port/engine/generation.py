@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import torch
 
-from ..config import is_classifier
 from ..errors import ConfigError
 from ..model import GPTModel
 from ..text.tokenizer import END_OF_TEXT_ID
+from .arguments import check_mask, check_model, check_options, checked_ids, checked_rows
 from .decoding import Continuation
 
 
@@ -32,9 +32,15 @@ def next_token(logits: torch.Tensor, *, temperature: float, top_k: int | None,
 
 def pad_left(prompts: list[list[int]], *, device: torch.device | str = "cpu"
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts of different lengths -> ids (B, T) padded on the left, and their mask (B, T)."""
-    if not prompts or not all(prompts):
-        raise ValueError("every prompt needs at least one token")
+    """Prompts of different lengths -> ids (B, T) padded on the left, and their mask (B, T).
+
+    Raises:
+        ConfigError: for an empty list or an empty prompt.
+    """
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(
+            isinstance(prompt, (list, tuple)) and prompt for prompt in prompts):
+        raise ConfigError("prompts must be a non-empty list of non-empty id lists",
+                          hint="wrap one prompt as [ids]")
     width = max(map(len, prompts))
     ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
     mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
@@ -42,25 +48,6 @@ def pad_left(prompts: list[list[int]], *, device: torch.device | str = "cpu"
         ids[row, width - len(prompt):] = torch.tensor(prompt, device=device)
         mask[row, width - len(prompt):] = 1
     return ids, mask
-
-
-def check_options(max_new_tokens: int, *, temperature: float, top_k: int | None,
-                  top_p: float | None, seed: int | None) -> None:
-    """Raise ConfigError naming every generation option that cannot work."""
-    problems = []
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        problems.append(f"max_new_tokens must be 0 or more, got {max_new_tokens!r}")
-    if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
-        problems.append(f"temperature must be 0 (greedy) or more, got {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
-        problems.append(f"top_k must be 1 or more, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        problems.append(f"top_p must be in (0, 1], got {top_p!r}")
-    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
-        problems.append(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
-    if problems:
-        raise ConfigError("; ".join(problems), hint="temperature 0 is greedy; top_k and top_p "
-                          "narrow sampling (top_p=1 keeps every token)")
 
 
 def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
@@ -86,16 +73,15 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
     run by the regular path.
 
     Raises:
-        ConfigError: at once, for options that cannot work (``compile`` for a model or batch
-            it cannot run).
-        compiled_step.CompileError: ``compile`` where no C compiler can build the step.
+        ConfigError: at once, for arguments that cannot work: a model that is not a language
+            model, ids outside its vocabulary or not whole numbers, a mask that does not fit,
+            options out of range, ``compile`` for a model or batch it cannot run.
+        CompileError: ``compile`` where no C compiler can build the step.
     """
+    model = check_model(model)
     check_options(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    if is_classifier(model.config):
-        raise ConfigError(f"the model is a classifier ({model.config['output_size']} outputs): "
-                          "it scores texts, it does not predict tokens",
-                          hint="run it on token ids and read the last token's scores "
-                          "(model(ids)[:, -1]); generate with a language model")
+    token_ids = checked_ids(model, token_ids)
+    attention_mask = check_mask(attention_mask, token_ids)
     if static_cache and attention_mask is not None:
         raise ConfigError("static_cache takes prompts of one length (no attention_mask)",
                           hint="pad nothing, or leave static_cache off")
@@ -130,25 +116,34 @@ def _stream(model: GPTModel, continuation: Continuation, token_ids: torch.Tensor
 
 
 def generate(model: GPTModel, token_ids: torch.Tensor | list[list[int]], max_new_tokens: int,
-             **options) -> torch.Tensor | list[list[int]]:
-    """The prompt ids (B, T) followed by up to ``max_new_tokens`` new ones; see ``stream`` for
-    the options (temperature, top_k, top_p, seed, stop_at_eos).
+             *, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None, stop_at_eos: bool = False, static_cache: bool = False,
+             compile: bool = False) -> torch.Tensor | list[list[int]]:
+    """The prompt ids (B, T) followed by up to ``max_new_tokens`` new ones; ``stream`` says what
+    each option does.
 
     Prompts of different lengths may come as a list of id lists; each comes back as a list with
     its new ids (up to and including <|endoftext|> with ``stop_at_eos``).
+
+    Raises:
+        ConfigError: at once, for arguments that cannot work (as ``stream``).
+        CompileError: ``compile`` where no C compiler can build the step.
     """
+    options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
+               "stop_at_eos": stop_at_eos, "static_cache": static_cache, "compile": compile}
     if isinstance(token_ids, torch.Tensor):
         new = list(stream(model, token_ids, max_new_tokens, **options))
-        return torch.cat([token_ids, *new], dim=1)
-    device = next(model.parameters()).device
-    ids, mask = pad_left(token_ids, device=device)
+        return torch.cat([checked_ids(model, token_ids), *new], dim=1)
+    model = check_model(model)
+    token_ids = checked_rows(model, token_ids)
+    ids, mask = pad_left(token_ids, device=model.token_embedding_table.weight.device)
     if len(set(map(len, token_ids))) == 1:
         mask = None  # nothing padded
     new = torch.cat(list(stream(model, ids, max_new_tokens, attention_mask=mask, **options))
                     or [ids[:, :0]], dim=1).tolist()
     results = []
     for prompt, continuation in zip(token_ids, new, strict=True):
-        if options.get("stop_at_eos") and END_OF_TEXT_ID in continuation:
+        if stop_at_eos and END_OF_TEXT_ID in continuation:
             continuation = continuation[:continuation.index(END_OF_TEXT_ID) + 1]
         results.append(list(prompt) + continuation)
     return results

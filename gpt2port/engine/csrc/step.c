@@ -1,7 +1,7 @@
 /* One GPT-2 decoding step at batch 1 on the CPU, fused: the embeddings, every block and the
  * output head for one token in one call, with no per-operation dispatch in between.
  *
- * Built on first use by gpt2port/compiled_step.py with the machine's C compiler and loaded
+ * Built on first use by gpt2port/engine/compiled_step.py with the machine's C compiler and loaded
  * through ctypes; the struct layouts below match the ctypes ones there. Weights are read where
  * the model holds them (fp32, fp16 or bf16), activations are fp32, and the keys and values go
  * to the decoder's own fp32 cache. Products stream each weight once on every OpenMP thread of
@@ -50,7 +50,19 @@ typedef struct {
     float *logits;        /* (head.rows,) */
     float *partials;      /* (threads, partial_size): each thread's sums of transposed products */
     int64_t threads, partial_size;
+    int64_t token_rows, position_rows; /* rows of the tables: a step reads none past them */
 } Model;
+
+enum { STEP_DONE = 0, TOKEN_OUTSIDE = 1, POSITION_OUTSIDE = 2 };
+
+/* The sizes of the structs as this compiler lays them out, for the caller to hold against its
+ * own (a field added on one side only is refused before any step). */
+void gpt2port_struct_sizes(int64_t sizes[4]) {
+    sizes[0] = (int64_t)sizeof(Product);
+    sizes[1] = (int64_t)sizeof(Norm);
+    sizes[2] = (int64_t)sizeof(Block);
+    sizes[3] = (int64_t)sizeof(Model);
+}
 
 static inline float to_float(const void *data, int64_t index, int64_t kind) {
     if (kind == F32) return ((const float *)data)[index];
@@ -271,8 +283,13 @@ static void attend(const Model *m, int64_t layer, int64_t position, const float 
 #pragma omp barrier
 }
 
-/* The logits (head.rows,) after `token` at `position`, its keys and values cached. */
-void gpt2port_step(const Model *m, int64_t token, int64_t position) {
+/* The logits (head.rows,) after `token` at `position`, its keys and values cached; STEP_DONE,
+ * or why nothing was read or written (a token outside the table, a position outside the table
+ * or the cache). */
+int64_t gpt2port_step(const Model *m, int64_t token, int64_t position) {
+    if (token < 0 || token >= m->token_rows) return TOKEN_OUTSIDE;
+    if (position < 0 || position >= m->position_rows || position >= m->capacity)
+        return POSITION_OUTSIDE;
     int64_t width = m->width, hidden_width = m->blocks[0].expansion.rows;
     float *x = m->scratch, *normed = x + width, *q = normed + width, *k = q + width,  /* q|k|v */
           *v = k + width, *context = v + width, *hidden = context + width,
@@ -308,4 +325,5 @@ void gpt2port_step(const Model *m, int64_t token, int64_t position) {
         layer_norm(&m->final_norm, x, normed, width, m->epsilon);
         product(m, &m->head, normed, m->logits, 0);
     }
+    return STEP_DONE;
 }
