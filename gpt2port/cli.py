@@ -160,6 +160,14 @@ def _parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="do two checkpoints hold the same model?")
     compare.add_argument("model", help="the first checkpoint (preset, Hub repo id, folder, file)")
     compare.add_argument("other", help="the second checkpoint")
+    compare.add_argument("--revision", help="branch, tag or commit of the first")
+    compare.add_argument("--file", dest="filename", metavar="NAME",
+                         help="one weights file of the first's Hub repo")
+    compare.add_argument("--other-revision", help="branch, tag or commit of the second")
+    compare.add_argument("--other-file", dest="other_filename", metavar="NAME",
+                         help="one weights file of the second's Hub repo")
+    compare.add_argument("--cache-dir", type=Path, help="huggingface_hub cache folder")
+    compare.add_argument("--offline", action="store_true", help="use the cache only")
     compare.add_argument("--text", type=Path, help="a UTF-8 text file to compare the logits "
                          "over (default: a short text shipped with gpt2port)")
     compare.add_argument("--json", action="store_true", help="print one JSON object")
@@ -174,15 +182,8 @@ def _folder(args: argparse.Namespace) -> Path:
                    offline=args.offline, filename=args.filename)
 
 
-def _verify(args: argparse.Namespace, folder: Path, known: tuple | None = None) -> None:
-    """Load ``folder`` and check it against the reference (and the known answer, if any)."""
-    from .loading import load_pretrained
-    from .proof.verification import verify
-
-    phase("loading")
-    model = load_pretrained(folder, dtype="float32")
-    text = _text(args.text) if getattr(args, "text", None) else None
-    result = verify(model, folder, reference=args.reference, known_greedy=known, text=text)
+def _verified(args: argparse.Namespace, result) -> None:
+    """Print a verification; a failed one is the command's error."""
     print(result.report())
     if not result.passed:
         raise VerificationError(f"{args.model}: the loaded model disagrees with the reference",
@@ -216,7 +217,12 @@ def run_download(args: argparse.Namespace) -> None:
     listed = folder.parent if folder.is_file() else folder
     for path in sorted(p for p in listed.iterdir() if not p.name.startswith(".")):
         print(f"  {path.name:32} {path.stat().st_size:>14,} bytes")
-    _verify(args, folder, known)
+    from .loading import load_pretrained
+    from .proof.verification import verify_model
+
+    phase("loading")
+    model = load_pretrained(folder, dtype="float32")
+    _verified(args, verify_model(model, folder, reference=args.reference, known_greedy=known))
     if args.output is not None:
         from .conversion import convert
 
@@ -240,47 +246,23 @@ def _download_release(args: argparse.Namespace) -> Path:
 
 
 def run_verify(args: argparse.Namespace) -> None:
-    _verify(args, _folder(args), hub_source(args.model, args.revision).known_greedy)
+    from .proof.verification import verify
 
-
-def _device(name: str) -> str:
-    """``--device`` checked against this torch build and machine.
-
-    Raises:
-        ConfigError: for a device torch does not know or this machine does not have.
-    """
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {name}: not a device torch knows",
-                          hint="use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        build = "is a CPU-only build" if torch.version.cuda is None else "finds no GPU"
-        raise ConfigError(f"--device {name}: this torch ({torch.__version__}) {build}",
-                          hint="install the CUDA build of torch (README: Running on a GPU), "
-                          "or use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} "
-                          "CUDA device(s)", hint="use --device cuda (the first one)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {name}: MPS (Apple GPUs) is not available here",
-                          hint="use --device cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"--device {name}: gpt2port runs on cpu, cuda or mps",
-                          hint="use --device cpu")
-    return name
+    phase("resolving")
+    text = _text(args.text) if args.text else None
+    _verified(args, verify(args.model, revision=args.revision, filename=args.filename,
+                           cache_dir=args.cache_dir, offline=args.offline,
+                           reference=args.reference, text=text))
 
 
 def run_generate(args: argparse.Namespace) -> None:
     import torch
 
     from .engine.generation import stream
-    from .loading import load_pretrained, load_tokenizer
+    from .loading import load_pretrained, load_tokenizer, parse_device
     from .text.tokenizer import END_OF_TEXT_ID, has_tokenizer
 
-    device = _device(args.device)
+    device = parse_device(args.device)
     folder = _folder(args)
     tokenizer_folder = folder if folder.is_dir() and has_tokenizer(folder) else None
     tokenizer = load_tokenizer(tokenizer_folder)
@@ -321,6 +303,7 @@ def run_convert(args: argparse.Namespace) -> None:
         warnings.simplefilter("always", ConversionWarning)
         written = convert(args.model, args.destination, to=args.to, dtype=args.dtype,
                           revision=args.revision, filename=args.filename,
+                          cache_dir=args.cache_dir, offline=args.offline,
                           approximate_gelu=args.approximate_gelu)
     for change in changes:
         if issubclass(change.category, ConversionWarning):
@@ -333,10 +316,11 @@ def run_convert(args: argparse.Namespace) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> None:
-    from .inspection import describe
-    from .loading import open_checkpoint
+    from .inspection import inspect
 
-    print(describe(open_checkpoint(_folder(args))))
+    phase("resolving")
+    print(inspect(args.model, revision=args.revision, filename=args.filename,
+                  cache_dir=args.cache_dir, offline=args.offline))
 
 
 def _text(path: Path) -> str:
@@ -357,7 +341,10 @@ def run_compare(args: argparse.Namespace) -> None:
     from .proof.comparison import compare
 
     text = _text(args.text) if args.text else None
-    found = compare(args.model, args.other, text=text)
+    found = compare(args.model, args.other, text=text, revision=args.revision,
+                    filename=args.filename, other_revision=args.other_revision,
+                    other_filename=args.other_filename, cache_dir=args.cache_dir,
+                    offline=args.offline)
     print(found.to_json() if args.json else found.report())
     if found.verdict == "different":
         raise VerificationError(f"{args.model} and {args.other} hold different models",

@@ -7,6 +7,7 @@ where the logits stay the same (or the user asked for the approximation), stated
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from .io.outputs import write_file, write_folder
 from .io.pages import released_as_used
 from .loading import model_from_checkpoint, open_checkpoint, resolve
 from .model import GPTModel
-from .proof.verification import prompt_for
+from .proof.figures import prompt_for
 from .skeleton import empty_model
 from .text.vocabulary import Vocabulary
 
@@ -182,7 +183,8 @@ def logit_change(model: GPTModel, other: GPTModel) -> float:
 
 def convert(source: str | Path, destination: str | Path, *, to: str,
             dtype: str | None = None, revision: str | None = None,
-            filename: str | None = None, approximate_gelu: bool = False) -> Path:
+            filename: str | None = None, cache_dir: str | Path | None = None,
+            offline: bool = False, approximate_gelu: bool = False) -> Path:
     """Read ``source`` (preset, Hub id, folder or file), write it to the new folder
     ``destination`` in format ``to`` (a name in ``gpt2port.formats.BY_NAME``), with the
     tokenizer when the source has it (``filename``: one weights file of a Hub repo). ``dtype``
@@ -194,14 +196,21 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
 
     Raises:
         ConfigError: for an unknown format or dtype, or a model the target cannot hold.
+        CheckpointError: for a source that is missing, malformed or does not fit the model.
+        OutputError: when ``destination`` exists or cannot be written (a full disk included).
+        DownloadError: when the Hub cannot be reached or refuses.
     """
-    target = BY_NAME.get(to)
+    target = BY_NAME.get(to) if isinstance(to, str) else None
     if target is None:
         raise ConfigError(f"unknown format {to!r}", hint=f"formats: {', '.join(BY_NAME)}")
     if dtype is not None and dtype not in target.dtypes:
         raise ConfigError(f"{to} does not store {dtype}",
                           hint=f"{to} stores {', '.join(target.dtypes)}")
-    folder = resolve(source, revision=revision, filename=filename)
+    if not isinstance(destination, (str, os.PathLike)) or not str(destination):
+        raise ConfigError(f"destination: a folder or file path is needed, got {destination!r}",
+                          hint="name a new folder (or a file with the format's suffix)")
+    folder = resolve(source, revision=revision, filename=filename, cache_dir=cache_dir,
+                     offline=offline)
     with progress(f"convert to {to}", 2) as bar:
         stage(bar, "reading")
         checkpoint = open_checkpoint(folder)

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .config import is_classifier
 from .formats import Checkpoint
 from .formats.table import MappingTable
+from .loading import open_checkpoint, resolve
+
+
+def inspect(name_or_path: str | Path, *, revision: str | None = None,
+            filename: str | None = None, cache_dir: str | Path | None = None,
+            offline: bool = False) -> str:
+    """What ``gpt2port inspect`` prints: each source tensor of a preset, Hub repo id, folder or
+    file, its model name(s), shape, dtype and transform, and the config.
+
+    Raises:
+        CheckpointError: for files that are missing or malformed.
+        ConfigError: for a config this model cannot implement.
+        DownloadError: when the Hub cannot be reached or refuses.
+    """
+    return describe(open_checkpoint(resolve(name_or_path, revision=revision,
+                                            filename=filename, cache_dir=cache_dir,
+                                            offline=offline)))
 
 
 def describe(checkpoint: Checkpoint) -> str:

@@ -3,6 +3,7 @@ tokenizer (``load_tokenizer``)."""
 
 from __future__ import annotations
 
+import os
 import re
 from difflib import get_close_matches
 from pathlib import Path
@@ -32,16 +33,70 @@ DTYPES = {
 
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """``torch.float16``, ``"fp16"``, ``"bfloat16"``... -> a torch dtype (None stays None)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
+    """``torch.float16``, ``"fp16"``, ``"bfloat16"``... -> a torch dtype (None stays None).
+
+    Raises:
+        ConfigError: for anything but fp32, fp16 and bf16 (by name or torch dtype).
+    """
+    if dtype is None or dtype in DTYPES.values():
         return dtype
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
+def parse_device(device: torch.device | str) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``... checked against this torch build and
+    machine.
+
+    Raises:
+        ConfigError: for a device torch does not know, gpt2port does not run on, or this
+            machine does not have.
+    """
+    try:
+        found = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"device {device!r}: not a device torch knows",
+                          hint="use cpu, cuda, cuda:N or mps") from None
+    if found.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {device!r}: gpt2port runs on cpu, cuda or mps",
+                          hint="use cpu")
+    if found.type == "cuda" and not torch.cuda.is_available():
+        build = "is a CPU-only build" if torch.version.cuda is None else "finds no GPU"
+        raise ConfigError(f"device {device!r}: this torch ({torch.__version__}) {build}",
+                          hint="install the CUDA build of torch (README: Running on a GPU), "
+                          "or use cpu")
+    if found.type == "cuda" and (found.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
+                          "CUDA device(s)", hint="use cuda (the first one)")
+    if found.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS (Apple GPUs) is not available here",
+                          hint="use cpu")
+    return found
+
+
+def checked_name(name_or_path: object, what: str = "name_or_path") -> str | Path:
+    """A preset, Hub repo id or path given as text or a path.
+
+    Raises:
+        ConfigError: for anything else (None, a number, an empty text).
+    """
+    if isinstance(name_or_path, Path) or (isinstance(name_or_path, str) and name_or_path.strip()
+                                          and "\0" not in name_or_path):
+        return name_or_path
+    if isinstance(name_or_path, os.PathLike):
+        return Path(name_or_path)
+    raise ConfigError(f"{what}: a preset, Hub repo id, folder or file is needed, got "
+                      f"{name_or_path!r}", hint=f"presets: {', '.join(PRESETS)}")
+
+
 def open_checkpoint(path: Path) -> Checkpoint:
-    """Read a folder or one weights file of any format in ``gpt2port.formats.FORMATS``."""
+    """Read a folder or one weights file of any format in ``gpt2port.formats.FORMATS``.
+
+    Raises:
+        CheckpointError: when no format recognises it, or its files are malformed.
+        ConfigError: for a config this model cannot implement.
+    """
     return formats.read(Path(path))
 
 
@@ -128,6 +183,8 @@ def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | 
 
     Raises:
         MappingError: listing every tensor that does not fit.
+        CheckpointError: for weights that are not finite.
+        ConfigError: for an unknown dtype.
     """
     config, tensors = checkpoint.config, checkpoint.tensors
     blocks, layers = checkpoint.table.block_count(tensors), config["number_of_layers"]
@@ -167,7 +224,8 @@ def hub_name(name: str) -> str:
     path = Path(name).expanduser()
     # REPO_ID already refuses "/x", "~/x", "a/b/c" and backslashes; the Hub also refuses these
     if (not REPO_ID.fullmatch(name) or name.startswith(".") or path.suffix in WEIGHTS_SUFFIXES
-            or ".." in name or "--" in name or name.endswith((".", "-"))):
+            or ".." in name or "--" in name or name.endswith((".", "-"))
+            or any(len(part) > 96 for part in name.split("/"))):  # the Hub's longest name
         raise CheckpointError(f"{name}: no such file or folder", hint=_nearby(path))
     if "/" not in name:
         close = get_close_matches(name.lower(), PRESETS, n=1, cutoff=0.75)
@@ -177,11 +235,19 @@ def hub_name(name: str) -> str:
     return name
 
 
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; a name the system cannot even look up (too long, say) does not."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _nearby(path: Path) -> str:
     """What to do about a path that does not exist: similar names beside its first missing
     part."""
     missing = path.absolute()
-    while not missing.parent.is_dir() and missing.parent != missing.parent.parent:
+    while not _exists(missing.parent) and missing.parent != missing.parent.parent:
         missing = missing.parent
     try:
         names = sorted(child.name for child in missing.parent.iterdir())
@@ -205,10 +271,12 @@ def resolve(name_or_path: str | Path, *, revision: str | None = None,
     A preset pinned to a commit that is already cached resolves with no network request.
 
     Raises:
-        ConfigError: for a ``filename`` with a local path.
+        ConfigError: for a ``filename`` with a local path, or a name that is not text or a path.
+        CheckpointError: for a path that does not exist or a misspelt preset.
+        DownloadError: when the Hub cannot be reached or refuses.
     """
-    path = Path(name_or_path)
-    if path.exists() or Path(f"{path}.index").is_file():  # a TensorFlow checkpoint's prefix
+    path = Path(checked_name(name_or_path))
+    if _exists(path) or _exists(Path(f"{path}.index")):  # a TensorFlow checkpoint's prefix
         if filename is not None:
             raise ConfigError(f"{name_or_path}: a file name (--file {filename}) picks a file of "
                               "a Hub repo, and this is a local path",
@@ -243,9 +311,12 @@ def load_pretrained(name_or_path: str | Path, *, revision: str | None = None,
 
     Raises:
         CheckpointError: for files that are missing, malformed or do not fit the model.
-        ConfigError: for a config.json this model cannot implement.
+        ConfigError: for a config.json this model cannot implement, or a dtype or device that
+            is unknown or not on this machine.
         DownloadError: when the Hub cannot be reached or refuses.
     """
+    parse_dtype(dtype)
+    device = parse_device(device)
     folder = resolve(name_or_path, revision=revision, cache_dir=cache_dir, filename=filename)
     return model_from_checkpoint(open_checkpoint(folder), dtype=dtype, device=device)
 
@@ -259,7 +330,11 @@ def load_tokenizer(path: str | Path | None = None) -> tiktoken.Encoding:
 
     Raises:
         TokenizerError: when the checkpoint has no tokenizer, or its files disagree.
+        CheckpointError: for a path that does not exist.
+        ConfigError: for a path that is not text or a path.
     """
+    if path is not None and not _exists(Path(checked_name(path, "path"))):
+        raise CheckpointError(f"{path}: no such file or folder", hint=_nearby(Path(path)))
     root = Path(path) if path is not None else BUNDLED
     vocabulary = read_folder(root) if path is None else read_vocabulary(root)
     if vocabulary is None:

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokeniz
 
 from gpt2port import load_pretrained, load_tokenizer
 from gpt2port.conversion import ConversionWarning, convert
-from gpt2port.proof.verification import verify
+from gpt2port.proof.verification import verify_model
 from gpt2port.text.tokenizer import BUNDLED
 
 TEXT = "Hello <|user|> the covidvaccine works<|endoftext|><|pad|> ok <|assistant|>"
@@ -49,7 +49,7 @@ def test_the_fine_tune_loads_verifies_and_its_tokenizer_has_the_added_tokens(fin
     assert not (folder / "vocab.json").exists()
     model = load_pretrained(folder)
     assert model.config["vocab_size"] == 50261
-    assert verify(model, folder).passed
+    assert verify_model(model, folder).passed
     ours = load_tokenizer(folder)
     assert ours.n_vocab == 50261
     assert ours.encode(TEXT, allowed_special="all") == ids

@@ -53,7 +53,7 @@ CASES = [
     ("generate: CUDA on a machine without it", ["generate", "{place}/model", "x", "--device",
                                                 "cuda"], 3, "install the CUDA build of torch"),
     ("generate: unknown device", ["generate", "{place}/model", "x", "--device", "tpu9"], 3,
-     "--device tpu9: not a device torch knows"),
+     "device 'tpu9': not a device torch knows"),
     ("generate: negative max new tokens", ["generate", "{place}/model", "x",
                                            "--max-new-tokens", "-1"], 2,
      "argument --max-new-tokens: '-1' is not a whole number of 0 or more"),

@@ -88,10 +88,10 @@ def test_a_bug_planted_in_the_loaders_gguf_reader_is_caught_by_verify(source, tm
     pytest.importorskip("gguf")
     from gpt2port import load_pretrained
     from gpt2port.formats import gguf
-    from gpt2port.proof.verification import verify
+    from gpt2port.proof.verification import verify_model
 
     exported = quietly(source, tmp_path / "model.gguf", to="gguf")
-    assert verify(load_pretrained(exported), exported).passed
+    assert verify_model(load_pretrained(exported), exported).passed
     real = gguf._tensors
 
     def planted(*args):  # a reader that transposes a square weight (a layout bug)
@@ -100,7 +100,7 @@ def test_a_bug_planted_in_the_loaders_gguf_reader_is_caught_by_verify(source, tm
         return tensors
 
     monkeypatch.setattr(gguf, "_tensors", planted)
-    assert not verify(load_pretrained(exported), exported).passed
+    assert not verify_model(load_pretrained(exported), exported).passed
 
 
 def test_a_bug_planted_in_the_loaders_tensor_bundle_reader_is_caught_by_verify(
@@ -109,7 +109,7 @@ def test_a_bug_planted_in_the_loaders_tensor_bundle_reader_is_caught_by_verify(
     pytest.importorskip("tensorflow", reason="TensorFlow is the OpenAI reference (a test extra)")
     from gpt2port import load_pretrained
     from gpt2port.formats import openai
-    from gpt2port.proof.verification import verify
+    from gpt2port.proof.verification import verify_model
 
     exported = quietly(source, tmp_path / "openai", to="openai")
     real = openai.read_bundle
@@ -120,5 +120,5 @@ def test_a_bug_planted_in_the_loaders_tensor_bundle_reader_is_caught_by_verify(
         return tensors
 
     monkeypatch.setattr(openai, "read_bundle", planted)
-    result = verify(load_pretrained(exported), exported)
+    result = verify_model(load_pretrained(exported), exported)
     assert "TensorFlow" in result.reference and not result.passed

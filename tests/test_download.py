@@ -1,6 +1,7 @@
 """``gpt2port`` end to end against the stand-in Hub: download, verify, generate, and each failure."""
 
 import hashlib
+import json
 import os
 import resource
 import shutil
@@ -354,3 +355,17 @@ def test_a_named_weights_file_of_a_hub_repo_loads(hub, env, books_repo, tmp_path
     assert converted.returncode == 0, converted.stderr
     local = gpt2port("verify", str(tmp_path / "hf"), "--file", "x.pth", env=env)
     assert local.returncode == 3 and "local path" in local.stderr
+
+
+def test_compare_resolves_a_file_of_a_repo_as_load_pretrained_does(hub, env, books_repo,
+                                                                    tmp_path):
+    folder, _ = books_repo
+    hub.add_repo("rasbt-like/gpt2-from-scratch", folder)
+    found = gpt2port("compare", "rasbt-like/gpt2-from-scratch", "rasbt-like/gpt2-from-scratch",
+                     "--file", "gpt2-small-124M.pth",
+                     "--other-file", "gpt2-small-124M.safetensors", "--json", env=env)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["verdict"] == "identical"
+    pinned = gpt2port("compare", REPO, REPO, "--revision", "main", "--other-revision", "nope",
+                      env=env)
+    assert pinned.returncode == 12 and "nope" in pinned.stderr, pinned.stderr

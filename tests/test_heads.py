@@ -19,7 +19,7 @@ from gpt2port import GPT_CONFIG_124M, ConfigError, GPTModel, generate, load_pret
 from gpt2port.conversion import ConversionWarning, convert
 from gpt2port.inspection import describe
 from gpt2port.loading import open_checkpoint
-from gpt2port.proof.verification import verify
+from gpt2port.proof.verification import verify_model
 
 book = pytest.importorskip("llms_from_scratch.ch04", reason="pip install --no-deps "
                            "llms-from-scratch (the book's code; .ci/run installs it)")
@@ -78,7 +78,7 @@ def test_the_books_classifier_loads_verifies_and_inspects(tmp_path):
     model = load_pretrained(tmp_path / "run")
     assert (model.config["output_size"], model.config["output_bias"]) == (2, True)
     assert torch.allclose(last_token_scores(model), last_token_scores(theirs), atol=1e-5)
-    result = verify(model, tmp_path / "run")
+    result = verify_model(model, tmp_path / "run")
     assert result.passed, result.report()
     summary = describe(open_checkpoint(tmp_path / "run")).splitlines()[-1]
     assert summary.startswith("head: classifier, 2 classes") and "bias" in summary
@@ -108,7 +108,7 @@ def test_a_sequence_classifier_loads_verifies_and_converts_to_the_book(tmp_path)
     for row in IDS:
         ours = model(row[None])[:, -1]
         assert torch.allclose(ours, last_token_scores(theirs, row[None]), atol=1e-5)
-    result = verify(model, tmp_path / "hf", reference="transformers")
+    result = verify_model(model, tmp_path / "hf", reference="transformers")
     assert result.passed and "GPT2ForSequenceClassification" in result.reference
 
     with warnings.catch_warnings(record=True) as caught:

@@ -219,9 +219,9 @@ def test_a_prefix_given_directly_loads_that_step(training_run):
     model = load_pretrained(folder / "model-500")
     with torch.no_grad():
         assert torch.allclose(model(IDS), steps[500](IDS).logits, atol=1e-5)
-    from gpt2port.proof.verification import verify
+    from gpt2port.proof.verification import verify_model
 
-    assert verify(model, folder / "model-500", reference="numpy").passed
+    assert verify_model(model, folder / "model-500", reference="numpy").passed
 
 
 def test_several_steps_and_no_checkpoint_file_is_an_error_naming_them(training_run, tmp_path):

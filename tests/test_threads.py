@@ -116,14 +116,14 @@ def test_verify_leaves_transformers_logging_to_other_threads(tmp_path):
     process are never switched, not even for a moment."""
     from transformers.utils import logging
 
-    from gpt2port.proof.verification import verify
+    from gpt2port.proof.verification import verify_model
 
     folder = write_layout("hub", tmp_path / "hub")
     model, done = load_pretrained(folder), threading.Event()
     state = (logging.get_verbosity(), logging.is_progress_bar_enabled())
 
     def verifying():
-        passed = [verify(model, folder, reference="transformers").passed for _ in range(2)]
+        passed = [verify_model(model, folder, reference="transformers").passed for _ in range(2)]
         done.set()
         return passed
 
@@ -172,7 +172,7 @@ def test_threads_loading_converting_and_verifying_at_once_give_the_serial_result
     from transformers.utils import logging
 
     from gpt2port.conversion import convert
-    from gpt2port.proof.verification import verify
+    from gpt2port.proof.verification import verify_model
 
     source = write_layout("hub", tmp_path / "hub")
     ids = torch.tensor([[1, 2, 3, 4, 5]])
@@ -187,8 +187,8 @@ def test_threads_loading_converting_and_verifying_at_once_give_the_serial_result
     jobs = [lambda: logits_of(source),
             *(lambda to=to: logits_of(convert(source, tmp_path / f"out-{to}", to=to))
               for to in ("hf", "native", "book", "openai", "tlens")),
-            lambda: verify(load_pretrained(source), source, reference="numpy").passed,
-            lambda: verify(load_pretrained(source), source, reference="transformers").passed]
+            lambda: verify_model(load_pretrained(source), source, reference="numpy").passed,
+            lambda: verify_model(load_pretrained(source), source, reference="transformers").passed]
     with pytest.warns(UserWarning):  # the conversions' stated changes; none is an error
         results = in_threads(*jobs)
     for found in results[:-2]:

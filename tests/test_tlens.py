@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from gpt2port import ConfigError, load_pretrained
 from gpt2port.conversion import convert
-from gpt2port.proof.verification import verify
+from gpt2port.proof.verification import verify_model
 
 IDS = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(4))
 
@@ -98,7 +98,7 @@ def test_an_unprocessed_state_dict_loads_with_transformers_logits(reference, tmp
     assert model.config["number_of_heads"] == 4 and model.config["tie_output_head"]
     with torch.no_grad():
         assert (model(IDS) - reference(IDS).logits).abs().max() <= 1e-5
-    assert verify(model, tmp_path / "hooked.pth").passed
+    assert verify_model(model, tmp_path / "hooked.pth").passed
 
 
 def test_a_processed_state_dict_gives_the_unprocessed_log_probabilities(reference, tmp_path):
@@ -111,7 +111,7 @@ def test_a_processed_state_dict_gives_the_unprocessed_log_probabilities(referenc
     assert model.config["output_bias"] and not model.config["tie_output_head"]
     # centring the unembedding moves each position's logits by a constant: compare log-probs
     assert (log_probabilities(model) - log_probabilities(reference)).abs().max() <= 1e-5
-    assert verify(model, tmp_path / "processed.safetensors").passed
+    assert verify_model(model, tmp_path / "processed.safetensors").passed
     with pytest.raises(ConfigError, match="no shift absorbs it"):
         convert(tmp_path / "processed.safetensors", tmp_path / "hf", to="hf")
     native = convert(tmp_path / "processed.safetensors", tmp_path / "native", to="native")

@@ -9,7 +9,7 @@ from gpt2port import generate, load_pretrained
 from gpt2port.config import PRESETS
 from gpt2port.proof.figures import prompt_for
 from gpt2port.proof.reference import reference_logits
-from gpt2port.proof.verification import verify
+from gpt2port.proof.verification import verify_model
 
 GPT2 = PRESETS["gpt2"]
 
@@ -26,7 +26,7 @@ def test_numpy_reference_agrees_with_transformers(layout, tmp_path):
 @pytest.mark.parametrize("reference", ["transformers", "numpy"])
 def test_a_faithful_load_passes(tiny_hub_folder, reference):
     model = load_pretrained(tiny_hub_folder)
-    result = verify(model, tiny_hub_folder, reference=reference)
+    result = verify_model(model, tiny_hub_folder, reference=reference)
     assert result.passed and result.max_abs_diff <= 1e-5, result.report()
 
 
@@ -36,7 +36,7 @@ def test_a_wrong_weight_fails(tiny_hub_folder):
         attention = model.transformer_blocks[0].attention
         attention.query_projection.weight, attention.key_projection.weight = (
             attention.key_projection.weight, attention.query_projection.weight)
-    result = verify(model, tiny_hub_folder, reference="numpy")
+    result = verify_model(model, tiny_hub_folder, reference="numpy")
     assert not result.passed and "NOT OK" in result.report() and "FAILED" in result.report()
 
 
@@ -44,9 +44,9 @@ def test_a_wrong_known_answer_fails(tiny_hub_folder):
     model = load_pretrained(tiny_hub_folder)
     prompt = prompt_for(model.config)[:2]
     right = generate(model, torch.tensor([prompt]), 5)[0].tolist()
-    assert verify(model, tiny_hub_folder, known_greedy=(prompt, right)).passed
+    assert verify_model(model, tiny_hub_folder, known_greedy=(prompt, right)).passed
     wrong = right[:-1] + [(right[-1] + 1) % model.config["vocab_size"]]
-    result = verify(model, tiny_hub_folder, known_greedy=(prompt, wrong))
+    result = verify_model(model, tiny_hub_folder, known_greedy=(prompt, wrong))
     assert not result.passed and "known greedy answer (7 tokens): NOT OK" in result.report()
 
 
@@ -127,7 +127,7 @@ def test_a_nanogpt_fine_tune_with_biases_converts_to_every_format_and_verifies(
         to, from_nanogpt_with_biases, every_format):
     export = from_nanogpt_with_biases[to]
     model = load_pretrained(export)
-    assert verify(model, export, reference="numpy").passed
+    assert verify_model(model, export, reference="numpy").passed
     if to in ("hf", "native", "nanogpt"):  # they hold the exact GELU: the same model
         source = load_pretrained(every_format["nanogpt ckpt.pt, biases"])
         ids = torch.tensor([prompt_for(source.config)])
@@ -143,4 +143,4 @@ def test_the_numpy_reference_catches_a_wrong_mapping_in_every_format(which, ever
         attention = model.transformer_blocks[1].attention
         attention.query_projection.weight, attention.key_projection.weight = (
             attention.key_projection.weight, attention.query_projection.weight)
-    assert not verify(model, every_format[which], reference="numpy").passed
+    assert not verify_model(model, every_format[which], reference="numpy").passed

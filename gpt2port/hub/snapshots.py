@@ -77,7 +77,7 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
                 raise
         return found
     remove_stale_partials(repo_id, cache_dir)
-    with hub_errors(repo_id):
+    with hub_errors(repo_id, revision=revision):
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
     siblings = {sibling.rfilename: sibling for sibling in info.siblings or ()}
     weights = filename or next((name for name in WEIGHTS_FILES if name in siblings), None)
@@ -237,7 +237,8 @@ def _remove_from_cache(path: Path) -> None:
 
 
 @contextmanager
-def hub_errors(repo_id: str, filename: str | None = None) -> Iterator[None]:
+def hub_errors(repo_id: str, filename: str | None = None, *,
+               revision: str | None = None) -> Iterator[None]:
     """Turn huggingface_hub's and the HTTP library's exceptions into the package's errors."""
     what = f"{repo_id}/{filename}" if filename else repo_id
     try:
@@ -245,7 +246,7 @@ def hub_errors(repo_id: str, filename: str | None = None) -> Iterator[None]:
     except errors.GatedRepoError:
         raise AccessError(f"{what}: the repository is gated", hint=TOKEN_HINT) from None
     except errors.RevisionNotFoundError:
-        raise NotFoundError(f"{what}: no such revision",
+        raise NotFoundError(f"{what}: no such revision" + (f" {revision!r}" if revision else ""),
                             hint="check --revision (a branch, tag or full commit id)") from None
     except errors.RepositoryNotFoundError:
         raise NotFoundError(f"{what}: repository not found, or private", hint=TOKEN_HINT) from None

@@ -85,13 +85,27 @@ class Comparison:
         return json.dumps({**asdict(self), "verdict": self.verdict}, default=str)
 
 
-def compare(a: str | Path, b: str | Path, text: str | None = None) -> Comparison:
+def compare(a: str | Path, b: str | Path, *, text: str | None = None,
+            revision: str | None = None, filename: str | None = None,
+            other_revision: str | None = None, other_filename: str | None = None,
+            cache_dir: str | Path | None = None, offline: bool = False) -> Comparison:
     """Compare two checkpoints (presets, Hub ids, folders, files; any formats and dtypes):
     configs, tensors under the model's names, and logits over ``text`` (default: a short text
-    shipped with gpt2port), in windows of the context length."""
+    shipped with gpt2port), in windows of the context length. Each is resolved as
+    ``load_pretrained`` resolves it: ``revision`` and ``filename`` pick what ``a`` names,
+    ``other_revision`` and ``other_filename`` what ``b`` names.
+
+    Raises:
+        ConfigError: for a text too short to score, or a name that is not text or a path.
+        CheckpointError: for files that are missing, malformed or do not fit the model.
+        DownloadError: when the Hub cannot be reached or refuses.
+    """
+    if text is not None:
+        token_ids(text, 1)  # an unusable text is refused before anything is loaded
     found = []
-    for name in (a, b):
-        checkpoint = open_checkpoint(resolve(name))
+    for name, picked, file in ((a, revision, filename), (b, other_revision, other_filename)):
+        checkpoint = open_checkpoint(resolve(name, revision=picked, filename=file,
+                                             cache_dir=cache_dir, offline=offline))
         found.append((checkpoint, model_from_checkpoint(checkpoint, dtype=torch.float32)))
     (left, model_a), (right, model_b) = found
     result = Comparison(str(a), str(b))

@@ -10,6 +10,7 @@ from importlib import resources
 import torch
 
 from ..console.progress import progress
+from ..errors import ConfigError
 from ..loading import load_tokenizer
 
 # "The dog was found in a field near the town of": the fixed prompt every check runs.
@@ -25,9 +26,22 @@ def prompt_for(config: dict) -> list[int]:
 
 def token_ids(text: str | None, vocabulary: int) -> list[int]:
     """``text`` (default: the shipped sample) as GPT-2's tokenizer encodes it, folded into the
-    smaller vocabulary of test models."""
+    smaller vocabulary of test models.
+
+    Raises:
+        ConfigError: for a text that is not a string, or one too short to score (one token
+            predicts the next: two are needed).
+    """
+    if text is not None and not isinstance(text, str):
+        raise ConfigError(f"text: a string is needed, got {type(text).__name__}",
+                          hint="read the file first, or leave text out for the shipped sample")
     text = SAMPLE_TEXT.read_text(encoding="utf-8") if text is None else text
-    return [token % vocabulary for token in load_tokenizer().encode(text)]
+    ids = load_tokenizer().encode(text, disallowed_special=())
+    if len(ids) < 2:
+        raise ConfigError(f"text {text[:20]!r} encodes to {len(ids)} token(s); scoring needs "
+                          "at least two (one predicts the next)",
+                          hint="give a longer text, or leave text out for the shipped sample")
+    return [token % vocabulary for token in ids]
 
 
 @dataclass

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import is_classifier
+from ..config import hub_source, is_classifier
 from ..console.progress import progress, stage
 from ..engine.generation import generate
 from ..errors import ConfigError, VerificationError
 from ..formats import Format, recognise
 from ..io.pages import MappedFiles, released_as_used
+from ..loading import model_from_checkpoint, open_checkpoint, resolve
 from ..model import GPTModel
 from .figures import RELATIVE_TOLERANCE, LogitFigures, logit_figures, prompt_for, token_ids
 from .reference import forward, reference_logits
@@ -74,6 +75,7 @@ with torch.inference_mode():
 """
 # the transformers class that reads a model of a config; a classifier's scores the last token
 LM_HEAD, CLASSIFIER = "GPT2LMHeadModel", "GPT2ForSequenceClassification"
+REFERENCES = ("auto", "transformers", "numpy")
 
 
 def transformers_logits(folder: Path, ids: list[int], *, kind: str = LM_HEAD) -> np.ndarray:
@@ -116,16 +118,43 @@ def choose_reference(reference: str, path: Path, source_format: Format) -> str:
     return "transformers" if readable else "numpy"
 
 
-def verify(model: GPTModel, folder: Path, *, reference: str = "auto",
-           known_greedy: tuple | None = None, text: str | None = None) -> Verification:
+def verify(name_or_path: str | Path, *, revision: str | None = None,
+           filename: str | None = None, cache_dir: str | Path | None = None,
+           offline: bool = False, reference: str = "auto", text: str | None = None
+           ) -> Verification:
+    """What ``gpt2port verify`` does: load a preset, Hub repo id, folder or file in fp32 and
+    compare its logits with a reference reading of the same files (a preset's known greedy
+    answer too); ``result.passed`` says whether all of it held, ``result.report()`` prints it.
+
+    Raises:
+        ConfigError: for an unknown reference, one that cannot read the checkpoint, or an
+            empty ``text``.
+        CheckpointError: for files that are missing, malformed or do not fit the model.
+        DownloadError: when the Hub cannot be reached or refuses.
+        VerificationError: when transformers cannot run its reference.
+    """
+    folder = resolve(name_or_path, revision=revision, cache_dir=cache_dir, offline=offline,
+                     filename=filename)
+    model = model_from_checkpoint(open_checkpoint(folder), dtype=torch.float32)
+    known = hub_source(str(name_or_path), revision).known_greedy if filename is None else None
+    return verify_model(model, folder, reference=reference, known_greedy=known, text=text)
+
+
+def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
+                 known_greedy: tuple | None = None, text: str | None = None) -> Verification:
     """Compare ``model`` (loaded from ``folder``) with a reference reading of the same files.
 
     ``known_greedy`` = (prompt ids, expected ids) adds a greedy-decoding check; ``text`` adds
     the logit figures over that text (``figures.LogitFigures``), in windows of the context.
 
     Raises:
-        ConfigError: for ``text`` with a classifier (its scores are not next-token logits).
+        ConfigError: for ``text`` with a classifier (its scores are not next-token logits), an
+            empty ``text``, or an unknown reference.
+        VerificationError: when transformers cannot run its reference.
     """
+    if reference not in REFERENCES:
+        raise ConfigError(f"reference {reference!r}: not one gpt2port knows",
+                          hint=f"use one of {', '.join(REFERENCES)}")
     source_format = recognise(Path(folder))
     reference = choose_reference(reference, folder, source_format)
     ids = prompt_for(model.config)
