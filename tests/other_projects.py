@@ -104,3 +104,13 @@ def read_llmc_tokenizer(path: Path) -> tuple[list[int], list[bytes]]:
         offset += 1 + length
     assert offset == len(data)
     return header, tokens
+
+
+def the_book():
+    """The book's own ``ch04`` module (``llms_from_scratch``), or a skip of the one test that
+    needs it, saying how to install it: never a skip of the whole module."""
+    import pytest
+
+    return pytest.importorskip("llms_from_scratch.ch04", reason="pip install --no-deps "
+                               "llms-from-scratch (the book's code; the quickstart and .ci/run "
+                               "install it)")

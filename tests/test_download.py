@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from checkpoints import write_layout
+from other_projects import the_book
 from safetensors.torch import save_file
 from stand_in_hub import StandInHub
 
@@ -175,11 +176,9 @@ def test_a_connection_that_keeps_dropping(hub, env):
 
 def test_a_server_too_slow_is_given_up_in_bounded_time(hub, env):
     hub.faults.delay = 3.0
-    started = time.monotonic()
     done = gpt2port("download", REPO, env={**env, "HF_HUB_DOWNLOAD_TIMEOUT": "1"})
     assert done.returncode == 14, done.stderr
-    assert "did not answer in time" in done.stderr
-    assert time.monotonic() - started < 120
+    assert "did not answer in time" in done.stderr  # given up (gpt2port() bounds the wait)
     assert_nothing_corrupt_in_cache(env)
 
 
@@ -277,10 +276,8 @@ def test_a_killed_download_is_never_taken_for_complete_and_is_cleaned_up(hub, en
     hub.faults.stall_after = 50_000
     run = subprocess.Popen([sys.executable, "-m", "gpt2port", "download", REPO], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not incomplete_files(env) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    while not incomplete_files(env) and run.poll() is None:
+        time.sleep(0.05)
     run.kill()  # SIGKILL: no cleanup code of ours or huggingface_hub's runs
     run.wait()
     stale = incomplete_files(env)
@@ -310,8 +307,7 @@ def books_repo(tmp_path_factory):
     """A repo like rasbt/gpt2-from-scratch-pytorch: the book's GPTModel state dicts under their
     own names (``.pth`` and ``.safetensors``), no config.json. Width 768, so the shapes give the
     config; one block and a small vocabulary keep it small."""
-    book = pytest.importorskip("llms_from_scratch.ch04", reason="pip install --no-deps "
-                               "llms-from-scratch (the book's code; .ci/run installs it)")
+    book = the_book()
     torch.manual_seed(0)
     model = book.GPTModel({"vocab_size": 512, "context_length": 64, "emb_dim": 768,
                            "n_heads": 12, "n_layers": 1, "drop_rate": 0.0,

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 from checkpoints import TINY
+from other_projects import the_book
 from transformers import (
     AutoModelForSequenceClassification,
     GPT2Config,
@@ -21,8 +22,6 @@ from gpt2port.inspection import describe
 from gpt2port.loading import open_checkpoint
 from gpt2port.proof.verification import verify_model
 
-book = pytest.importorskip("llms_from_scratch.ch04", reason="pip install --no-deps "
-                           "llms-from-scratch (the book's code; .ci/run installs it)")
 BOOK_CONFIG = {"vocab_size": 512, "context_length": 64, "emb_dim": 64, "n_heads": 4,
                "n_layers": 2, "drop_rate": 0.0, "qkv_bias": True}
 IDS = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(5))
@@ -31,7 +30,7 @@ IDS = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(5))
 def books_classifier(classes: int = 2, seed: int = 0):
     """ch. 6: the book's GPTModel with ``out_head`` replaced by a Linear of ``classes`` outputs."""
     torch.manual_seed(seed)
-    model = book.GPTModel(BOOK_CONFIG)
+    model = the_book().GPTModel(BOOK_CONFIG)
     model.out_head = torch.nn.Linear(BOOK_CONFIG["emb_dim"], classes)
     torch.nn.init.normal_(model.out_head.bias, std=0.5)
     return model.eval()
@@ -65,7 +64,7 @@ def transformers_classifier(folder, labels=("negative", "neutral", "positive")):
 
 def test_the_config_builds_the_books_ch6_classifier():
     ours = GPTModel({**GPT_CONFIG_124M, "output_size": 2, "output_bias": True})
-    theirs = book.GPTModel({**GPT_CONFIG_124M, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
+    theirs = the_book().GPTModel({**GPT_CONFIG_124M, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
                             "drop_rate": 0.1})
     theirs.out_head = torch.nn.Linear(768, 2)
     assert ours.output_head.weight.shape == theirs.out_head.weight.shape == (2, 768)
@@ -117,7 +116,7 @@ def test_a_sequence_classifier_loads_verifies_and_converts_to_the_book(tmp_path)
     said = " ".join(str(w.message) for w in caught)
     assert "output_labels" in said and "output_bias False -> True" in said
     book_config = json.loads((exported / "config.json").read_text())
-    books = book.GPTModel(book_config)
+    books = the_book().GPTModel(book_config)
     books.out_head = torch.nn.Linear(book_config["emb_dim"], 3)
     books.load_state_dict(torch.load(exported / "model.pth", weights_only=True), strict=True)
     for row in IDS:

@@ -15,6 +15,7 @@ from other_projects import (
     nanogpt_state,
     read_llmc_model,
     read_llmc_tokenizer,
+    the_book,
     write_llmc_model,
     write_nanogpt_checkpoint,
 )
@@ -23,8 +24,6 @@ from safetensors.torch import save_file
 from gpt2port import CheckpointError, ConfigError, GPTModel, generate, load_pretrained
 from gpt2port.conversion import ConversionWarning, convert
 
-book = pytest.importorskip("llms_from_scratch.ch04", reason="pip install --no-deps "
-                           "llms-from-scratch (the book's code; .ci/run installs it)")
 IDS = torch.randint(0, TINY["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(3))
 
 
@@ -51,7 +50,7 @@ def test_the_books_gptmodel_loads_the_export_strictly(tmp_path):
     config = json.loads((exported / "config.json").read_text())
     assert set(config) == {"vocab_size", "context_length", "emb_dim", "n_heads", "n_layers",
                            "drop_rate", "qkv_bias"}
-    theirs = book.GPTModel(config).eval()
+    theirs = the_book().GPTModel(config).eval()
     theirs.load_state_dict(torch.load(exported / "model.pth", weights_only=True), strict=True)
     assert largest_difference(theirs, load_reference(source)) <= 1e-5
 
@@ -59,7 +58,7 @@ def test_the_books_gptmodel_loads_the_export_strictly(tmp_path):
 @pytest.mark.parametrize("saved_as", ["model.pth", "model_and_optimizer.pth", "safetensors"])
 def test_the_books_saved_state_dicts_load(saved_as, tmp_path):
     torch.manual_seed(1)
-    theirs = book.GPTModel(book_config()).eval()
+    theirs = the_book().GPTModel(book_config()).eval()
     tmp_path.joinpath("config.json").write_text(json.dumps(book_config()))
     if saved_as == "model.pth":
         path = tmp_path / saved_as
@@ -80,7 +79,7 @@ def test_the_books_saved_state_dicts_load(saved_as, tmp_path):
 def test_the_books_config_is_inferred_from_gpt2_sizes(tmp_path):
     torch.manual_seed(2)
     config = book_config(emb_dim=768, n_heads=12, n_layers=1, vocab_size=300)
-    theirs = book.GPTModel(config).eval()
+    theirs = the_book().GPTModel(config).eval()
     torch.save(theirs.state_dict(), tmp_path / "model.pth")
     ours = load_pretrained(tmp_path / "model.pth")
     assert ours.config["number_of_heads"] == 12 and ours.config["qkv_bias"]
@@ -88,7 +87,7 @@ def test_the_books_config_is_inferred_from_gpt2_sizes(tmp_path):
 
 
 def test_a_book_checkpoint_of_another_width_asks_for_its_config(tmp_path):
-    torch.save(book.GPTModel(book_config()).state_dict(), tmp_path / "model.pth")
+    torch.save(the_book().GPTModel(book_config()).state_dict(), tmp_path / "model.pth")
     with pytest.raises(CheckpointError, match="emb_dim=64 is not one of GPT-2's sizes") as caught:
         load_pretrained(tmp_path / "model.pth")
     assert "config.json" in caught.value.hint

@@ -75,7 +75,7 @@ def test_a_conversion_holds_about_one_source_tensor_at_a_time(source, tmp_path, 
     assert resident(weights) <= SLACK  # nothing of the source held once written
 
 
-@pytest.mark.parametrize("target", ["hf", "book", "nanogpt", "llmc", "gguf"])
+@pytest.mark.parametrize("target", list(BY_NAME))
 def test_the_numpy_reference_reads_a_tensor_at_a_time(source, tmp_path, monkeypatch, target):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

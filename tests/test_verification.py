@@ -7,6 +7,7 @@ from huggingface_hub import try_to_load_from_cache
 
 from gpt2port import generate, load_pretrained
 from gpt2port.config import PRESETS
+from gpt2port.formats import BY_NAME
 from gpt2port.proof.figures import prompt_for
 from gpt2port.proof.reference import reference_logits
 from gpt2port.proof.verification import verify_model
@@ -95,8 +96,7 @@ def every_format(tmp_path_factory):
     return exports
 
 
-@pytest.mark.parametrize("which", ["hf", "openai", "native", "gguf", "book", "nanogpt", "llmc",
-                                   "hf file", "book file", "nanogpt ckpt.pt, no biases",
+@pytest.mark.parametrize("which", [*BY_NAME, "hf file", "book file", "nanogpt ckpt.pt, no biases",
                                    "nanogpt ckpt.pt, biases", "llm.c bf16"])
 def test_verify_passes_on_every_format(which, every_format):
     import subprocess
@@ -122,20 +122,21 @@ def from_nanogpt_with_biases(every_format, tmp_path_factory):
                 for name in BY_NAME}
 
 
-@pytest.mark.parametrize("to", ["hf", "openai", "native", "gguf", "book", "nanogpt", "llmc"])
+@pytest.mark.parametrize("to", list(BY_NAME))
 def test_a_nanogpt_fine_tune_with_biases_converts_to_every_format_and_verifies(
         to, from_nanogpt_with_biases, every_format):
     export = from_nanogpt_with_biases[to]
     model = load_pretrained(export)
     assert verify_model(model, export, reference="numpy").passed
-    if to in ("hf", "native", "nanogpt"):  # they hold the exact GELU: the same model
+    if "gelu_approximation" not in BY_NAME[to].assumes or BY_NAME[to].assumes[
+            "gelu_approximation"] == "none":  # they hold the exact GELU: the same model
         source = load_pretrained(every_format["nanogpt ckpt.pt, biases"])
         ids = torch.tensor([prompt_for(source.config)])
         with torch.no_grad():
             assert torch.allclose(model(ids), source(ids), atol=1e-5)
 
 
-@pytest.mark.parametrize("which", ["gguf", "book", "nanogpt", "llmc"])
+@pytest.mark.parametrize("which", list(BY_NAME))
 def test_the_numpy_reference_catches_a_wrong_mapping_in_every_format(which, every_format):
     """A query/key swap in the loaded model is caught: the reference does not use the table."""
     model = load_pretrained(every_format[which], dtype="float32")
