@@ -28,7 +28,8 @@ class Worker:
     def __init__(self, folder: Path, outputs: Path, cache: Path):
         self.arguments = [sys.executable, str(WORKER), str(folder), str(outputs)]
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(cache),
-                    "PYTHONPATH": str(WORKER.parent)}
+                    "PYTHONPATH": os.pathsep.join(filter(None, [
+                        str(WORKER.parent), os.environ.get("PYTHONPATH")]))}
         self.process = None
 
     def call(self, expression: str, regular: str | None = None) -> dict:
