@@ -29,7 +29,19 @@ OPTIONAL_KEYS = {
     # a classifier (the book's ch. 6 head, transformers' GPT2ForSequenceClassification)
     "output_bias": False,  # a bias in the output head (the book's classifier; TransformerLens)
     "output_labels": None,  # a classifier's class names, one per output (None: unnamed)
+    # variants the Hub's GPT-2s train (GPT-2's own choices are the defaults):
+    "feed_forward_width": None,  # the feed-forward's hidden width; None: 4 x embedding_dimension
+    "activation": "gelu",  # the feed-forward's function; "gelu": the one gelu_approximation names
+    "attention_scaled_by_head_width": True,  # scores divided by sqrt(head width)
+    "attention_scaled_by_layer": False,  # scores also divided by (layer index + 1)
 }
+# The feed-forward functions a GPT-2 config names (transformers' activation_function values),
+# besides "gelu": each computes as transformers' function of that name does.
+ACTIVATIONS = ("gelu", "gelu_fast", "quick_gelu", "relu", "silu", "tanh", "sigmoid", "mish",
+               "relu6", "linear")
+# What GPT-2 itself computes: a format that stores none of these keys assumes these values.
+GPT2_VARIANT = {"feed_forward_width": None, "activation": "gelu",
+                "attention_scaled_by_head_width": True, "attention_scaled_by_layer": False}
 # The book's key names (ch. 4's GPT_CONFIG_124M) -> ours; a config may use either.
 BOOK_KEYS = {
     "emb_dim": "embedding_dimension",
@@ -77,7 +89,23 @@ def complete_config(config: dict) -> dict:
         complete["padded_vocab_size"] = complete["vocab_size"]
     if complete["output_size"] is None:
         complete["output_size"] = complete["padded_vocab_size"]
+    if complete["feed_forward_width"] == 4 * complete["embedding_dimension"]:
+        complete["feed_forward_width"] = None  # GPT-2's own width, however it was written
+    if complete["activation"] != "gelu":
+        complete["gelu_approximation"] = "tanh"  # not used: one spelling for every other function
     return complete
+
+
+def feed_forward_width(config: dict) -> int:
+    """The feed-forward's hidden width of a complete ``config``."""
+    return config["feed_forward_width"] or 4 * config["embedding_dimension"]
+
+
+def attention_scale(config: dict, layer: int) -> float:
+    """What block ``layer`` multiplies its attention scores by."""
+    head_width = config["embedding_dimension"] // config["number_of_heads"]
+    scale = head_width ** -0.5 if config["attention_scaled_by_head_width"] else 1.0
+    return scale / (layer + 1) if config["attention_scaled_by_layer"] else scale
 
 
 def is_classifier(config: dict) -> bool:
@@ -128,12 +156,20 @@ def _problems(config: dict) -> list[str]:
     epsilon = complete["layer_norm_epsilon"]
     if not (isinstance(epsilon, float) and epsilon > 0):
         problems.append(f"{{layer_norm_epsilon}} must be a positive float, got {epsilon!r}")
-    for key in ("qkv_bias", "tie_output_head", "bias", "output_bias"):
+    for key in ("qkv_bias", "tie_output_head", "bias", "output_bias",
+                "attention_scaled_by_head_width", "attention_scaled_by_layer"):
         if key in complete and not isinstance(complete[key], bool):
             problems.append(f"{{{key}}} must be True or False, got {complete[key]!r}")
     if complete["gelu_approximation"] not in GELU_APPROXIMATIONS:
         problems.append(f"{{gelu_approximation}} must be one of {GELU_APPROXIMATIONS}, got "
                         f"{complete['gelu_approximation']!r}")
+    if complete["activation"] not in ACTIVATIONS:
+        problems.append(f"{{activation}} must be one of {ACTIVATIONS}, got "
+                        f"{complete['activation']!r}")
+    hidden = complete["feed_forward_width"]
+    if hidden is not None and not (type(hidden) is int and 0 < hidden <= LARGEST_SIZE):
+        problems.append(f"{{feed_forward_width}} must be a positive integer (or None: 4 x the "
+                        f"width), got {hidden!r}")
     vocabulary, rows = complete.get("vocab_size"), complete["padded_vocab_size"]
     if rows is not None and not (type(rows) is int and type(vocabulary) is int
                                  and vocabulary <= rows <= LARGEST_SIZE):

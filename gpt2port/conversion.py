@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .config import GPT2_VARIANT
 from .console.progress import progress, stage
 from .errors import ConfigError
 from .formats import BY_NAME, FORMATS, Format
@@ -85,6 +86,9 @@ def plan(config: dict, target: Format, *, approximate_gelu: bool = False) -> lis
             refused[key] = (f"the output head has a bias, and {target.name}'s has none (its "
                             f"{config['output_size']} rows are more than the width "
                             f"{config['embedding_dimension']}, so no shift absorbs it)")
+        elif key in GPT2_VARIANT:
+            refused[key] = (f"the model has {_variant(key, before)}; {target.name} holds only "
+                            f"GPT-2's {_variant(key, after)}")
         elif key == "output_labels":
             changes.append(Change(key, before, after, f"{target.name} has no place for class "
                                   "names (logits unchanged)"))
@@ -97,6 +101,19 @@ def plan(config: dict, target: Format, *, approximate_gelu: bool = False) -> lis
                                 "with the tanh GELU, and see the logit change it reports; or "
                                 if gelu else "") + _holders(config, refused))
     return changes
+
+
+def _variant(key: str, value: object) -> str:
+    """A variant config value in words."""
+    if key == "feed_forward_width":
+        return ("feed-forward, 4 x the embedding width" if value is None
+                else f"feed-forward width {value}")
+    if key == "activation":
+        return f"{value} activation" if value != "gelu" else "GELU"
+    if key == "attention_scaled_by_head_width":
+        return "attention scaled by 1/sqrt(head width)" if value else "unscaled attention scores"
+    return ("attention scores also divided by (layer index + 1)" if value
+            else "attention scale, the same in every layer")
 
 
 def _holders(config: dict, refused: dict) -> str:

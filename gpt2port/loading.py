@@ -142,7 +142,7 @@ def _is_placed(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dt
 def _placed_state(state: dict[str, torch.Tensor], device: torch.device | str,
                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Every tensor placed; each block's query, key and value tensors stay (or become) views of
-    one tensor, so that decoding runs them as one product (``engine.decoding.packed_projection``)."""
+    one tensor, so that decoding runs them as one product (``decoding.packed_projection``)."""
     placed, mapped = {}, MappedFiles.now()
     for names in _projection_groups(state):
         parts = tuple(state[name] for name in names)

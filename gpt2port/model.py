@@ -1,10 +1,10 @@
 """GPT-2, written from scratch in the style of *Build a Large Language Model (From Scratch)*, ch. 4.
 
-This file is only the model. Generation's caches and kernels live in ``decoding.py``; the names
+This file is only the model. Generation's caches and kernels live in ``engine/``; the names
 of the model's tensors, for the checkpoint formats, in ``slots.py``.
 
 Shapes in comments: B = batch, T = tokens, D = embedding dimension, H = heads, Dh = D / H,
-V = vocabulary.
+F = feed-forward width (4D in GPT-2), V = vocabulary.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import validate_config
+from .config import attention_scale, feed_forward_width, validate_config
 
 
 class LayerNorm(nn.Module):
@@ -33,11 +33,12 @@ class MultiHeadAttention(nn.Module):
     """Causal self-attention: each token attends to itself and the tokens before it, in H heads."""
 
     def __init__(self, embedding_dimension: int, number_of_heads: int, dropout_rate: float,
-                 qkv_bias: bool, bias: bool = True):
+                 qkv_bias: bool, bias: bool = True, scale: float | None = None):
         super().__init__()
         self.number_of_heads = number_of_heads
         self.head_dimension = embedding_dimension // number_of_heads
         self.dropout_rate = dropout_rate
+        self.scale = scale  # what the scores are multiplied by; None: 1 / sqrt(head_dimension)
         self.query_projection = nn.Linear(embedding_dimension, embedding_dimension, bias=qkv_bias)
         self.key_projection = nn.Linear(embedding_dimension, embedding_dimension, bias=qkv_bias)
         self.value_projection = nn.Linear(embedding_dimension, embedding_dimension, bias=qkv_bias)
@@ -59,39 +60,71 @@ class MultiHeadAttention(nn.Module):
         values = self.split_heads(self.value_projection(x))
         context = F.scaled_dot_product_attention(
             queries, keys, values, is_causal=True,
-            dropout_p=self.dropout_rate if self.training else 0.0,
+            dropout_p=self.dropout_rate if self.training else 0.0, scale=self.scale,
         )  # (B, H, T, Dh)
         return self.output_projection(self.merge_heads(context))  # (B, T, D)
 
 
-class FeedForward(nn.Module):
-    """Two linear layers around a GELU (GPT-2's tanh approximation, or the exact erf one); the
-    hidden layer is 4x as wide."""
-
-    def __init__(self, embedding_dimension: int, gelu_approximation: str = "tanh",
-                 bias: bool = True):
-        super().__init__()
-        self.expansion = nn.Linear(embedding_dimension, 4 * embedding_dimension, bias=bias)
-        self.activation = nn.GELU(approximate=gelu_approximation)
-        self.contraction = nn.Linear(4 * embedding_dimension, embedding_dimension, bias=bias)
+class FastGELU(nn.Module):
+    """The tanh GELU written as transformers' ``gelu_fast`` computes it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.contraction(self.activation(self.expansion(x)))  # (B, T, 4D) inside
+        return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x), the GELU's sigmoid approximation (transformers' ``quick_gelu``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATION_MODULES = {"gelu_fast": FastGELU, "quick_gelu": QuickGELU, "relu": nn.ReLU,
+                      "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "mish": nn.Mish,
+                      "relu6": nn.ReLU6, "linear": nn.Identity}
+
+
+def activation_module(activation: str, gelu_approximation: str) -> nn.Module:
+    """The feed-forward's function: GPT-2's GELU (tanh approximation, or the exact erf one), or
+    another a config names."""
+    if activation == "gelu":
+        return nn.GELU(approximate=gelu_approximation)
+    return ACTIVATION_MODULES[activation]()
+
+
+class FeedForward(nn.Module):
+    """Two linear layers around a GELU (or the function the config names); the hidden layer is
+    4x as wide unless the config says otherwise (F below)."""
+
+    def __init__(self, embedding_dimension: int, gelu_approximation: str = "tanh",
+                 bias: bool = True, *, hidden_width: int | None = None,
+                 activation: str = "gelu"):
+        super().__init__()
+        hidden_width = hidden_width or 4 * embedding_dimension
+        self.expansion = nn.Linear(embedding_dimension, hidden_width, bias=bias)
+        self.activation = activation_module(activation, gelu_approximation)
+        self.contraction = nn.Linear(hidden_width, embedding_dimension, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.contraction(self.activation(self.expansion(x)))  # (B, T, F) inside
 
 
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attention(norm(x)), then x + feed_forward(norm(x)), with dropout."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, layer: int = 0):
         super().__init__()
         width, epsilon, bias = (config["embedding_dimension"], config["layer_norm_epsilon"],
                                 config["bias"])
         self.attention_norm = LayerNorm(width, epsilon, bias)
         self.attention = MultiHeadAttention(
-            width, config["number_of_heads"], config["dropout_rate"], config["qkv_bias"], bias
+            width, config["number_of_heads"], config["dropout_rate"], config["qkv_bias"], bias,
+            scale=attention_scale(config, layer),
         )
         self.feed_forward_norm = LayerNorm(width, epsilon, bias)
-        self.feed_forward = FeedForward(width, config["gelu_approximation"], bias)
+        self.feed_forward = FeedForward(width, config["gelu_approximation"], bias,
+                                        hidden_width=feed_forward_width(config),
+                                        activation=config["activation"])
         self.residual_dropout = nn.Dropout(config["dropout_rate"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +149,7 @@ class GPTModel(nn.Module):
         self.position_embedding_table = nn.Embedding(config["context_length"], width)
         self.dropout_embedding = nn.Dropout(config["dropout_rate"])
         self.transformer_blocks = nn.ModuleList(
-            TransformerBlock(config) for _ in range(config["number_of_layers"])
+            TransformerBlock(config, layer) for layer in range(config["number_of_layers"])
         )
         self.layer_norm = LayerNorm(width, config["layer_norm_epsilon"], config["bias"])
         self.output_head = nn.Linear(width, config["output_size"], bias=config["output_bias"])

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config import feed_forward_width
+
 BLOCK = "transformer_blocks.{}."
-# shape letters -> the model config key they stand for; "4D" is four times D
+# shape letters -> the model config key they stand for; F is the feed-forward width
 SIZES = {"V": "padded_vocab_size", "C": "context_length", "D": "embedding_dimension",
-         "O": "output_size"}
+         "O": "output_size", "F": "feed_forward_width"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ class Slot:
         return self.needs is None or bool(config[self.needs])
 
     def shape_for(self, config: dict) -> tuple[int, ...]:
-        return tuple(int(term[:-1] or 1) * config[SIZES[term[-1]]] for term in self.shape.split())
+        sizes = {**config, "feed_forward_width": feed_forward_width(config)}
+        return tuple(int(term[:-1] or 1) * sizes[SIZES[term[-1]]] for term in self.shape.split())
 
 
 def _linear(name: str, shape: str, needs_bias: str = "bias") -> tuple[Slot, Slot]:
@@ -59,8 +62,8 @@ SLOTS: tuple[Slot, ...] = (
     *_linear(f"{BLOCK}attention.value_projection", "D D", "qkv_bias"),
     *_linear(f"{BLOCK}attention.output_projection", "D D"),
     *_norm(f"{BLOCK}feed_forward_norm"),
-    *_linear(f"{BLOCK}feed_forward.expansion", "4D D"),
-    *_linear(f"{BLOCK}feed_forward.contraction", "D 4D"),
+    *_linear(f"{BLOCK}feed_forward.expansion", "F D"),
+    *_linear(f"{BLOCK}feed_forward.contraction", "D F"),
     *_norm("layer_norm"),
     Slot("output_head.weight", "O D", "untied_head"),
     Slot("output_head.bias", "O", "output_bias"),

@@ -53,9 +53,12 @@ def test_integer_weights_are_refused(tiny_hub_folder):
 
 @pytest.mark.parametrize("change, message", [
     ({"n_head": 5}, "config.json: model config cannot work: n_head=5 does not divide n_embd=64"),
-    ({"activation_function": "relu"}, "activation_function 'relu' is not a GELU GPT-2 uses"),
+    ({"activation_function": "gelu_10"},
+     "activation_function 'gelu_10' is not a function transformers' GPT-2 computes"),
+    ({"n_inner": -3}, "n_inner must be a positive integer"),
     ({"model_type": "llama"}, "model_type is 'llama', not 'gpt2'"),
-    ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True"),
+    ({"scale_attn_by_inverse_layer_idx": "yes"}, "scale_attn_by_inverse_layer_idx must be True or False"),
+    ({"add_cross_attention": True}, "add_cross_attention=True is not supported"),
 ])
 def test_configs_this_model_cannot_implement(tiny_hub_folder, change, message):
     edit_config(tiny_hub_folder, **change)

@@ -189,8 +189,12 @@ def unsupported(model: GPTModel, batch: int) -> str | None:
         return "it runs in eval mode (no dropout); the model is in training mode"
     if weight.dtype not in KINDS:
         return f"it runs fp32, fp16 or bf16 weights; the model is {weight.dtype}"
-    if model.config["gelu_approximation"] not in GELUS:
-        return f"it runs GPT-2's GELU; the model's is {model.config['gelu_approximation']!r}"
+    config = model.config
+    if config["activation"] != "gelu" or config["gelu_approximation"] not in GELUS:
+        return f"it runs GPT-2's GELU; the model's feed-forward runs {config['activation']!r}"
+    if not config["attention_scaled_by_head_width"] or config["attention_scaled_by_layer"]:
+        return ("it scales attention by 1/sqrt(head width) alone; the model's "
+                "attention_scaled_by_head_width / attention_scaled_by_layer differ")
     plain = {"token_embedding_table": nn.Embedding, "position_embedding_table": nn.Embedding,
              "layer_norm": LayerNorm, "output_head": nn.Linear}
     for name, kind in plain.items():

@@ -138,6 +138,7 @@ class Decoder:
             queries.to(keys.dtype), keys, values, attn_mask=mask,
             is_causal=mask is None and tokens > 1,
             dropout_p=attention.dropout_rate if attention.training else 0.0,
+            scale=attention.scale,
         ).to(x.dtype)  # (B, H, T, Dh); a CPU cache keeps half-precision models' keys in fp32
         return self.linear(attention.output_projection, attention.merge_heads(context), product)
 

@@ -39,10 +39,14 @@ class ConfigKey:
     differ."""
 
     theirs: str
-    ours: str
+    ours: str | tuple[str, ...]  # several: each of ``values`` is a tuple of their values
     default: object = REQUIRED
     values: dict | None = None
     values_are: str = "a value this format knows"  # what ``values`` holds, for errors
+
+    @property
+    def model_keys(self) -> tuple[str, ...]:
+        return self.ours if isinstance(self.ours, tuple) else (self.ours,)
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class ConfigTable:
 
     def names(self) -> dict[str, str]:
         """Model config key -> the format's key, for error messages in the user's terms."""
-        return {key.ours: key.theirs for key in self.keys}
+        return {ours: key.theirs for key in self.keys for ours in key.model_keys}
 
     def to_model(self, theirs: Mapping, *, origin: str, extra: dict | None = None,
                  hint: str | None = None) -> dict:
@@ -81,7 +85,8 @@ class ConfigTable:
                 value = key.values[value]
             if key.ours in FLOAT_KEYS and type(value) is int:
                 value = float(value)
-            config[key.ours] = value
+            config.update(zip(key.model_keys, value) if isinstance(key.ours, tuple)
+                          else [(key.ours, value)])
         config = {**config, **self.assumes, **(extra or {})}
         found = config_problems(config, names=self.names())
         if found and not problems:
@@ -97,14 +102,16 @@ class ConfigTable:
         """The model config -> the format's keys (a value map's first spelling is written)."""
         theirs = {}
         for key in self.keys:
-            value = config[key.ours]
+            value = (tuple(config[ours] for ours in key.ours) if isinstance(key.ours, tuple)
+                     else config[key.ours])
             if key.values is not None:
                 value = next(name for name, ours in key.values.items() if ours == value)
             theirs[key.theirs] = value
         return theirs
 
     def markdown(self) -> str:
-        rows = [f"| `{key.theirs}` | `{key.ours}` | {_shown(key.default)} |" for key in self.keys]
+        rows = [f"| `{key.theirs}` | {', '.join(f'`{ours}`' for ours in key.model_keys)} | "
+                f"{_shown(key.default)} |" for key in self.keys]
         rows += [f"| (none) | `{ours}` | {_shown(value)} |" for ours, value in self.assumes.items()]
         rows += [f"| ({where}) | `{ours}` | |" for ours, where in self.derived.items()]
         return "\n".join(["| their key | model config key | assumed when absent |",

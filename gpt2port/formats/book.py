@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import GPT2_HEADS, is_classifier
+from ..config import GPT2_HEADS, GPT2_VARIANT, is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..io.arrays import Arrays
 from ..io.readers import read_json
@@ -63,7 +63,7 @@ CONFIG_TABLE = ConfigTable((
     ConfigKey("n_layers", "number_of_layers"),
     ConfigKey("drop_rate", "dropout_rate", 0.1),
     ConfigKey("qkv_bias", "qkv_bias", False),
-), assumes={"layer_norm_epsilon": 1e-5, "bias": True, "gelu_approximation": "tanh"})
+), assumes={**GPT2_VARIANT, "layer_norm_epsilon": 1e-5, "bias": True, "gelu_approximation": "tanh"})
 HINT = ("config.json holds the book's config dict: "
         + ", ".join(key.theirs for key in CONFIG_TABLE.keys))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import GPT2_VARIANT, feed_forward_width
 from ..errors import CheckpointError
 from ..io import gguf_file
 from ..io.arrays import Arrays
@@ -49,7 +50,9 @@ CONFIG_TABLE = ConfigTable((
     ConfigKey("gpt2.embedding_length", "embedding_dimension"),
     ConfigKey("gpt2.attention.head_count", "number_of_heads"),
     ConfigKey("gpt2.attention.layer_norm_epsilon", "layer_norm_epsilon"),
-), assumes={"dropout_rate": 0.1, "qkv_bias": True, "bias": True, "gelu_approximation": "tanh"},
+    ConfigKey("gpt2.feed_forward_length", "feed_forward_width", None),
+), assumes={**{key: value for key, value in GPT2_VARIANT.items() if key != "feed_forward_width"},
+            "dropout_rate": 0.1, "qkv_bias": True, "bias": True, "gelu_approximation": "tanh"},
    derived={"vocab_size": "rows of `token_embd.weight`"})
 # --dtype -> the type of 2-D weights (norms and biases stay f32, as llama.cpp's converter does)
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
@@ -250,7 +253,7 @@ class Gguf(Format):
         writer.add_block_count(config["number_of_layers"])
         writer.add_context_length(config["context_length"])
         writer.add_embedding_length(config["embedding_dimension"])
-        writer.add_feed_forward_length(4 * config["embedding_dimension"])
+        writer.add_feed_forward_length(feed_forward_width(config))
         writer.add_head_count(config["number_of_heads"])
         writer.add_layer_norm_eps(config["layer_norm_epsilon"])
         writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[dtype]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import is_classifier
+from ..config import ACTIVATIONS, is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..io.arrays import Arrays
 from ..io.readers import read_json, read_weights_file
@@ -67,6 +67,13 @@ CLASSIFIER_TABLE = MappingTable.parse("huggingface", LINES.replace("lm_head", "s
                                       **OPTIONS)
 CLASSIFIER = "GPT2ForSequenceClassification"
 
+# activation_function -> the model's (activation, gelu_approximation); the first of each is written
+ACTIVATION_FUNCTIONS = {
+    "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
+    "gelu": ("gelu", "none"), "gelu_python": ("gelu", "none"),
+    **{name: (name, "tanh") for name in ACTIVATIONS if name != "gelu"},
+    "swish": ("silu", "tanh"),
+}
 # config.json key <-> model config key, with the default GPT2Config assumes when a key is absent;
 # activation_function values -> the model's gelu_approximation (the first of each is written).
 CONFIG_TABLE = ConfigTable((
@@ -77,17 +84,17 @@ CONFIG_TABLE = ConfigTable((
     ConfigKey("n_layer", "number_of_layers", 12),
     ConfigKey("resid_pdrop", "dropout_rate", 0.1),
     ConfigKey("layer_norm_epsilon", "layer_norm_epsilon", 1e-5),
-    ConfigKey("activation_function", "gelu_approximation", "gelu_new",
-              values={"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"},
-              values_are="a GELU GPT-2 uses"),
+    ConfigKey("activation_function", ("activation", "gelu_approximation"), "gelu_new",
+              values=ACTIVATION_FUNCTIONS, values_are="a function transformers' GPT-2 computes"),
+    ConfigKey("n_inner", "feed_forward_width", None),
+    ConfigKey("scale_attn_weights", "attention_scaled_by_head_width", True),
+    ConfigKey("scale_attn_by_inverse_layer_idx", "attention_scaled_by_layer", False),
 ), assumes={"bias": True, "qkv_bias": True},
    derived={"tie_output_head": "the tensors: no `lm_head.weight`, or one equal to `wte`; "
                                "written as `tie_word_embeddings`"})
 # Options GPT2Config has that this model does not implement, with the value it needs.
 UNSUPPORTED_OPTIONS = (
-    ("scale_attn_by_inverse_layer_idx", False),
     ("add_cross_attention", False),
-    ("scale_attn_weights", True),
 )
 HINT = "gpt2port loads the GPT-2 architecture only"
 
@@ -113,9 +120,6 @@ def check_architecture(hf_config: object, *, origin: str) -> None:
     problems += [f"{key}={hf_config[key]!r} is not supported (needs {needed!r})"
                  for key, needed in UNSUPPORTED_OPTIONS
                  if key in hf_config and hf_config[key] != needed]
-    width = hf_config.get("n_embd", 768)
-    if hf_config.get("n_inner") not in (None, 4 * width if isinstance(width, int) else None):
-        problems.append(f"n_inner={hf_config['n_inner']!r} is not 4 x n_embd")
     if problems:
         raise ConfigError(f"{origin}: " + "; ".join(problems), hint=HINT)
 

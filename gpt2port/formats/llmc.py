@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import LARGEST_SIZE
+from ..config import GPT2_VARIANT, LARGEST_SIZE
 from ..errors import CheckpointError, ConfigError, unreadable
 from ..io.arrays import Arrays
 from ..io.writers import tensor_bytes
@@ -59,8 +59,8 @@ CONFIG_TABLE = ConfigTable((
     ConfigKey("num_heads", "number_of_heads"),
     ConfigKey("channels", "embedding_dimension"),
     ConfigKey("padded_vocab_size", "padded_vocab_size"),
-), assumes={"dropout_rate": 0.0, "layer_norm_epsilon": 1e-5, "qkv_bias": True, "bias": True,
-            "gelu_approximation": "tanh"},
+), assumes={**GPT2_VARIANT, "dropout_rate": 0.0, "layer_norm_epsilon": 1e-5,
+            "qkv_bias": True, "bias": True, "gelu_approximation": "tanh"},
    derived={"tie_output_head": "always: the head is `wte`"})
 FIELDS = tuple(key.theirs for key in CONFIG_TABLE.keys)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import GPT2_VARIANT
 from ..errors import CheckpointError
 from ..io.arrays import Arrays
 from ..io.readers import read_json
@@ -55,7 +56,7 @@ CONFIG_TABLE = ConfigTable((
     ConfigKey("bias", "bias"),
     ConfigKey("vocab_size", "padded_vocab_size"),
     ConfigKey("dropout", "dropout_rate"),
-), assumes={"layer_norm_epsilon": 1e-5, "gelu_approximation": "none"})
+), assumes={**GPT2_VARIANT, "layer_norm_epsilon": 1e-5, "gelu_approximation": "none"})
 HINT = "nanoGPT's train.py writes " + ", ".join(key.theirs for key in CONFIG_TABLE.keys)
 
 

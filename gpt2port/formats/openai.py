@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import GPT2_VARIANT
 from ..errors import CheckpointError, VerificationError, unreadable
 from ..io.arrays import Arrays
 from ..io.readers import read_json
@@ -63,8 +64,8 @@ CONFIG_TABLE = ConfigTable((
     ConfigKey("n_embd", "embedding_dimension"),
     ConfigKey("n_head", "number_of_heads"),
     ConfigKey("n_layer", "number_of_layers"),
-), assumes={"dropout_rate": 0.1, "layer_norm_epsilon": 1e-5, "qkv_bias": True, "bias": True,
-            "gelu_approximation": "tanh"})
+), assumes={**GPT2_VARIANT, "dropout_rate": 0.1, "layer_norm_epsilon": 1e-5,
+            "qkv_bias": True, "bias": True, "gelu_approximation": "tanh"})
 HINT = "hparams.json needs " + ", ".join(key.theirs for key in CONFIG_TABLE.keys)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import GPT2_VARIANT
 from ..errors import CheckpointError, ConfigError
 from ..io.arrays import Arrays
 from ..io.readers import read_json
@@ -72,7 +73,7 @@ CONFIG_TABLE = ConfigTable((
     ConfigKey("act_fn", "gelu_approximation", "gelu_new",
               values={"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"},
               values_are="a GELU GPT-2 uses"),
-), assumes={"dropout_rate": 0.0, "qkv_bias": True, "bias": True},
+), assumes={**GPT2_VARIANT, "dropout_rate": 0.0, "qkv_bias": True, "bias": True},
    derived={"output_size": "`d_vocab_out`, the columns of `unembed.W_U`",
             "output_bias": "a non-zero `unembed.b_U`"})
 # HookedTransformerConfig values an export states so that TransformerLens builds GPT-2's blocks
