@@ -58,7 +58,11 @@ def test_integer_weights_are_refused(tiny_hub_folder):
     ({"n_inner": -3}, "n_inner must be a positive integer"),
     ({"model_type": "llama"}, "model_type is 'llama', not 'gpt2'"),
     ({"scale_attn_by_inverse_layer_idx": "yes"}, "scale_attn_by_inverse_layer_idx must be True or False"),
-    ({"add_cross_attention": True}, "add_cross_attention=True is not supported"),
+    ({"add_cross_attention": True}, "a cross-attention decoder (add_cross_attention=True"),
+    ({"auto_map": {"AutoModelForCausalLM": "modeling.MyGPT"}},
+     "a model with code of its own (auto_map names modeling.MyGPT)"),
+    ({"architectures": ["LlamaForCausalLM"]},
+     "architectures names 'LlamaForCausalLM', not a GPT-2 class gpt2port reads"),
 ])
 def test_configs_this_model_cannot_implement(tiny_hub_folder, change, message):
     edit_config(tiny_hub_folder, **change)

@@ -92,11 +92,19 @@ CONFIG_TABLE = ConfigTable((
 ), assumes={"bias": True, "qkv_bias": True},
    derived={"tie_output_head": "the tensors: no `lm_head.weight`, or one equal to `wte`; "
                                "written as `tie_word_embeddings`"})
-# Options GPT2Config has that this model does not implement, with the value it needs.
-UNSUPPORTED_OPTIONS = (
-    ("add_cross_attention", False),
-)
 HINT = "gpt2port loads the GPT-2 architecture only"
+# transformers' GPT-2 classes gpt2port reads, and those it refuses by what they are
+READ_CLASSES = ("GPT2LMHeadModel", "GPT2Model", CLASSIFIER)
+NOT_YET = {  # class -> (what it is, a tensor only it has)
+    "GPT2ForTokenClassification": ("a token-classification model (a label per position)",
+                                   "classifier.weight"),
+    "GPT2ForQuestionAnswering": ("a question-answering model (start and end scores)",
+                                 "qa_outputs.weight"),
+    "GPT2DoubleHeadsModel": ("a double-heads model (language model plus multiple choice)",
+                             "multiple_choice_head.summary.weight"),
+}
+NOT_YET_HINT = ("gpt2port reads GPT-2 language models and sequence classifiers; this head is not "
+                "one it holds yet")
 
 
 def config_to_model(hf_config: dict, *, origin: str) -> dict:
@@ -112,16 +120,39 @@ def config_to_model(hf_config: dict, *, origin: str) -> dict:
 def check_architecture(hf_config: object, *, origin: str) -> None:
     """Raise ConfigError for a non-GPT-2 ``config.json`` or an option this model does not
     implement."""
-    problems = []
     if not isinstance(hf_config, dict):
         raise ConfigError(f"{origin}: the config is not a dict", hint=HINT)
     if hf_config.get("model_type", "gpt2") != "gpt2":
-        problems.append(f"model_type is {hf_config['model_type']!r}, not 'gpt2'")
-    problems += [f"{key}={hf_config[key]!r} is not supported (needs {needed!r})"
-                 for key, needed in UNSUPPORTED_OPTIONS
-                 if key in hf_config and hf_config[key] != needed]
-    if problems:
-        raise ConfigError(f"{origin}: " + "; ".join(problems), hint=HINT)
+        raise ConfigError(f"{origin}: model_type is {hf_config['model_type']!r}, not 'gpt2': "
+                          "another architecture", hint=HINT)
+    if hf_config.get("auto_map"):
+        raise ConfigError(f"{origin}: a model with code of its own (auto_map names "
+                          f"{', '.join(map(str, dict(hf_config['auto_map']).values()))}), not "
+                          "transformers' GPT-2", hint="gpt2port runs transformers' GPT-2 "
+                          "architecture only; the repository's code defines this one")
+    if hf_config.get("add_cross_attention"):
+        raise ConfigError(f"{origin}: a cross-attention decoder (add_cross_attention=True: the "
+                          "decoder half of an encoder-decoder model)",
+                          hint="gpt2port loads GPT-2's decoder-only model")
+    classes = hf_config.get("architectures") or []
+    for name in classes if isinstance(classes, list) else [classes]:
+        if name in NOT_YET:
+            raise ConfigError(f"{origin}: {NOT_YET[name][0]} ({name})", hint=NOT_YET_HINT)
+        if name not in READ_CLASSES:
+            raise ConfigError(f"{origin}: architectures names {name!r}, not a GPT-2 class "
+                              f"gpt2port reads ({', '.join(READ_CLASSES)})", hint=HINT)
+
+
+def check_heads(tensors: dict, origin: str) -> None:
+    """Refuse a head gpt2port does not hold yet by what it is, before any tensor is matched.
+
+    Raises:
+        ConfigError: naming the model's kind and transformers' class.
+    """
+    for name, (what, sentinel) in NOT_YET.items():
+        if sentinel in tensors or f"{BODY_PREFIX}{sentinel}" in tensors:
+            raise ConfigError(f"{origin}: {what} ({name}: it has {sentinel})",
+                              hint=NOT_YET_HINT)
 
 
 def config_from_model(config: dict, roles: dict[str, int] | None = None) -> dict:
@@ -216,6 +247,7 @@ class HuggingFace(Format):
         hf_config = read_json(config_path)
         check_architecture(hf_config, origin=str(config_path))
         tensors = read_weights_file(weights)
+        check_heads(tensors, str(weights))
         if "score.weight" not in tensors:
             return Raw(str(weights), tensors, hf_config, config_origin=str(config_path))
         return Raw(str(weights), tensors, hf_config, config_origin=str(config_path),
