@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Self
 
-from .config import PRESETS, hub_source
+from .config import PRESETS, hub_source, is_classifier
 from .console.phases import phase
 from .errors import ConfigError, Gpt2portError, OfflineError, TokenizerError, VerificationError
 
@@ -270,15 +270,15 @@ def run_generate(args: argparse.Namespace) -> None:
     model = load_pretrained(folder, dtype=args.dtype, device=device)
     # an empty prompt starts from <|endoftext|>, as GPT-2's unconditional samples do
     ids = torch.tensor([tokenizer.encode(args.prompt) or [END_OF_TEXT_ID]], device=device)
+    vocabulary = model.config["vocab_size"]
+    if int(ids.max()) >= vocabulary and not is_classifier(model.config):  # (stream says that)
+        raise TokenizerError(f"the prompt encodes to id {int(ids.max())}, but {args.model} has a "
+                             f"vocabulary of {vocabulary}",
+                             hint="the model needs its own vocab.json and merges.txt beside it")
     tokens = stream(model, ids, args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                     stop_at_eos=args.stop_at_eos, compile=args.compile)  # refuses a classifier
     # (and a model compile cannot run) here, before any id
-    vocabulary = model.config["vocab_size"]
-    if int(ids.max()) >= vocabulary:
-        raise TokenizerError(f"the prompt encodes to id {int(ids.max())}, but {args.model} has a "
-                             f"vocabulary of {vocabulary}",
-                             hint="the model needs its own vocab.json and merges.txt beside it")
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
