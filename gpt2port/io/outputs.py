@@ -6,8 +6,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +27,7 @@ def write_folder(destination: Path, fill: Callable[[Path], object], *,
     destination = Path(destination)
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise _exists(destination)
-    return _write(destination, fill, tempfile.mkdtemp, _rename_folder, needs)
+    return _write(destination, fill, _make_folder, _rename_folder, needs)
 
 
 def write_file(destination: Path, fill: Callable[[Path], object], *,
@@ -43,12 +43,15 @@ def write_file(destination: Path, fill: Callable[[Path], object], *,
     if destination.exists():
         raise _exists(destination)
 
-    def make(**names: str) -> str:
-        handle, path = tempfile.mkstemp(**names)
-        os.close(handle)
-        return path
+    return _write(destination, fill, _make_file, _link_file, needs)
 
-    return _write(destination, fill, make, _link_file, needs)
+
+def _make_folder(path: Path) -> None:
+    path.mkdir(mode=0o700)
+
+
+def _make_file(path: Path) -> None:
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def _exists(destination: Path) -> OutputError:
@@ -86,19 +89,21 @@ def _link_file(partial: Path, destination: Path) -> None:
         os.replace(partial, destination)
 
 
-def _write(destination: Path, fill: Callable[[Path], object], make: Callable[..., str],
+def _write(destination: Path, fill: Callable[[Path], object], make: Callable[[Path], None],
            place: Callable[[Path, Path], None], needs: int | None) -> Path:
-    """Make a partial output with ``make`` (mkdtemp's arguments), fill it, give it the
-    permissions the umask gives new files, ``place`` it at ``destination``."""
+    """Make a partial output with ``make`` (under a name chosen first, so that an interrupt at
+    any moment, the creation's included, removes it), fill it, give it the permissions the
+    umask gives new files, ``place`` it at ``destination``."""
+    partial = destination.parent / (f".{destination.name}.{os.getpid()}."
+                                    f"{secrets.token_hex(6)}.partial")
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(destination.parent)
-        partial = Path(make(prefix=f".{destination.name}.{os.getpid()}.", suffix=".partial",
-                            dir=destination.parent))
-    except OSError as error:
-        raise OutputError(f"{destination}: cannot write there ({error.strerror or error})",
-                          hint="choose a folder you can write to") from None
-    try:
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(destination.parent)
+            make(partial)
+        except OSError as error:
+            raise OutputError(f"{destination}: cannot write there ({error.strerror or error})",
+                              hint="choose a folder you can write to") from None
         fill(partial)
         _permit(partial, current_umask())
         place(partial, destination)
