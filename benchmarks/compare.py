@@ -219,8 +219,10 @@ def child(code: str, *args) -> dict:
     if len(args) > 1 and args[1] in BASELINE:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [BASELINE[args[1]],
                                                           env.get("PYTHONPATH")]))
+    # run outside the checkout: ``python -c`` puts the working folder first on sys.path, which
+    # would import this checkout's gpt2port in place of the baseline's
     done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
-                          text=True, check=False, env=env)
+                          text=True, check=False, env=env, cwd=tempfile.gettempdir())
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
