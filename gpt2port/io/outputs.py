@@ -156,10 +156,14 @@ def _permit(path: Path, umask: int) -> None:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    """Remove a partial output if it is there; a cleanup never hides the error being raised."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass  # never made (its folder is a file, say), or already gone
 
 
 # What a full disk (or the file-size limit) looks like from the writers: errno, safetensors'
