@@ -3,6 +3,7 @@ can type end in a result (the regular path's, where the compiled step answers) o
 error, never another exception, never a signal. Each call runs in a child process
 (``api_worker.py``), so a crash is seen as the signal it is."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 import gpt2port
 
 WORKER = Path(__file__).with_name("api_worker.py")
+OUTPUT_NUMBERS = itertools.count()  # a new destination for each conversion
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
@@ -175,9 +177,7 @@ def test_proof_and_listing_given_anything(worker, name, text, path, reference, w
        destination=st.sampled_from(["new", "None", "''", "folder", "'/proc/nope/x'"]))
 def test_conversion_given_anything(worker, name, to, dtype, destination):
     if destination == "new":
-        test_conversion_given_anything.count = getattr(test_conversion_given_anything,
-                                                       "count", 0) + 1
-        destination = f"outputs / 'out{test_conversion_given_anything.count}'"
+        destination = f"outputs / 'out{next(OUTPUT_NUMBERS)}'"
     expression = f"convert({name}, {destination}, to={to}, dtype={dtype})"
     accepted(worker.call(expression), expression)
 

@@ -133,7 +133,7 @@ def generate(model: GPTModel, token_ids: torch.Tensor | list[list[int]], max_new
                "stop_at_eos": stop_at_eos, "static_cache": static_cache, "compile": compile}
     if isinstance(token_ids, torch.Tensor):
         new = list(stream(model, token_ids, max_new_tokens, **options))
-        return torch.cat([checked_ids(model, token_ids), *new], dim=1)
+        return torch.cat([token_ids.long(), *new], dim=1)  # checked by stream
     model = check_model(model)
     token_ids = checked_rows(model, token_ids)
     ids, mask = pad_left(token_ids, device=model.token_embedding_table.weight.device)

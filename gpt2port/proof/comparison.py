@@ -14,7 +14,7 @@ import torch
 from ..formats import Checkpoint
 from ..loading import model_from_checkpoint, open_checkpoint, resolve
 from ..model import GPTModel
-from .figures import LogitFigures, logit_figures, token_ids
+from .figures import LogitFigures, logit_figures, text_ids
 
 LARGEST = 5  # the differing tensors a report names
 TRAINING_ONLY = ("dropout_rate",)  # config keys that do not change what a model computes
@@ -100,8 +100,7 @@ def compare(a: str | Path, b: str | Path, *, text: str | None = None,
         CheckpointError: for files that are missing, malformed or do not fit the model.
         DownloadError: when the Hub cannot be reached or refuses.
     """
-    if text is not None:
-        token_ids(text, 1)  # an unusable text is refused before anything is loaded
+    encoded = text_ids(text)  # an unusable text is refused before anything is loaded
     found = []
     for name, picked, file in ((a, revision, filename), (b, other_revision, other_filename)):
         checkpoint = open_checkpoint(resolve(name, revision=picked, filename=file,
@@ -115,7 +114,8 @@ def compare(a: str | Path, b: str | Path, *, text: str | None = None,
         context = min(model_a.config["context_length"], model_b.config["context_length"])
         vocabulary = min(model_a.config["vocab_size"], model_b.config["vocab_size"])
         result.logits = logit_figures(_logits_of(model_a), _logits_of(model_b),
-                                      token_ids(text, vocabulary), context, vocabulary)
+                                      [token % vocabulary for token in encoded], context,
+                                      vocabulary)
     return result
 
 

@@ -29,6 +29,15 @@ def token_ids(text: str | None, vocabulary: int) -> list[int]:
     smaller vocabulary of test models.
 
     Raises:
+        ConfigError: as ``text_ids``.
+    """
+    return [token % vocabulary for token in text_ids(text)]
+
+
+def text_ids(text: str | None) -> list[int]:
+    """``text`` (default: the shipped sample) as GPT-2's tokenizer encodes it.
+
+    Raises:
         ConfigError: for a text that is not a string, or one too short to score (one token
             predicts the next: two are needed).
     """
@@ -41,7 +50,7 @@ def token_ids(text: str | None, vocabulary: int) -> list[int]:
         raise ConfigError(f"text {text[:20]!r} encodes to {len(ids)} token(s); scoring needs "
                           "at least two (one predicts the next)",
                           hint="give a longer text, or leave text out for the shipped sample")
-    return [token % vocabulary for token in ids]
+    return ids
 
 
 @dataclass
