@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import GPT2_VARIANT
+from .config import GPT2_VARIANT, attention_scale
 from .console.progress import progress, stage
 from .errors import ConfigError
 from .formats import BY_NAME, FORMATS, Format
@@ -86,6 +86,10 @@ def plan(config: dict, target: Format, *, approximate_gelu: bool = False) -> lis
             refused[key] = (f"the output head has a bias, and {target.name}'s has none (its "
                             f"{config['output_size']} rows are more than the width "
                             f"{config['embedding_dimension']}, so no shift absorbs it)")
+        elif key in SCALE_KEYS and target.folds_attention_scale:
+            changes.append(Change(key, before, after, f"{target.name} scales attention by "
+                                  "1/sqrt(head width) in every layer: each layer's own scale is "
+                                  "folded into its query weights and biases", exact=False))
         elif key in GPT2_VARIANT:
             refused[key] = (f"the model has {_variant(key, before)}; {target.name} holds only "
                             f"GPT-2's {_variant(key, after)}")
@@ -101,6 +105,22 @@ def plan(config: dict, target: Format, *, approximate_gelu: bool = False) -> lis
                                 "with the tanh GELU, and see the logit change it reports; or "
                                 if gelu else "") + _holders(config, refused))
     return changes
+
+
+SCALE_KEYS = ("attention_scaled_by_head_width", "attention_scaled_by_layer")
+
+
+def fold_attention_scale(state: dict[str, torch.Tensor], config: dict, held: dict
+                         ) -> dict[str, torch.Tensor]:
+    """Each layer's query weight and bias multiplied by its scale under ``config`` over its
+    scale under ``held``: the scores ``(s q) . k`` of a format that scales by the other."""
+    for layer in range(config["number_of_layers"]):
+        ratio = attention_scale(config, layer) / attention_scale(held, layer)
+        if ratio != 1.0:
+            for kind in ("weight", "bias"):
+                name = f"transformer_blocks.{layer}.attention.query_projection.{kind}"
+                state[name] = state[name] * ratio
+    return state
 
 
 def _variant(key: str, value: object) -> str:
@@ -174,6 +194,8 @@ def adapted(model: GPTModel, config: dict) -> GPTModel:
         state.setdefault(name, torch.zeros(tensor.shape, dtype=dtype))
     if model.config["output_bias"] and not config["output_bias"]:
         state = fold_head_bias(state)
+    if any(model.config[key] != config[key] for key in SCALE_KEYS):
+        state = fold_attention_scale(state, model.config, config)
     if config["tie_output_head"]:
         state["output_head.weight"] = state["token_embedding_table.weight"]
     result.load_state_dict(state, assign=True)

@@ -10,6 +10,7 @@ import torch
 from checkpoints import load_reference, reference_model, write_hub_layout
 
 from gpt2port import ConfigError, convert, generate, load_pretrained, validate_config, verify
+from gpt2port.conversion import ConversionWarning
 from gpt2port.formats import BY_NAME, FORMATS
 from gpt2port.formats.huggingface import ACTIVATION_FUNCTIONS
 
@@ -88,6 +89,16 @@ def test_formats_that_cannot_hold_it_refuse_by_name(to, name, key, folders, tmp_
         with torch.no_grad():
             assert torch.equal(load_pretrained(exported)(IDS),
                                load_pretrained(folders[name])(IDS))
+        return
+    if to == "gguf" and "attention" in name:  # folded into the query projections, stated
+        with pytest.warns(ConversionWarning, match="folded into its query weights") as said:
+            exported = convert(folders[name], tmp_path / "model.gguf", to="gguf")
+        assert "largest logit change" in str(said[0].message)
+        with torch.no_grad():
+            difference = (load_pretrained(exported)(IDS) - load_reference(
+                folders[name])(IDS).logits).abs().max().item()
+        assert difference < 1e-4, difference
+        assert load_pretrained(exported).config["attention_scaled_by_layer"] is False
         return
     with pytest.raises(ConfigError) as refused, warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -262,6 +262,9 @@ class Format:
     holds_classifier = False  # fewer rows than the vocabulary (output_size)
     holds_output_bias = False
     holds_labels = False  # a classifier's class names (output_labels)
+    # an attention scale other than its own is folded into the query projections (exact but for
+    # rounding: scores are linear in the query)
+    folds_attention_scale = False
 
     def recognises(self, candidate: Candidate) -> bool:
         raise NotImplementedError

@@ -211,11 +211,14 @@ class Gguf(Format):
     converts_dtype = False  # norms and biases stay f32: write_raw encodes each tensor
     vocabulary = "rows"
     cannot_represent = ("dropout (GPT-2's 0.1 assumed); the exact GELU (refused unless "
-                        "approximated); no biases (zeros: exact); a padded vocabulary")
+                        "approximated) and other activations (refused); an attention scale "
+                        "other than 1/sqrt(head width) (folded into the query weights and "
+                        "biases, stated); no biases (zeros: exact); a padded vocabulary")
     proof = ("llama.cpp (llama-cpp-python) runs the export: logits within 1.5e-3, same greedy "
              "tokens; the gguf package reads every tensor back")
     tokenizer = ("inside the file: every token with its type (control, user-defined), the "
                  "merges, bos/eos/padding ids")
+    folds_attention_scale = True  # llama.cpp's gpt2 graph scales by 1/sqrt(head width) only
     file_suffix = ".gguf"  # convert SRC model.gguf --to gguf: one file, as llama.cpp users expect
 
     def recognises(self, candidate: Candidate) -> bool:
