@@ -29,6 +29,8 @@ OPTIONAL_KEYS = {
     # a classifier (the book's ch. 6 head, transformers' GPT2ForSequenceClassification)
     "output_bias": False,  # a bias in the output head (the book's classifier; TransformerLens)
     "output_labels": None,  # a classifier's class names, one per output (None: unnamed)
+    "task": None,  # what the head's scores are for (TASKS); None: a language model, or a text
+    # classifier when output_size is not the vocabulary
     # variants the Hub's GPT-2s train (GPT-2's own choices are the defaults):
     "feed_forward_width": None,  # the feed-forward's hidden width; None: 4 x embedding_dimension
     "activation": "gelu",  # the feed-forward's function; "gelu": the one gelu_approximation names
@@ -39,6 +41,14 @@ OPTIONAL_KEYS = {
 # besides "gelu": each computes as transformers' function of that name does.
 ACTIVATIONS = ("gelu", "gelu_fast", "quick_gelu", "relu", "silu", "tanh", "sigmoid", "mish",
                "relu6", "linear")
+# What a model's scores are for -> in words. A text classifier reads the last token's scores;
+# token classification and question answering (start and end scores) read every position's.
+TASKS = {
+    "language_model": "a language model",
+    "text_classification": "a text classifier",
+    "token_classification": "a token classifier (a label per position)",
+    "question_answering": "a question-answering model (start and end scores per position)",
+}
 # What GPT-2 itself computes: a format that stores none of these keys assumes these values.
 GPT2_VARIANT = {"feed_forward_width": None, "activation": "gelu",
                 "attention_scaled_by_head_width": True, "attention_scaled_by_layer": False}
@@ -88,11 +98,15 @@ def complete_config(config: dict) -> dict:
     if complete["padded_vocab_size"] is None:
         complete["padded_vocab_size"] = complete["vocab_size"]
     if complete["output_size"] is None:
-        complete["output_size"] = complete["padded_vocab_size"]
+        complete["output_size"] = (2 if complete["task"] == "question_answering" else
+                                   complete["padded_vocab_size"])
     if complete["feed_forward_width"] == 4 * complete["embedding_dimension"]:
         complete["feed_forward_width"] = None  # GPT-2's own width, however it was written
     if complete["activation"] != "gelu":
         complete["gelu_approximation"] = "tanh"  # not used: one spelling for every other function
+    if complete["task"] is None:
+        complete["task"] = ("language_model" if complete["output_size"] ==
+                            complete["padded_vocab_size"] else "text_classification")
     return complete
 
 
@@ -109,8 +123,14 @@ def attention_scale(config: dict, layer: int) -> float:
 
 
 def is_classifier(config: dict) -> bool:
-    """Whether a complete ``config``'s head scores classes rather than the vocabulary."""
-    return config["output_size"] != config["padded_vocab_size"]
+    """Whether a complete ``config``'s head scores anything but the next token."""
+    return config["task"] != "language_model"
+
+
+def reads_every_position(config: dict) -> bool:
+    """Whether a complete ``config``'s scores mean something at every position (a language
+    model's, a token classifier's), not only the last token's (a text classifier's)."""
+    return config["task"] != "text_classification"
 
 
 def config_problems(config: dict, *, names: dict[str, str] | None = None) -> list[str]:
@@ -188,6 +208,15 @@ def _head_problems(complete: dict) -> list[str]:
     if complete.get("tie_output_head") is True and size not in (None, rows):
         problems.append(f"a head of {{output_size}}={size} rows cannot be tied to the token "
                         f"embedding table of {rows!r} rows")
+    task = complete["task"]
+    if task is not None and task not in TASKS:
+        problems.append(f"{{task}} must be one of {', '.join(TASKS)}, got {task!r:.60}")
+    elif task == "language_model" and size not in (None, rows):
+        problems.append(f"a language model's head has a row per token: {{output_size}}={size}, "
+                        f"the vocabulary {rows!r}")
+    elif task == "question_answering" and size not in (None, 2):
+        problems.append(f"a question-answering head scores start and end: {{output_size}} must "
+                        f"be 2, got {size!r}")
     if labels is not None and not (isinstance(labels, list) and len(labels) == (size or rows)
                                    and all(isinstance(label, str) for label in labels)):
         problems.append(f"{{output_labels}} must be a list of {size or rows!r} names, "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import GPT2_VARIANT, attention_scale
+from .config import GPT2_VARIANT, TASKS, attention_scale
 from .console.progress import progress, stage
 from .errors import ConfigError
 from .formats import BY_NAME, FORMATS, Format
@@ -77,8 +77,12 @@ def plan(config: dict, target: Format, *, approximate_gelu: bool = False) -> lis
             refused[key] = (f"{target.name} has no output head of its own, and this model's "
                             "head is not tied to the token embedding")
         elif key == "output_size":
-            refused[key] = (f"the model is a classifier ({before} outputs); {target.name} holds "
-                            f"only a language-model head ({after} rows)")
+            refused[key] = (f"the model is {TASKS[config['task']]} ({before} outputs); "
+                            f"{target.name} holds only a language-model head ({after} rows)")
+        elif key == "task":
+            if "output_size" not in refused:  # (which says what the model is)
+                refused[key] = (f"the model is {TASKS[before]}; {target.name} holds it only as "
+                                f"{TASKS[after]}, whose scores are read differently")
         elif key == "output_bias" and bias_folds(config):
             changes.append(Change(key, before, after, f"{target.name}'s head has no bias: the "
                                   "final layer norm's shift absorbs it (W d = b)", exact=False))

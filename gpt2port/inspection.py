@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import is_classifier
+from .config import TASKS, is_classifier
 from .formats import Checkpoint
 from .formats.table import MappingTable
 from .loading import open_checkpoint, resolve
@@ -56,8 +56,10 @@ def head_summary(config: dict) -> str:
     if not is_classifier(config):
         return f"head: language model, {config['output_size']} rows{bias}"
     labels = config["output_labels"] or range(config["output_size"])
-    return (f"head: classifier, {config['output_size']} classes ({', '.join(map(str, labels))})"
-            f"{bias}; the last token's row scores the text")
+    read = ("the last token's row scores the text" if config["task"] == "text_classification"
+            else "every position's row is read")
+    return (f"head: {TASKS[config['task']]}, {config['output_size']} classes "
+            f"({', '.join(map(str, labels))}){bias}; {read}")
 
 
 def table_markdown(table: MappingTable) -> str:

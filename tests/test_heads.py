@@ -80,7 +80,7 @@ def test_the_books_classifier_loads_verifies_and_inspects(tmp_path):
     result = verify_model(model, tmp_path / "run")
     assert result.passed, result.report()
     summary = describe(open_checkpoint(tmp_path / "run")).splitlines()[-1]
-    assert summary.startswith("head: classifier, 2 classes") and "bias" in summary
+    assert summary.startswith("head: a text classifier, 2 classes") and "bias" in summary
 
 
 def test_the_books_classifier_to_hf_is_a_sequence_classifier(tmp_path):

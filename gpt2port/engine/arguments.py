@@ -9,7 +9,7 @@ import numbers
 
 import torch
 
-from ..config import is_classifier
+from ..config import TASKS, is_classifier
 from ..errors import ConfigError
 from ..model import GPTModel
 
@@ -27,10 +27,12 @@ def check_model(model: object) -> GPTModel:
         raise ConfigError(f"model: a GPTModel is needed, got {type(model).__name__}",
                           hint="load one with gpt2port.load_pretrained(...)")
     if is_classifier(model.config):
-        raise ConfigError(f"the model is a classifier ({model.config['output_size']} outputs): "
-                          "it scores texts, it does not predict tokens",
-                          hint="run it on token ids and read the last token's scores "
-                          "(model(ids)[:, -1]); generate with a language model")
+        task = model.config["task"]
+        read = ("read the last token's scores (model(ids)[:, -1])"
+                if task == "text_classification" else "read every position's scores")
+        raise ConfigError(f"the model is {TASKS[task]} ({model.config['output_size']} "
+                          "outputs): it does not predict tokens",
+                          hint=f"run it on token ids and {read}; generate with a language model")
     return model
 
 

@@ -262,6 +262,7 @@ class Format:
     holds_classifier = False  # fewer rows than the vocabulary (output_size)
     holds_output_bias = False
     holds_labels = False  # a classifier's class names (output_labels)
+    tasks: tuple[str, ...] = ("language_model",)  # what its heads can be for (config.TASKS)
     # an attention scale other than its own is folded into the query projections (exact but for
     # rounding: scores are linear in the query)
     folds_attention_scale = False
@@ -375,6 +376,9 @@ class Format:
         held["output_bias"] = config["output_bias"] and self.holds_output_bias
         if not self.holds_labels:
             held["output_labels"] = None
+        if held["task"] not in self.tasks:
+            held["task"] = ("language_model" if held["output_size"] == held["padded_vocab_size"]
+                            else "text_classification")
         return held
 
 

@@ -125,6 +125,7 @@ class Book(Format):
     head = "separate"
     vocabulary = "rows"
     holds_classifier = True  # ch. 6: out_head = nn.Linear(emb_dim, num_classes), with a bias
+    tasks = ("language_model", "text_classification")
     holds_output_bias = True
     cannot_represent = ("an epsilon other than 1e-5 (refused); the exact GELU (refused unless "
                         "approximated); no biases (zeros: exact); a padded vocabulary; a bias "

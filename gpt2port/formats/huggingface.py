@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import ACTIVATIONS, is_classifier
+from ..config import ACTIVATIONS, TASKS, is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..io.arrays import Arrays
 from ..io.readers import read_json, read_weights_file
@@ -61,11 +61,20 @@ OPTIONS = {
     # save_pretrained writes the body under "transformer."; the Hub file does not.
     "optional_prefixes": (BODY_PREFIX,),
 }
-TABLE = MappingTable.parse("huggingface", LINES, **OPTIONS)  # lm_head.weight absent when tied
-# GPT2ForSequenceClassification: the same body, the head is score.weight [num_labels, D]
-CLASSIFIER_TABLE = MappingTable.parse("huggingface", LINES.replace("lm_head", "score"),
-                                      **OPTIONS)
-CLASSIFIER = "GPT2ForSequenceClassification"
+# transformers' class for each task (config.TASKS), and its head: every class has GPT-2's body;
+# the head is [num_labels, D], with a bias where it reads every position
+CLASSES = {"language_model": "GPT2LMHeadModel",
+           "text_classification": "GPT2ForSequenceClassification",
+           "token_classification": "GPT2ForTokenClassification",
+           "question_answering": "GPT2ForQuestionAnswering"}
+HEADS = {"language_model": "lm_head", "text_classification": "score",
+         "token_classification": "classifier", "question_answering": "qa_outputs"}
+BIASED_HEADS = ("token_classification", "question_answering")
+TABLES = {task: MappingTable.parse(
+    "huggingface", LINES.replace("lm_head", head) + (
+        f"output_head.bias  {head}.bias\n" if task in BIASED_HEADS else ""), **OPTIONS)
+    for task, head in HEADS.items()}
+TABLE = TABLES["language_model"]  # lm_head.weight absent when tied
 
 # activation_function -> the model's (activation, gelu_approximation); the first of each is written
 ACTIVATION_FUNCTIONS = {
@@ -94,17 +103,13 @@ CONFIG_TABLE = ConfigTable((
                                "written as `tie_word_embeddings`"})
 HINT = "gpt2port loads the GPT-2 architecture only"
 # transformers' GPT-2 classes gpt2port reads, and those it refuses by what they are
-READ_CLASSES = ("GPT2LMHeadModel", "GPT2Model", CLASSIFIER)
+READ_CLASSES = ("GPT2Model", *CLASSES.values())
 NOT_YET = {  # class -> (what it is, a tensor only it has)
-    "GPT2ForTokenClassification": ("a token-classification model (a label per position)",
-                                   "classifier.weight"),
-    "GPT2ForQuestionAnswering": ("a question-answering model (start and end scores)",
-                                 "qa_outputs.weight"),
     "GPT2DoubleHeadsModel": ("a double-heads model (language model plus multiple choice)",
                              "multiple_choice_head.summary.weight"),
 }
-NOT_YET_HINT = ("gpt2port reads GPT-2 language models and sequence classifiers; this head is not "
-                "one it holds yet")
+NOT_YET_HINT = (f"gpt2port reads {', '.join(CLASSES.values())}; this head is not one it holds "
+                "yet")
 
 
 def config_to_model(hf_config: dict, *, origin: str) -> dict:
@@ -155,15 +160,23 @@ def check_heads(tensors: dict, origin: str) -> None:
                               hint=NOT_YET_HINT)
 
 
+def task_of(tensors: dict) -> str:
+    """The task whose head ``tensors`` hold (a language model's head may be left out: tied)."""
+    for task, head in HEADS.items():
+        if f"{head}.weight" in tensors or f"{BODY_PREFIX}{head}.weight" in tensors:
+            return task
+    return "language_model"
+
+
 def config_from_model(config: dict, roles: dict[str, int] | None = None) -> dict:
-    """The model config -> a ``config.json`` that ``GPT2LMHeadModel`` (or, for a classifier,
-    ``GPT2ForSequenceClassification``) loads; ``roles``: the tokenizer's bos/eos/pad ids
+    """The model config -> a ``config.json`` that transformers' class for its task
+    (``CLASSES``) loads; ``roles``: the tokenizer's bos/eos/pad ids
     (default: GPT-2's <|endoftext|> where the vocabulary has it)."""
     dropout = config["dropout_rate"]
     end_of_text = END_OF_TEXT_ID if config["vocab_size"] > END_OF_TEXT_ID else None
     roles = roles or {"bos": end_of_text, "eos": end_of_text}
     hf_config = {
-        "architectures": [CLASSIFIER if is_classifier(config) else "GPT2LMHeadModel"],
+        "architectures": [CLASSES[config["task"]]],
         "model_type": "gpt2",
         **CONFIG_TABLE.from_model({**config, "vocab_size": config["padded_vocab_size"]}),
         "tie_word_embeddings": config["tie_output_head"],
@@ -212,16 +225,18 @@ class HuggingFace(Format):
                "Conv1D `[in, out]` weights")
     vocabulary = "rows"
     cannot_represent = ("a model without biases (written as zero biases: exact); a padded "
-                        "vocabulary (its padding rows become ordinary ids); a head bias (a "
-                        "classifier's moves into the final norm's shift, the change stated; "
-                        "refused for a vocabulary head)")
+                        "vocabulary (its padding rows become ordinary ids); a head bias on a "
+                        "language model or text classifier (a classifier's moves into the "
+                        "final norm's shift, the change stated; refused for a vocabulary head)")
     proof = ("transformers' `GPT2LMHeadModel.from_pretrained` reads the export: logits "
              "bit-equal; a classifier loads in `AutoModelForSequenceClassification` with the "
-             "book model's last-token scores (within 1e-5)")
+             "book model's last-token scores (within 1e-5); token classifiers and question "
+             "answering go back to their own classes with equal scores")
     read_by_transformers = True
     config_hint = HINT
     holds_classifier = True  # GPT2ForSequenceClassification's score.weight, no bias
     holds_labels = True
+    tasks = tuple(TASKS)
 
     def recognises(self, candidate: Candidate) -> bool:
         path = candidate.path
@@ -248,14 +263,22 @@ class HuggingFace(Format):
         check_architecture(hf_config, origin=str(config_path))
         tensors = read_weights_file(weights)
         check_heads(tensors, str(weights))
-        if "score.weight" not in tensors:
+        task = task_of(tensors)
+        if task == "language_model":
             return Raw(str(weights), tensors, hf_config, config_origin=str(config_path))
         return Raw(str(weights), tensors, hf_config, config_origin=str(config_path),
-                   name_table=CLASSIFIER_TABLE,
-                   extra={"output_labels": labels_from(hf_config, str(config_path))})
+                   name_table=TABLES[task],
+                   extra={"output_labels": labels_from(hf_config, str(config_path)),
+                          "task": task, "output_bias": task in BIASED_HEADS})
 
     def table_for(self, config: dict) -> MappingTable:
-        return CLASSIFIER_TABLE if is_classifier(config) else TABLE
+        return TABLES[config["task"]]
+
+    def held_config(self, config: dict) -> dict:
+        """As the base holds it; a head has a bias exactly where transformers' class has one."""
+        held = super().held_config(config)
+        held["output_bias"] = held["task"] in BIASED_HEADS
+        return held
 
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
                   vocabulary: Vocabulary | None) -> None:
@@ -270,9 +293,10 @@ class HuggingFace(Format):
              if key in hf_config}, indent=2))
         # a classifier's body under "transformer.", as save_pretrained writes it (without the
         # prefix, from_pretrained takes the file for a bare GPT2Model and leaves score random)
-        prefix = BODY_PREFIX if is_classifier(config) else ""
+        prefix, head = BODY_PREFIX if is_classifier(config) else "", HEADS[config["task"]]
         write_safetensors(destination / "model.safetensors", tensors, metadata={"format": "pt"},
-                          names={name: prefix + name for name in tensors if name != "score.weight"})
+                          names={name: prefix + name for name in tensors.shapes
+                                 if not name.startswith(f"{head}.")})
 
     def reference_tensors(self, path: Path) -> tuple[Arrays, dict]:
         """The files read by the safetensors library (or ``torch.load``), each tensor when the
@@ -282,7 +306,7 @@ class HuggingFace(Format):
         if weights.name.endswith(".index.json"):
             weight_map = json.loads(weights.read_text())["weight_map"]
             files = [weights.parent / shard for shard in sorted(set(weight_map.values()))]
-        makers, shapes, classifier = {}, {}, False
+        makers, shapes = {}, {}
         for file in files:
             if file.suffix == ".safetensors":
                 found, found_shapes = safetensors_later(file)
@@ -291,14 +315,17 @@ class HuggingFace(Format):
                 found = {name: later(tensor) for name, tensor in state.items()}
                 found_shapes = {name: tuple(tensor.shape) for name, tensor in state.items()}
             for name, maker in found.items():
-                classifier = classifier or name == "score.weight"
-                ours = name.removeprefix("transformer.")
-                ours = "lm_head.weight" if ours == "score.weight" else ours  # [num_labels, D]
-                makers[ours], shapes[ours] = maker, found_shapes[name]
+                makers[name.removeprefix(BODY_PREFIX)] = maker
+                shapes[name.removeprefix(BODY_PREFIX)] = found_shapes[name]
         config_path = weights.parent / "config.json"
         hf_config = read_json(config_path)
-        if not classifier:
+        task = task_of(shapes)
+        if task == "language_model":
             return Arrays(makers), config_to_model(hf_config, origin=str(config_path))
         check_architecture(hf_config, origin=str(config_path))
+        for kind in ("weight", "bias"):  # the head by the reference's name: [num_labels, D]
+            if f"{HEADS[task]}.{kind}" in makers:
+                makers[f"lm_head.{kind}"] = makers.pop(f"{HEADS[task]}.{kind}")
         return Arrays(makers), CONFIG_TABLE.to_model(hf_config, origin=str(config_path), extra={
-            "tie_output_head": False, "output_size": shapes["lm_head.weight"][0]})
+            "tie_output_head": False, "output_size": shapes[f"{HEADS[task]}.weight"][0],
+            "task": task, "output_bias": task in BIASED_HEADS})

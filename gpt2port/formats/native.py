@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import validate_config
+from ..config import TASKS, validate_config
 from ..errors import CheckpointError, ConfigError
 from ..io.arrays import Arrays
 from ..io.writers import write_safetensors
@@ -52,6 +52,7 @@ class Native(Format):
     summary = f"one `{FILENAME}` in the model's own names, the config in its metadata"
     proof = "round trips with every other format are bit-exact; the safetensors library reads it"
     holds_classifier = holds_output_bias = holds_labels = True
+    tasks = tuple(TASKS)
 
     def recognises(self, candidate: Candidate) -> bool:
         found = _weights(candidate)

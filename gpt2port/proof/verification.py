@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import hub_source, is_classifier
+from ..config import TASKS, hub_source, is_classifier, reads_every_position
 from ..console.progress import progress, stage
 from ..engine.generation import generate
 from ..errors import ConfigError, VerificationError
 from ..formats import Format, recognise
+from ..formats.huggingface import CLASSES
 from ..io.pages import MappedFiles, released_as_used
 from ..loading import model_from_checkpoint, open_checkpoint, resolve
 from ..model import GPTModel
@@ -71,16 +72,20 @@ import transformers
 folder, ids, output, kind = sys.argv[1], [int(i) for i in sys.argv[2].split(",")], *sys.argv[3:]
 model = getattr(transformers, kind).from_pretrained(folder, dtype=torch.float32).eval()
 with torch.inference_mode():
-    numpy.save(output, model(torch.tensor([ids])).logits[0].numpy())
+    found = model(torch.tensor([ids]))
+    # a question-answering model's start and end scores, as the one head computes them
+    scores = (found.logits if hasattr(found, "logits") else
+              torch.stack([found.start_logits, found.end_logits], dim=-1))
+    numpy.save(output, scores[0].numpy())
 """
-# the transformers class that reads a model of a config; a classifier's scores the last token
-LM_HEAD, CLASSIFIER = "GPT2LMHeadModel", "GPT2ForSequenceClassification"
+LM_HEAD = CLASSES["language_model"]
 REFERENCES = ("auto", "transformers", "numpy")
 
 
 def transformers_logits(folder: Path, ids: list[int], *, kind: str = LM_HEAD) -> np.ndarray:
     """transformers' logits for ``ids`` from its class ``kind``, computed in a child process of
-    its own: [T, V] for a language model, [C] (the last token's) for a classifier.
+    its own: [T, V] for a language model, [C] (the last token's) for a text classifier,
+    [T, C] for a token classifier or question answering.
 
     Raises:
         VerificationError: when transformers cannot read the folder.
@@ -163,7 +168,7 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
     # (a memory-mapped model reads them again when next used), then the reference
     with progress("verify", 3 if known_greedy is not None else 2) as bar:
         stage(bar, "our logits")
-        classifier = is_classifier(model.config)
+        kind = CLASSES[model.config["task"]]
         with torch.inference_mode(), released_as_used(model):
             ours = model(torch.tensor([ids], device=device))[0].float().cpu().numpy()
         bar.update()
@@ -176,15 +181,13 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
             bar.update()
         stage(bar, f"{reference} reference")
         if reference == "transformers":
-            expected = transformers_logits(Path(folder), ids,
-                                           kind=CLASSIFIER if classifier else LM_HEAD)
+            expected = transformers_logits(Path(folder), ids, kind=kind)
         else:
             expected = reference_logits(Path(folder), ids, source_format=source_format)
-        if classifier:  # the last token's scores classify the text
+        if not reads_every_position(model.config):  # the last token's scores classify
             ours, expected = ours[-1:], expected.reshape(-1, ours.shape[-1])[-1:]
         bar.update()
-    name = (f"transformers {CLASSIFIER if classifier else LM_HEAD}"
-            if reference == "transformers"
+    name = (f"transformers {kind}" if reference == "transformers"
             else f"gpt2port.proof.reference (NumPy, the checkpoint's own tensors, read by "
                  f"{source_format.reference_reads_with})")
     result = Verification(
@@ -205,8 +208,8 @@ def _over_text(model: GPTModel, folder: Path, reference: str, source_format: For
     """Our logits against the reference's over ``text``, window by window."""
     config = model.config
     if is_classifier(config):
-        raise ConfigError(f"{folder}: --text compares next-token logits, and this model is a "
-                          "classifier", hint="verify it without --text")
+        raise ConfigError(f"{folder}: --text compares next-token logits, and this model is "
+                          f"{TASKS[config['task']]}", hint="verify it without --text")
     device = next(model.parameters()).device
 
     def ours(window: list[int]) -> torch.Tensor:
