@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import codecs
 import math
 import os
 import signal
@@ -92,6 +91,13 @@ def _source_options(parser: argparse.ArgumentParser, *, default: str | None = No
     parser.add_argument("--file", dest="filename", metavar="NAME",
                         help="one weights file of a Hub repo (a .pth, .safetensors, .gguf, "
                         "ckpt.pt...), fetched with the config and tokenizer files beside it")
+    _tokenizer_option(parser)
+
+
+def _tokenizer_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", metavar="PATH|REPO|gpt2",
+                        help="the model's tokenizer, where the checkpoint has none of its own "
+                        "(a folder, a checkpoint, a Hub repo, or gpt2 for GPT-2's)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -171,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--text", type=Path, help="a UTF-8 text file to compare the logits "
                          "over (default: a short text shipped with gpt2port)")
     compare.add_argument("--json", action="store_true", help="print one JSON object")
+    _tokenizer_option(compare)
     return parser
 
 
@@ -222,12 +229,22 @@ def run_download(args: argparse.Namespace) -> None:
 
     phase("loading")
     model = load_pretrained(folder, dtype="float32")
-    _verified(args, verify_model(model, folder, reference=args.reference, known_greedy=known))
+    _verified(args, verify_model(model, folder, reference=args.reference, known_greedy=known,
+                                 tokenizer=_named_tokenizer(args)))
     if args.output is not None:
         from .conversion import convert
 
         written = convert(folder, args.output, to="native")
         print(f"wrote {written} (gpt2port's own layout; load it with load_pretrained)")
+
+
+def _named_tokenizer(args: argparse.Namespace):
+    """The tokenizer ``--tokenizer`` names, or None."""
+    from .loading import load_tokenizer
+
+    if args.tokenizer is None:
+        return None
+    return load_tokenizer(args.tokenizer, cache_dir=args.cache_dir, offline=args.offline)
 
 
 def _download_release(args: argparse.Namespace) -> Path:
@@ -252,48 +269,82 @@ def run_verify(args: argparse.Namespace) -> None:
     text = _text(args.text) if args.text else None
     _verified(args, verify(args.model, revision=args.revision, filename=args.filename,
                            cache_dir=args.cache_dir, offline=args.offline,
-                           reference=args.reference, text=text))
+                           reference=args.reference, text=text, tokenizer=args.tokenizer))
 
 
 def run_generate(args: argparse.Namespace) -> None:
     import torch
 
     from .engine.generation import stream
-    from .loading import load_pretrained, load_tokenizer, parse_device
-    from .text.tokenizer import END_OF_TEXT_ID, has_tokenizer
+    from .loading import (
+        checkpoint_tokenizer,
+        model_from_checkpoint,
+        open_checkpoint,
+        parse_device,
+        parse_dtype,
+    )
 
-    device = parse_device(args.device)
+    device, dtype = parse_device(args.device), parse_dtype(args.dtype)
     folder = _folder(args)
-    tokenizer_folder = folder if folder.is_dir() and has_tokenizer(folder) else None
-    tokenizer = load_tokenizer(tokenizer_folder)
     phase("loading")
-    model = load_pretrained(folder, dtype=args.dtype, device=device)
-    # an empty prompt starts from <|endoftext|>, as GPT-2's unconditional samples do
-    ids = torch.tensor([tokenizer.encode(args.prompt) or [END_OF_TEXT_ID]], device=device)
+    checkpoint = open_checkpoint(folder)
+    tokenizer = checkpoint_tokenizer(checkpoint, tokenizer=_named_tokenizer(args))
+    if tokenizer is None:
+        raise TokenizerError(f"{args.model}: no tokenizer, and its vocabulary "
+                             f"({checkpoint.config['vocab_size']} tokens) is not GPT-2's: the "
+                             "prompt cannot be turned into its ids",
+                             hint="pass its tokenizer with --tokenizer PATH|REPO, or generate "
+                             "from ids in Python (gpt2port.generate)")
+    model = model_from_checkpoint(checkpoint, dtype=dtype, device=device)
+    # an empty prompt starts from the start token (GPT-2's <|endoftext|>), as GPT-2's
+    # unconditional samples do
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else (
+        tokenizer.eos_token_id)
+    prompt = tokenizer.encode(args.prompt) or ([start] if start is not None else [])
+    if not prompt:
+        raise TokenizerError("an empty prompt, and the tokenizer has no start token to begin "
+                             "from", hint="give a prompt")
     vocabulary = model.config["vocab_size"]
-    if int(ids.max()) >= vocabulary and not is_classifier(model.config):  # (stream says that)
-        raise TokenizerError(f"the prompt encodes to id {int(ids.max())}, but {args.model} has a "
+    if max(prompt) >= vocabulary and not is_classifier(model.config):  # (stream says that)
+        raise TokenizerError(f"the prompt encodes to id {max(prompt)}, but {args.model} has a "
                              f"vocabulary of {vocabulary}",
-                             hint="the model needs its own vocab.json and merges.txt beside it")
+                             hint="pass the model's own tokenizer with --tokenizer PATH|REPO")
+    ids = torch.tensor([prompt], device=device)
     tokens = stream(model, ids, args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                     stop_at_eos=args.stop_at_eos, compile=args.compile)  # refuses a classifier
     # (and a model compile cannot run) here, before any id
-    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    start, produced = time.perf_counter(), 0
+    began, produced, shown = time.perf_counter(), [], Continued(tokenizer, prompt)
     phase("generating")
     for token in tokens:
-        produced += 1
-        sys.stdout.write(text.decode(tokenizer.decode_single_token_bytes(int(token[0, 0]))))
+        produced.append(int(token[0, 0]))
+        sys.stdout.write(shown.text(produced))
         sys.stdout.flush()
-    sys.stdout.write(text.decode(b"", final=True) + "\n")
+    sys.stdout.write(shown.text(produced, final=True) + "\n")
     sys.stdout.flush()
-    seconds = time.perf_counter() - start
-    rate = f"{produced / seconds:.1f} tokens/s" if produced else "no tokens asked for"
-    print(f"[{ids.shape[1]} prompt tokens, {produced} new tokens, {rate} on {device}]",
+    seconds = time.perf_counter() - began
+    rate = f"{len(produced) / seconds:.1f} tokens/s" if produced else "no tokens asked for"
+    print(f"[{ids.shape[1]} prompt tokens, {len(produced)} new tokens, {rate} on {device}]",
           file=sys.stderr)
+
+
+class Continued:
+    """The text a generation adds to its prompt, as it grows: decoded with the prompt (a word's
+    leading space, a lowercased prompt), given out as whole characters."""
+
+    def __init__(self, tokenizer, prompt: list[int]):
+        self.tokenizer, self.prompt = tokenizer, prompt
+        self.before, self.given = tokenizer.decode(prompt), 0
+
+    def text(self, produced: list[int], *, final: bool = False) -> str:
+        """What is new since the last call; an unfinished character waits unless ``final``."""
+        added = self.tokenizer.decode(self.prompt + produced)[len(self.before):]
+        if not final:
+            added = added.rstrip("\ufffd")  # the bytes of a character still coming
+        new, self.given = added[self.given:], max(self.given, len(added))
+        return new
 
 
 def run_convert(args: argparse.Namespace) -> None:
@@ -304,7 +355,8 @@ def run_convert(args: argparse.Namespace) -> None:
         written = convert(args.model, args.destination, to=args.to, dtype=args.dtype,
                           revision=args.revision, filename=args.filename,
                           cache_dir=args.cache_dir, offline=args.offline,
-                          approximate_gelu=args.approximate_gelu)
+                          approximate_gelu=args.approximate_gelu,
+                          tokenizer=_named_tokenizer(args))
     for change in changes:
         if issubclass(change.category, ConversionWarning):
             print(f"note: {change.message}", file=sys.stderr)
@@ -320,7 +372,8 @@ def run_inspect(args: argparse.Namespace) -> None:
 
     phase("resolving")
     print(inspect(args.model, revision=args.revision, filename=args.filename,
-                  cache_dir=args.cache_dir, offline=args.offline))
+                  cache_dir=args.cache_dir, offline=args.offline,
+                  tokenizer=_named_tokenizer(args)))
 
 
 def _text(path: Path) -> str:
@@ -344,7 +397,7 @@ def run_compare(args: argparse.Namespace) -> None:
     found = compare(args.model, args.other, text=text, revision=args.revision,
                     filename=args.filename, other_revision=args.other_revision,
                     other_filename=args.other_filename, cache_dir=args.cache_dir,
-                    offline=args.offline)
+                    offline=args.offline, tokenizer=_named_tokenizer(args))
     print(found.to_json() if args.json else found.report())
     if found.verdict == "different":
         raise VerificationError(f"{args.model} and {args.other} hold different models",

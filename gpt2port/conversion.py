@@ -20,11 +20,12 @@ from .errors import ConfigError
 from .formats import BY_NAME, FORMATS, Format
 from .io.outputs import write_file, write_folder
 from .io.pages import released_as_used
-from .loading import model_from_checkpoint, open_checkpoint, resolve
+from .loading import given_vocabulary, model_from_checkpoint, open_checkpoint, resolve
 from .model import GPTModel
 from .proof.figures import prompt_for
 from .skeleton import empty_model
-from .text.vocabulary import Vocabulary
+from .text.encoders import Tokenizer
+from .text.vocabulary import KINDS, Vocabulary
 
 
 class ConversionWarning(UserWarning):
@@ -151,15 +152,36 @@ def _holders(config: dict, refused: dict) -> str:
 def tokenizer_plan(vocabulary: Vocabulary | None, config: dict, target: Format
                    ) -> tuple[Vocabulary | None, list[str]]:
     """The tokenizer to write, and what to say about it: a source without one, one that does
-    not fit the model's rows, and what the target keeps of it."""
-    if vocabulary is None:
-        return None, [f"tokenizer: the source has none, so the {target.name} export has none"]
+    not fit the model's rows, one the target does not keep, and what the target keeps of it.
+
+    Raises:
+        ConfigError: where the target's file would not work with that tokenizer (a GGUF
+            without one, or one llama.cpp would encode differently).
+    """
     rows = config["padded_vocab_size"]
-    if len(vocabulary) > rows:
-        said = (f"tokenizer: not written: it has {len(vocabulary)} tokens and the model {rows} "
-                "embedding rows, so it does not describe this model's ids")
-        return None, [said]
+    said = []
+    if vocabulary is not None and len(vocabulary) > rows:
+        said = [f"tokenizer: not written: it has {len(vocabulary)} tokens and the model {rows} "
+                "embedding rows, so it does not describe this model's ids"]
+        vocabulary = None
+    refusal = target.tokenizer_refusal(vocabulary)
+    if refusal is not None:
+        raise ConfigError(f"cannot convert to {target.name}: {refusal}",
+                          hint=TOKENIZER_HINT if vocabulary is None else KEPT_HINT)
+    if vocabulary is None:
+        return None, said or [f"tokenizer: the source has none, so the {target.name} export "
+                              "has none"]
+    if not target.keeps_tokenizer(vocabulary):
+        kind = (KINDS[vocabulary.kind] if vocabulary.kind != "bpe" else
+                "a byte-level BPE whose ids are not in GPT-2's merge order")
+        return None, [f"tokenizer: left out: {target.name} holds only GPT-2's byte-level BPE, "
+                      f"and this one is {kind}"]
     return vocabulary, [f"tokenizer: {loss}" for loss in target.tokenizer_losses(vocabulary)]
+
+
+TOKENIZER_HINT = ("pass the model's own tokenizer with --tokenizer PATH|REPO (tokenizer=), or "
+                  "--tokenizer gpt2 for GPT-2's; or convert to hf, which keeps any tokenizer")
+KEPT_HINT = "convert to hf or native, which keep any tokenizer as its own files"
 
 
 def bias_folds(config: dict) -> bool:
@@ -227,18 +249,22 @@ def logit_change(model: GPTModel, other: GPTModel) -> float:
 def convert(source: str | Path, destination: str | Path, *, to: str,
             dtype: str | None = None, revision: str | None = None,
             filename: str | None = None, cache_dir: str | Path | None = None,
-            offline: bool = False, approximate_gelu: bool = False) -> Path:
+            offline: bool = False, approximate_gelu: bool = False,
+            tokenizer: str | Path | Tokenizer | None = None) -> Path:
     """Read ``source`` (preset, Hub id, folder or file), write it to the new folder
     ``destination`` in format ``to`` (a name in ``gpt2port.formats.BY_NAME``), with the
-    tokenizer when the source has it (``filename``: one weights file of a Hub repo). ``dtype``
-    None keeps the source's own. A destination ending in the format's file suffix
+    tokenizer when the source has it, or ``tokenizer`` (as ``load_tokenizer`` takes it) where
+    given (``filename``: one weights file of a Hub repo). ``dtype`` None keeps the source's
+    own. A destination ending in the format's file suffix
     (``model.gguf``) is written as that one file.
 
     The output appears only when complete, with the permissions the umask gives. Changes the
     target makes are issued as ``ConversionWarning``s.
 
     Raises:
-        ConfigError: for an unknown format or dtype, or a model the target cannot hold.
+        ConfigError: for an unknown format or dtype, or a model (or tokenizer) the target cannot
+            hold.
+        TokenizerError: for a ``tokenizer`` that cannot be read.
         CheckpointError: for a source that is missing, malformed or does not fit the model.
         OutputError: when ``destination`` exists or cannot be written (a full disk included).
         DownloadError: when the Hub cannot be reached or refuses.
@@ -259,7 +285,9 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
         checkpoint = open_checkpoint(folder)
         model = model_from_checkpoint(checkpoint)
         changes = plan(model.config, target, approximate_gelu=approximate_gelu)
-        vocabulary, said = tokenizer_plan(checkpoint.vocabulary, model.config, target)
+        given = checkpoint.vocabulary if tokenizer is None else given_vocabulary(
+            tokenizer, cache_dir=cache_dir, offline=offline)[0]
+        vocabulary, said = tokenizer_plan(given, model.config, target)
         written = adapted(model, target.held_config(model.config))
         for change in changes:
             if not change.exact:

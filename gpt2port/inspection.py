@@ -7,23 +7,31 @@ from pathlib import Path
 from .config import TASKS, is_classifier
 from .formats import Checkpoint
 from .formats.table import MappingTable
-from .loading import open_checkpoint, resolve
+from .loading import checkpoint_tokenizer, open_checkpoint, resolve
+from .text.encoders import Tokenizer
 
 
 def inspect(name_or_path: str | Path, *, revision: str | None = None,
             filename: str | None = None, cache_dir: str | Path | None = None,
-            offline: bool = False) -> str:
+            offline: bool = False, tokenizer: str | Path | Tokenizer | None = None) -> str:
     """What ``gpt2port inspect`` prints: each source tensor of a preset, Hub repo id, folder or
-    file, its model name(s), shape, dtype and transform, and the config.
+    file, its model name(s), shape, dtype and transform, the config, and the tokenizer that
+    encodes its text (``tokenizer`` where given, as ``load_tokenizer`` takes it).
 
     Raises:
         CheckpointError: for files that are missing or malformed.
         ConfigError: for a config this model cannot implement.
+        TokenizerError: for a tokenizer that cannot be read or is not this model's.
         DownloadError: when the Hub cannot be reached or refuses.
     """
-    return describe(open_checkpoint(resolve(name_or_path, revision=revision,
-                                            filename=filename, cache_dir=cache_dir,
-                                            offline=offline)))
+    checkpoint = open_checkpoint(resolve(name_or_path, revision=revision, filename=filename,
+                                         cache_dir=cache_dir, offline=offline))
+    found = checkpoint_tokenizer(checkpoint, tokenizer=tokenizer)
+    given = " (given)" if tokenizer is not None else (
+        "" if checkpoint.vocabulary is not None else " (GPT-2's: the checkpoint has none)")
+    said = (f"tokenizer: {found.kind}{given}, {found.n_vocab} tokens, run by {found.runs_in}"
+            if found is not None else "tokenizer: none (ids only; text is refused)")
+    return describe(checkpoint) + "\n" + said
 
 
 def describe(checkpoint: Checkpoint) -> str:

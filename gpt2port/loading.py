@@ -8,7 +8,6 @@ import re
 from difflib import get_close_matches
 from pathlib import Path
 
-import tiktoken
 import torch
 
 from . import formats, slots
@@ -20,7 +19,8 @@ from .io.pages import MappedFiles
 from .io.rows import stacked_rows
 from .model import GPTModel
 from .skeleton import empty_model
-from .text.tokenizer import BUNDLED, encoding
+from .text.encoders import Tokenizer, tokenizer_for
+from .text.tokenizer import BUNDLED
 from .text.vocabulary import Vocabulary, read_folder
 
 REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
@@ -321,27 +321,88 @@ def load_pretrained(name_or_path: str | Path, *, revision: str | None = None,
     return model_from_checkpoint(open_checkpoint(folder), dtype=dtype, device=device)
 
 
-def load_tokenizer(path: str | Path | None = None) -> tiktoken.Encoding:
-    """The tokenizer of the checkpoint at ``path`` as a tiktoken ``Encoding``: a folder's
-    vocab.json + merges.txt (or encoder.json + vocab.bpe, or tokenizer.json), a GGUF file's or an
-    llm.c folder's own; added tokens are its special tokens (``encode(text,
-    allowed_special="all")`` matches them in text, as transformers does). Default: GPT-2's own,
-    bundled.
+def load_tokenizer(name_or_path: str | Path | Tokenizer | None = None, *,
+                   revision: str | None = None, cache_dir: str | Path | None = None,
+                   offline: bool = False) -> Tokenizer:
+    """The tokenizer of a checkpoint or tokenizer folder, file (a GGUF's own, llm.c's), Hub repo
+    (its tokenizer files alone) or preset (GPT-2's own, bundled; also the default), whatever
+    its kind: GPT-2's byte-level BPE or another (``tokenizer.json`` of any model, WordPiece's
+    ``vocab.txt``, SentencePiece's ``spiece.model``, a byte-level BPE of its own), with its added
+    and special tokens. ``encode(text)`` gives the ids transformers' ``AutoTokenizer`` gives
+    (``add_special_tokens=True`` adds what it wraps a text in), ``decode(ids)`` the text.
 
     Raises:
-        TokenizerError: when the checkpoint has no tokenizer, or its files disagree.
+        TokenizerError: when there is no tokenizer there, its files disagree, or its kind
+            needs a package that is not installed.
         CheckpointError: for a path that does not exist.
-        ConfigError: for a path that is not text or a path.
+        DownloadError: when the Hub cannot be reached or refuses.
+        ConfigError: for a name that is not text or a path.
     """
-    if path is not None and not _exists(Path(checked_name(path, "path"))):
-        raise CheckpointError(f"{path}: no such file or folder", hint=_nearby(Path(path)))
-    root = Path(path) if path is not None else BUNDLED
-    vocabulary = read_folder(root) if path is None else read_vocabulary(root)
+    if isinstance(name_or_path, Tokenizer):
+        return name_or_path
+    vocabulary, origin = given_vocabulary(name_or_path, revision=revision, cache_dir=cache_dir,
+                                          offline=offline)
+    return tokenizer_for(vocabulary, origin)
+
+
+def given_vocabulary(name_or_path: str | Path | Tokenizer | None, *,
+                     revision: str | None = None, cache_dir: str | Path | None = None,
+                     offline: bool = False) -> tuple[Vocabulary, str]:
+    """The tokenizer a user names (``--tokenizer``, ``tokenizer=``), as ``load_tokenizer``
+    finds it, and where it came from.
+
+    Raises:
+        As ``load_tokenizer``.
+    """
+    if isinstance(name_or_path, Tokenizer):
+        return name_or_path.vocabulary, "the given tokenizer"
+    if name_or_path is None or name_or_path in PRESETS:
+        return read_folder(BUNDLED), "GPT-2's tokenizer"
+    path = Path(checked_name(name_or_path, "tokenizer"))
+    if not _exists(path):
+        from .hub import snapshots as hub  # imported here: a local load needs no network stack
+
+        path = hub.download_tokenizer(hub_name(str(name_or_path)), revision=revision,
+                                      cache_dir=cache_dir, offline=offline)
+    vocabulary = read_vocabulary(path)
     if vocabulary is None:
-        raise TokenizerError(f"{root}: no tokenizer files (vocab.json + merges.txt, "
-                             "encoder.json + vocab.bpe, or tokenizer.json)",
-                             hint="copy GPT-2's tokenizer files into the folder")
-    return encoding(vocabulary, str(root))
+        raise TokenizerError(f"{name_or_path}: no tokenizer files (tokenizer.json, vocab.json + "
+                             "merges.txt, encoder.json + vocab.bpe, vocab.txt or spiece.model)",
+                             hint="name the model's own tokenizer folder or Hub repo, or gpt2 "
+                             "for GPT-2's")
+    return vocabulary, str(name_or_path)
+
+
+GPT2_VOCABULARY = 50257  # GPT-2's tokens: a checkpoint of this vocabulary saved without its
+# tokenizer is taken to use GPT-2's
+
+
+def checkpoint_tokenizer(checkpoint: Checkpoint, *, tokenizer: str | Path | Tokenizer | None = None
+                         ) -> Tokenizer | None:
+    """What turns text into the checkpoint's ids: ``tokenizer`` where given (as
+    ``load_tokenizer`` takes it), else the checkpoint's own, else GPT-2's where its vocabulary
+    is GPT-2's (saved without its tokenizer, as ``save_pretrained`` alone does); None when there
+    is none.
+
+    Raises:
+        TokenizerError: for a tokenizer with more tokens than the model has rows (not this
+            model's), or one that cannot be read.
+    """
+    config = checkpoint.config
+    if tokenizer is not None:
+        found = load_tokenizer(tokenizer)
+    elif checkpoint.vocabulary is not None:
+        found = tokenizer_for(checkpoint.vocabulary, checkpoint.origin)
+    elif config["vocab_size"] == GPT2_VOCABULARY:
+        found = load_tokenizer()
+    else:
+        return None
+    if found.n_vocab > config["padded_vocab_size"]:
+        raise TokenizerError(f"{checkpoint.origin}: the tokenizer has {found.n_vocab} tokens and "
+                             f"the model {config['padded_vocab_size']} rows: it is not this "
+                             "model's tokenizer", hint="pass the model's own tokenizer "
+                             "(--tokenizer PATH|REPO, tokenizer=)")
+    return found
 
 
 def read_vocabulary(path: Path) -> Vocabulary | None:

@@ -291,6 +291,16 @@ class Format:
         """What writing ``vocabulary`` in this format loses (nothing, by default)."""
         return []
 
+    def keeps_tokenizer(self, vocabulary: Vocabulary) -> bool:
+        """Whether the format keeps a tokenizer of ``vocabulary``'s kind (any, by default:
+        transformers' files beside the weights, as they were read)."""
+        return True
+
+    def tokenizer_refusal(self, vocabulary: Vocabulary | None) -> str | None:
+        """Why this format's file would not work with ``vocabulary`` (None: no tokenizer),
+        where its target needs one that encodes as the source does; None where it is fine."""
+        return None
+
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         """The checkpoint's own tensors renamed to GPT-2's Conv1D names (``h.0.attn.c_attn.weight``
         [in, out]) by code independent of the mapping table, and its model config: what the

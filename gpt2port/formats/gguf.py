@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..errors import CheckpointError
 from ..io import gguf_file
 from ..io.arrays import Arrays
 from ..text.tokenizer import END_OF_TEXT
-from ..text.vocabulary import Vocabulary, from_bpe
+from ..text.vocabulary import KINDS, Vocabulary, from_bpe, wordpiece_files
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -96,24 +97,58 @@ def _encoding(shape: tuple[int, ...], dtype: str) -> str:
     return "float32"
 
 
+PHANTOM_SPACE = "\u2581"  # llama.cpp's WordPiece marks a word's first piece with it, not "##"
+
+
 def _add_tokenizer(writer, gguf, vocabulary: Vocabulary, rows: int) -> None:
-    """Every token, its type (control for special tokens, user-defined for added ones), the
-    merges and the role ids, as llama.cpp's converter writes a GPT-2 vocabulary; rows the
+    """Every token, its type (control for special tokens, user-defined for added ones) and the
+    role ids as llama.cpp's converter writes them: a byte-level BPE as model ``gpt2`` with its
+    merges and GPT-2's pre-tokenizer; WordPiece as model ``bert``, each word's first piece marked
+    with a phantom space instead of the others' ``##``, with BERT's normalizer options. Rows the
     tokenizer does not cover (a padded vocabulary) get ``[PAD<id>]`` tokens of type unused."""
     types = [gguf.TokenType.CONTROL if i in vocabulary.special else
              gguf.TokenType.USER_DEFINED if i in vocabulary.added else gguf.TokenType.NORMAL
              for i in range(len(vocabulary))]
     padding = range(len(vocabulary), rows)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list([*vocabulary.tokens, *(f"[PAD{i}]" for i in padding)])
+    tokens = list(vocabulary.tokens)
+    roles = dict(vocabulary.roles)
+    if vocabulary.kind == "wordpiece":
+        writer.add_tokenizer_model("bert")
+        writer.add_tokenizer_pre("default")
+        tokens = [token if kind == gguf.TokenType.CONTROL else token.removeprefix("##")
+                  if token.startswith("##") else PHANTOM_SPACE + token
+                  for token, kind in zip(tokens, types, strict=True)]
+        lowercase, strip_accents = wordpiece_normalizer(vocabulary)
+        # (keys llama.cpp reads; older gguf packages have no methods for them)
+        writer.add_bool("tokenizer.ggml.normalizer.lowercase", lowercase)
+        writer.add_bool("tokenizer.ggml.normalizer.strip_accents", strip_accents)
+        roles.pop("eos", None)  # BERT has none: llama.cpp warns of an end token it does not know
+        if "cls" in roles:  # BERT's text starts with [CLS] and ends with [SEP]
+            roles["bos"] = roles["cls"]
+            writer.add_bool("tokenizer.ggml.add_bos_token", True)
+            writer.add_bool("tokenizer.ggml.add_sep_token", "sep" in roles)
+    else:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list([*tokens, *(f"[PAD{i}]" for i in padding)])
     writer.add_token_types([*types, *(gguf.TokenType.UNUSED for _ in padding)])
-    writer.add_token_merges(list(vocabulary.merges))
-    roles = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
-             "pad": writer.add_pad_token_id}
-    for role, add in roles.items():
-        if role in vocabulary.roles:
-            add(vocabulary.roles[role])
+    if vocabulary.kind == "bpe":
+        writer.add_token_merges(list(vocabulary.merges))
+    added = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
+             "pad": writer.add_pad_token_id, "unk": writer.add_unk_token_id,
+             "sep": writer.add_sep_token_id, "mask": writer.add_mask_token_id}
+    for role, add in added.items():
+        if role in roles:
+            add(roles[role])
+
+
+def wordpiece_normalizer(vocabulary: Vocabulary) -> tuple[bool, bool]:
+    """(lowercase, strip accents) as transformers' BertTokenizer reads tokenizer_config.json:
+    lowercasing strips accents too unless ``strip_accents`` says otherwise."""
+    settings = vocabulary.settings()
+    lowercase = bool(settings.get("do_lower_case", True))
+    strip = settings.get("strip_accents")
+    return lowercase, bool(lowercase if strip is None else strip)
 
 
 def _vocabulary(gguf, reader, path: Path) -> Vocabulary | None:
@@ -122,8 +157,11 @@ def _vocabulary(gguf, reader, path: Path) -> Vocabulary | None:
     if "tokenizer.ggml.tokens" not in fields:
         return None
     values = _fields(gguf, reader, path)
-    if values.get("tokenizer.ggml.model") != "gpt2":
-        raise CheckpointError(f"{path}: the GGUF tokenizer is not GPT-2's BPE")
+    model = values.get("tokenizer.ggml.model")
+    if model not in ("gpt2", "bert"):
+        raise CheckpointError(f"{path}: the GGUF tokenizer is llama.cpp's {model!r}; gpt2port "
+                              "reads its 'gpt2' (byte-level BPE) and 'bert' (WordPiece) ones",
+                              hint="pass the model's tokenizer with --tokenizer PATH|REPO")
 
     def array(key: str) -> list:
         found = fields.get(key)
@@ -133,15 +171,36 @@ def _vocabulary(gguf, reader, path: Path) -> Vocabulary | None:
     types = [int(part[0]) for part in array("tokenizer.ggml.token_type")] or [
         gguf.TokenType.NORMAL] * len(tokens)
     merges = [bytes(part).decode(errors="replace") for part in array("tokenizer.ggml.merges")]
+    roles = {role: values[f"tokenizer.ggml.{key}_token_id"]
+             for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"),
+                               ("unk", "unknown"), ("sep", "seperator"), ("mask", "mask"))
+             if f"tokenizer.ggml.{key}_token_id" in values}
+    if model == "bert":
+        return _wordpiece(gguf, tokens, types, roles, values)
     kept = [i for i, kind in enumerate(types) if kind != gguf.TokenType.UNUSED]
     added = {i: (tokens[i], types[i] == gguf.TokenType.CONTROL) for i in kept
              if types[i] in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)
              and tokens[i] != END_OF_TEXT}
     vocab = {tokens[i]: i for i in kept if i not in added}
-    roles = {role: values[f"tokenizer.ggml.{key}_token_id"]
-             for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"))
-             if f"tokenizer.ggml.{key}_token_id" in values}
+    roles = {role: i for role, i in roles.items() if role in ("bos", "eos", "pad")}
     return from_bpe(vocab, merges, added, roles, str(path))
+
+
+def _wordpiece(gguf, tokens: list[str], types: list[int], roles: dict, values: dict
+               ) -> Vocabulary:
+    """llama.cpp's ``bert`` tokens back in WordPiece's spelling (``##`` on continuing pieces),
+    with transformers' files made from them; its start token is BERT's [CLS]."""
+    kept = [i for i, kind in enumerate(types) if kind != gguf.TokenType.UNUSED]
+    spelled = tuple(tokens[i] if types[i] == gguf.TokenType.CONTROL else
+                    tokens[i].removeprefix(PHANTOM_SPACE) if tokens[i].startswith(PHANTOM_SPACE)
+                    else "##" + tokens[i] for i in kept)
+    special = frozenset(i for i in kept if types[i] == gguf.TokenType.CONTROL)
+    roles = {("cls" if role == "bos" else role): i for role, i in roles.items()
+             if role != "eos" or i != roles.get("sep")}
+    vocabulary = Vocabulary(spelled, (), special, special, roles, "wordpiece")
+    normalizer = {key: bool(values.get(f"tokenizer.ggml.normalizer.{key}", True))
+                  for key in ("lowercase", "strip_accents")}
+    return replace(vocabulary, files=wordpiece_files(vocabulary, **normalizer))
 
 
 def _fields(gguf, reader, path: Path) -> dict:
@@ -217,7 +276,9 @@ class Gguf(Format):
     proof = ("llama.cpp (llama-cpp-python) runs the export: logits within 1.5e-3, same greedy "
              "tokens; the gguf package reads every tensor back")
     tokenizer = ("inside the file: every token with its type (control, user-defined), the "
-                 "merges, bos/eos/padding ids")
+                 "merges, bos/eos/padding ids (model `gpt2`); WordPiece as model `bert`; "
+                 "required (llama.cpp loads no GGUF without one: `--tokenizer` gives one); "
+                 "SentencePiece and other tokenizer.json models refused")
     folds_attention_scale = True  # llama.cpp's gpt2 graph scales by 1/sqrt(head width) only
     file_suffix = ".gguf"  # convert SRC model.gguf --to gguf: one file, as llama.cpp users expect
 
@@ -237,6 +298,22 @@ class Gguf(Format):
         config, tensors = _read(path, read)
         rows = tensors["token_embd.weight"].shape[0] if "token_embd.weight" in tensors else 0
         return Raw(str(path), tensors, config, extra={"vocab_size": rows})
+
+    def tokenizer_refusal(self, vocabulary: Vocabulary | None) -> str | None:
+        """llama.cpp refuses a GGUF without a tokenizer; it holds a byte-level BPE with GPT-2's
+        pre-tokenizer and BERT's WordPiece as their own libraries encode."""
+        if vocabulary is None:
+            return ("the checkpoint has no tokenizer, and llama.cpp refuses a GGUF without one "
+                    "(key not found in model: tokenizer.ggml.model)")
+        if vocabulary.kind == "wordpiece" and not vocabulary.settings().get(
+                "tokenize_chinese_chars", True):
+            return ("its WordPiece keeps Chinese characters together (tokenize_chinese_chars "
+                    "false), and llama.cpp's splits them: it would encode differently")
+        if vocabulary.kind not in ("bpe", "wordpiece"):
+            return (f"its tokenizer is {KINDS[vocabulary.kind]}, which gpt2port does not write "
+                    "into GGUF (llama.cpp's SentencePiece tokenizers need the model's scores "
+                    "and normalizer): llama.cpp would encode differently")
+        return None
 
     def read_vocabulary(self, path: Path) -> Vocabulary | None:
         path = path / FILENAME if path.is_dir() else path

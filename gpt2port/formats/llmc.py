@@ -253,6 +253,10 @@ class LlmC(Format):
             file.write(header.tobytes())
             file.writelines(tensor_bytes(tensors[name]) for name in order)
 
+    def keeps_tokenizer(self, vocabulary: Vocabulary) -> bool:
+        """llm.c keeps the tokens alone: the merges are rebuilt from GPT-2's layout."""
+        return vocabulary.is_gpt2_bpe
+
     def tokenizer_losses(self, vocabulary: Vocabulary) -> list[str]:
         special = [vocabulary.tokens[i] for i in vocabulary.extra if i in vocabulary.special]
         losses = []

@@ -217,6 +217,10 @@ class OpenAI(Format):
                                                 f'all_model_checkpoint_paths: "{PREFIX}"\n')
         write_bundle(destination / PREFIX, tensors)
 
+    def keeps_tokenizer(self, vocabulary: Vocabulary) -> bool:
+        """OpenAI's encoder.py runs a byte-level BPE only."""
+        return vocabulary.kind == "bpe"
+
     def tokenizer_losses(self, vocabulary: Vocabulary) -> list[str]:
         special = [vocabulary.tokens[i] for i in vocabulary.extra if i in vocabulary.special]
         return [f"encoder.json keeps {', '.join(special)} as added tokens, not marked special"

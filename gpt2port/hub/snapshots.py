@@ -32,13 +32,14 @@ from ..errors import (
 )
 from ..formats.huggingface import WEIGHTS_FILES
 from ..io.readers import read_json
+from ..text.vocabulary import HF_TOKENIZER_FILES
 
 CONFIG = "config.json"
 TOKENIZER = ("vocab.json", "merges.txt")
 OPTIONAL = ("generation_config.json",)
 # what other layouts keep beside their weights (the tokenizer in other names, their configs)
-OTHER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "encoder.json", "vocab.bpe", "hparams.json")
+OTHER_FILES = (*(name for name in HF_TOKENIZER_FILES if name not in TOKENIZER), "encoder.json",
+               "vocab.bpe", "hparams.json")
 # a file of one of these endings is a weights file --file may name
 WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 FORCE_HINT = "run again with --force to download it afresh"
@@ -100,6 +101,37 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
         remove_stale_partials(repo_id, cache_dir)
         raise
     return paths[weights] if filename else paths[weights].parent
+
+
+def download_tokenizer(repo_id: str, *, revision: str | None = None,
+                       cache_dir: str | Path | None = None, offline: bool = False) -> Path:
+    """Fetch a Hub repo's tokenizer files alone (and its config.json, which names special ids)
+    into the huggingface_hub cache; return the snapshot folder.
+
+    Raises:
+        OfflineError, NotFoundError, AccessError, NetworkError, IntegrityError, DiskFullError.
+    """
+    names = (*HF_TOKENIZER_FILES, CONFIG)
+    if offline or constants.is_offline_mode():
+        found = [try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision)
+                 for name in names]
+        found = [Path(path) for path in found if isinstance(path, str)]
+        if not found:
+            raise OfflineError(f"{repo_id}: no tokenizer of it in the cache, and offline mode "
+                               "is on", hint="run once with network access, or drop --offline")
+        return found[0].parent
+    with hub_errors(repo_id, revision=revision):
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+    siblings = {sibling.rfilename: sibling for sibling in info.siblings or ()}
+    present = [name for name in names if name in siblings and name != CONFIG]
+    if not present:
+        raise NotFoundError(f"{repo_id}@{info.sha}: no tokenizer files in the repository "
+                            f"(looked for {', '.join(HF_TOKENIZER_FILES)})",
+                            hint="name a repository or folder that holds its tokenizer")
+    phase("downloading")
+    paths = [_fetch(repo_id, revision or "main", siblings[name], cache_dir, False, None)
+             for name in (*present, *([CONFIG] if CONFIG in siblings else []))]
+    return paths[0].parent
 
 
 def _check_listing(repo_id: str, commit: str, siblings: dict, weights: str | None, *,

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from ..formats import Checkpoint
-from ..loading import model_from_checkpoint, open_checkpoint, resolve
+from ..loading import checkpoint_tokenizer, model_from_checkpoint, open_checkpoint, resolve
 from ..model import GPTModel
-from .figures import LogitFigures, logit_figures, text_ids
+from ..text.encoders import Tokenizer
+from .figures import LogitFigures, checked_text, drawn_ids, logit_figures, text_ids
 
 LARGEST = 5  # the differing tensors a report names
 TRAINING_ONLY = ("dropout_rate",)  # config keys that do not change what a model computes
@@ -88,19 +89,24 @@ class Comparison:
 def compare(a: str | Path, b: str | Path, *, text: str | None = None,
             revision: str | None = None, filename: str | None = None,
             other_revision: str | None = None, other_filename: str | None = None,
-            cache_dir: str | Path | None = None, offline: bool = False) -> Comparison:
+            cache_dir: str | Path | None = None, offline: bool = False,
+            tokenizer: str | Path | Tokenizer | None = None) -> Comparison:
     """Compare two checkpoints (presets, Hub ids, folders, files; any formats and dtypes):
     configs, tensors under the model's names, and logits over ``text`` (default: a short text
     shipped with gpt2port), in windows of the context length. Each is resolved as
     ``load_pretrained`` resolves it: ``revision`` and ``filename`` pick what ``a`` names,
-    ``other_revision`` and ``other_filename`` what ``b`` names.
+    ``other_revision`` and ``other_filename`` what ``b`` names. The text is encoded by
+    ``tokenizer`` (as ``load_tokenizer`` takes it), else by the first checkpoint's own (or the
+    second's); with neither and a vocabulary that is not GPT-2's, ids drawn across the
+    vocabulary are compared instead of the shipped sample, and a given text is refused.
 
     Raises:
         ConfigError: for a text too short to score, or a name that is not text or a path.
+        TokenizerError: for a text and no tokenizer to encode it with.
         CheckpointError: for files that are missing, malformed or do not fit the model.
         DownloadError: when the Hub cannot be reached or refuses.
     """
-    encoded = text_ids(text)  # an unusable text is refused before anything is loaded
+    checked_text(text)  # an unusable text is refused before anything is loaded
     found = []
     for name, picked, file in ((a, revision, filename), (b, other_revision, other_filename)):
         checkpoint = open_checkpoint(resolve(name, revision=picked, filename=file,
@@ -113,10 +119,23 @@ def compare(a: str | Path, b: str | Path, *, text: str | None = None,
     if _same_shape(model_a, model_b):
         context = min(model_a.config["context_length"], model_b.config["context_length"])
         vocabulary = min(model_a.config["vocab_size"], model_b.config["vocab_size"])
-        result.logits = logit_figures(_logits_of(model_a), _logits_of(model_b),
-                                      [token % vocabulary for token in encoded], context,
-                                      vocabulary)
+        ids, from_text = _scored_ids(left, right, text, tokenizer)
+        result.logits = logit_figures(_logits_of(model_a), _logits_of(model_b), ids, context,
+                                      vocabulary, from_text=from_text)
     return result
+
+
+def _scored_ids(left: Checkpoint, right: Checkpoint, text: str | None,
+                tokenizer: str | Path | Tokenizer | None) -> tuple[list[int], bool]:
+    """The ids to score both models on, and whether they are a text's (perplexity means
+    something): ``text`` by the first tokenizer found, else ids drawn across the vocabulary."""
+    for checkpoint in (left, right):
+        found = checkpoint_tokenizer(checkpoint, tokenizer=tokenizer)
+        if found is not None:
+            return text_ids(text, found, checkpoint.config, checkpoint.origin), True
+    if text is not None:
+        text_ids(text, None, left.config, left.origin)  # refused: no tokenizer
+    return drawn_ids(left.config), False
 
 
 def _compare_configs(result: Comparison, left: Checkpoint, right: Checkpoint, config_a: dict,

@@ -10,46 +10,74 @@ from importlib import resources
 import torch
 
 from ..console.progress import progress
-from ..errors import ConfigError
-from ..loading import load_tokenizer
+from ..errors import ConfigError, TokenizerError
+from ..text.encoders import Tokenizer
 
-# "The dog was found in a field near the town of": the fixed prompt every check runs.
+# "The dog was found in a field near the town of": the fixed prompt every check runs, as GPT-2's
+# tokenizer encodes it
+PROMPT_TEXT = "The dog was found in a field near the town of"
 PROMPT = (464, 3290, 373, 1043, 287, 257, 2214, 1474, 262, 16246, 286, 2688)
 RELATIVE_TOLERANCE = 1e-4  # of the largest reference logit (at least 1): fp32 rounding, not bugs
 SAMPLE_TEXT = resources.files("gpt2port") / "data" / "sample.txt"  # public domain, ~1,400 tokens
 
 
-def prompt_for(config: dict) -> list[int]:
-    """The fixed prompt, folded into a small test vocabulary and context if need be."""
-    return [token % config["vocab_size"] for token in PROMPT][: config["context_length"]]
+def prompt_for(config: dict, tokenizer: Tokenizer | None = None) -> list[int]:
+    """The fixed prompt as the model's ids: its text by the model's tokenizer; without one,
+    GPT-2's ids where the model has them, else ids spread evenly over its vocabulary (a model
+    with no text: a small test model); never more than its context."""
+    vocabulary, context = config["vocab_size"], config["context_length"]
+    ids = tokenizer.encode(PROMPT_TEXT) if tokenizer is not None else list(PROMPT)
+    if max(ids, default=0) >= vocabulary or len(ids) < 2:
+        ids = [round(i * (vocabulary - 1) / (len(PROMPT) - 1)) for i in range(len(PROMPT))]
+    return ids[:context]
 
 
-def token_ids(text: str | None, vocabulary: int) -> list[int]:
-    """``text`` (default: the shipped sample) as GPT-2's tokenizer encodes it, folded into the
-    smaller vocabulary of test models.
+def drawn_ids(config: dict, count: int = 1024) -> list[int]:
+    """``count`` ids drawn (seeded) across the model's vocabulary: what is compared for a model
+    that has no tokenizer to encode a text with."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(config["vocab_size"], (count,), generator=generator).tolist()
+
+
+def checked_text(text: object) -> str:
+    """``text``, or the shipped sample for None.
 
     Raises:
-        ConfigError: as ``text_ids``.
-    """
-    return [token % vocabulary for token in text_ids(text)]
-
-
-def text_ids(text: str | None) -> list[int]:
-    """``text`` (default: the shipped sample) as GPT-2's tokenizer encodes it.
-
-    Raises:
-        ConfigError: for a text that is not a string, or one too short to score (one token
-            predicts the next: two are needed).
+        ConfigError: for a text that is not a string.
     """
     if text is not None and not isinstance(text, str):
         raise ConfigError(f"text: a string is needed, got {type(text).__name__}",
                           hint="read the file first, or leave text out for the shipped sample")
-    text = SAMPLE_TEXT.read_text(encoding="utf-8") if text is None else text
-    ids = load_tokenizer().encode(text, disallowed_special=())
+    return SAMPLE_TEXT.read_text(encoding="utf-8") if text is None else text
+
+
+def text_ids(text: str | None, tokenizer: Tokenizer | None, config: dict, origin: str
+             ) -> list[int]:
+    """``text`` (default: the shipped sample) as the model's tokenizer encodes it.
+
+    Raises:
+        ConfigError: for a text that is not a string, or one too short to score (one token
+            predicts the next: two are needed).
+        TokenizerError: for a model with no tokenizer (and a vocabulary not GPT-2's), or one
+            whose ids the model does not have.
+    """
+    text = checked_text(text)
+    if tokenizer is None:
+        raise TokenizerError(f"{origin}: no tokenizer, and its vocabulary ({config['vocab_size']} "
+                             "tokens) is not GPT-2's: text cannot be turned into its ids",
+                             hint="pass the model's tokenizer (--tokenizer PATH|REPO, "
+                             "tokenizer=); without a text, ids spread over the vocabulary are "
+                             "compared")
+    ids = tokenizer.encode(text)
     if len(ids) < 2:
         raise ConfigError(f"text {text[:20]!r} encodes to {len(ids)} token(s); scoring needs "
                           "at least two (one predicts the next)",
                           hint="give a longer text, or leave text out for the shipped sample")
+    if max(ids) >= config["vocab_size"]:
+        raise TokenizerError(f"{origin}: the text encodes to id {max(ids)}, and the model's "
+                             f"vocabulary is {config['vocab_size']}",
+                             hint="pass the model's own tokenizer (--tokenizer PATH|REPO, "
+                             "tokenizer=)")
     return ids
 
 
@@ -82,10 +110,11 @@ class LogitFigures:
                                                 f"{self.perplexity_second:.4g}"))
 
 
-def logit_figures(first, second, ids: list[int], context: int, vocabulary: int
-                  ) -> LogitFigures:
+def logit_figures(first, second, ids: list[int], context: int, vocabulary: int, *,
+                  from_text: bool = True) -> LogitFigures:
     """The figures of two logit functions (ids -> [T, V]) over ``ids`` in windows of
-    ``context`` tokens, each position scored on the next id."""
+    ``context`` tokens, each position scored on the next id (perplexity only for ids of a
+    text: drawn ids have none worth printing)."""
     starts = range(0, max(len(ids) - 1, 1), context)
     figures, kl_sum, agree = LogitFigures(windows=len(starts)), 0.0, 0
     nll = [0.0, 0.0]
@@ -105,7 +134,8 @@ def logit_figures(first, second, ids: list[int], context: int, vocabulary: int
             figures.tokens += len(window)
             targets = torch.tensor(ids[start + 1:start + len(window) + 1])
             rows = torch.arange(len(targets))
-            if len(targets) and int(targets.max()) < one.shape[-1]:  # not a classifier's scores
+            if from_text and len(targets) and int(targets.max()) < one.shape[-1]:  # (not a
+                # classifier's scores)
                 nll[0] -= float(log_one[rows, targets].sum())
                 nll[1] -= float(log_other[rows, targets].sum())
             else:

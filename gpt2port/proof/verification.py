@@ -18,9 +18,17 @@ from ..errors import ConfigError, VerificationError
 from ..formats import Format, recognise
 from ..formats.huggingface import CLASSES
 from ..io.pages import MappedFiles, released_as_used
-from ..loading import model_from_checkpoint, open_checkpoint, resolve
+from ..loading import checkpoint_tokenizer, model_from_checkpoint, open_checkpoint, resolve
 from ..model import GPTModel
-from .figures import RELATIVE_TOLERANCE, LogitFigures, logit_figures, prompt_for, token_ids
+from ..text.encoders import Tokenizer
+from .figures import (
+    RELATIVE_TOLERANCE,
+    LogitFigures,
+    checked_text,
+    logit_figures,
+    prompt_for,
+    text_ids,
+)
 from .reference import forward, reference_logits
 
 
@@ -125,8 +133,8 @@ def choose_reference(reference: str, path: Path, source_format: Format) -> str:
 
 def verify(name_or_path: str | Path, *, revision: str | None = None,
            filename: str | None = None, cache_dir: str | Path | None = None,
-           offline: bool = False, reference: str = "auto", text: str | None = None
-           ) -> Verification:
+           offline: bool = False, reference: str = "auto", text: str | None = None,
+           tokenizer: str | Path | Tokenizer | None = None) -> Verification:
     """What ``gpt2port verify`` does: load a preset, Hub repo id, folder or file in fp32 and
     compare its logits with a reference reading of the same files (a preset's known greedy
     answer too); ``result.passed`` says whether all of it held, ``result.report()`` prints it.
@@ -140,14 +148,19 @@ def verify(name_or_path: str | Path, *, revision: str | None = None,
     """
     folder = resolve(name_or_path, revision=revision, cache_dir=cache_dir, offline=offline,
                      filename=filename)
-    model = model_from_checkpoint(open_checkpoint(folder), dtype=torch.float32)
+    checked_text(text)
+    checkpoint = open_checkpoint(folder)
+    model = model_from_checkpoint(checkpoint, dtype=torch.float32)
     known = hub_source(str(name_or_path), revision).known_greedy if filename is None else None
-    return verify_model(model, folder, reference=reference, known_greedy=known, text=text)
+    return verify_model(model, folder, reference=reference, known_greedy=known, text=text,
+                        tokenizer=checkpoint_tokenizer(checkpoint, tokenizer=tokenizer))
 
 
 def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
-                 known_greedy: tuple | None = None, text: str | None = None) -> Verification:
-    """Compare ``model`` (loaded from ``folder``) with a reference reading of the same files.
+                 known_greedy: tuple | None = None, text: str | None = None,
+                 tokenizer: Tokenizer | None = None) -> Verification:
+    """Compare ``model`` (loaded from ``folder``) with a reference reading of the same files,
+    on the fixed prompt as ``tokenizer`` (the model's) encodes it (``figures.prompt_for``).
 
     ``known_greedy`` = (prompt ids, expected ids) adds a greedy-decoding check; ``text`` adds
     the logit figures over that text (``figures.LogitFigures``), in windows of the context.
@@ -160,9 +173,13 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
     if reference not in REFERENCES:
         raise ConfigError(f"reference {reference!r}: not one gpt2port knows",
                           hint=f"use one of {', '.join(REFERENCES)}")
+    if text is not None and is_classifier(model.config):
+        raise ConfigError(f"{folder}: --text compares next-token logits, and this model is "
+                          f"{TASKS[model.config['task']]}", hint="verify it without --text")
+    scored = text_ids(text, tokenizer, model.config, str(folder)) if text is not None else None
     source_format = recognise(Path(folder))
     reference = choose_reference(reference, folder, source_format)
-    ids = prompt_for(model.config)
+    ids = prompt_for(model.config, tokenizer)
     device = next(model.parameters()).device
     # one model in memory at a time: ours runs first, handing its file's pages back as it goes
     # (a memory-mapped model reads them again when next used), then the reference
@@ -198,18 +215,15 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
     )
     if known_greedy is not None:
         result.greedy_expected, result.greedy_found = list(known_greedy[1]), found
-    if text is not None:
-        result.over_text = _over_text(model, Path(folder), reference, source_format, text)
+    if scored is not None:
+        result.over_text = _over_text(model, Path(folder), reference, source_format, scored)
     return result
 
 
 def _over_text(model: GPTModel, folder: Path, reference: str, source_format: Format,
-               text: str):
-    """Our logits against the reference's over ``text``, window by window."""
+               ids: list[int]):
+    """Our logits against the reference's over a text's ``ids``, window by window."""
     config = model.config
-    if is_classifier(config):
-        raise ConfigError(f"{folder}: --text compares next-token logits, and this model is "
-                          f"{TASKS[config['task']]}", hint="verify it without --text")
     device = next(model.parameters()).device
 
     def ours(window: list[int]) -> torch.Tensor:
@@ -225,5 +239,4 @@ def _over_text(model: GPTModel, folder: Path, reference: str, source_format: For
         def theirs(window: list[int]) -> np.ndarray:
             return forward(arrays, reference_config, window)
 
-    return logit_figures(ours, theirs, token_ids(text, config["vocab_size"]),
-                         config["context_length"], config["vocab_size"])
+    return logit_figures(ours, theirs, ids, config["context_length"], config["vocab_size"])
