@@ -161,21 +161,20 @@ def tokenizer_plan(vocabulary: Vocabulary | None, config: dict, target: Format
     rows = config["padded_vocab_size"]
     said = []
     if vocabulary is not None and len(vocabulary) > rows:
-        said = [f"tokenizer: not written: it has {len(vocabulary)} tokens and the model {rows} "
-                "embedding rows, so it does not describe this model's ids"]
+        said = [(f"tokenizer: not written: it has {len(vocabulary)} tokens and the model "
+                 f"{rows} embedding rows, so it does not describe this model's ids")]
         vocabulary = None
     refusal = target.tokenizer_refusal(vocabulary)
     if refusal is not None:
         raise ConfigError(f"cannot convert to {target.name}: {refusal}",
                           hint=TOKENIZER_HINT if vocabulary is None else KEPT_HINT)
     if vocabulary is None:
-        return None, said or [f"tokenizer: the source has none, so the {target.name} export "
-                              "has none"]
+        return None, said or [f"tokenizer: the source has none, so the {target.name} export has none"]
     if not target.keeps_tokenizer(vocabulary):
         kind = (KINDS[vocabulary.kind] if vocabulary.kind != "bpe" else
                 "a byte-level BPE whose ids are not in GPT-2's merge order")
-        return None, [f"tokenizer: left out: {target.name} holds only GPT-2's byte-level BPE, "
-                      f"and this one is {kind}"]
+        return None, [(f"tokenizer: left out: {target.name} holds only GPT-2's byte-level BPE, "
+                       f"and this one is {kind}")]
     return vocabulary, [f"tokenizer: {loss}" for loss in target.tokenizer_losses(vocabulary)]
 
 

@@ -16,6 +16,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 TINY = {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64, "vocab_size": 512,
         "bos_token_id": 511, "eos_token_id": 511, "initializer_range": 0.2}
+# GPT-2's own tokenizer files, shipped in the package (OpenAI's, MIT)
+GPT2_FILES = Path(__file__).resolve().parents[1] / "gpt2port" / "data"
+GPT2_VOCAB = json.loads((GPT2_FILES / "vocab.json").read_text(encoding="utf-8"))
+GPT2_MERGES = (GPT2_FILES / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
 LAYOUTS = ("hub", "prefixed", "explicit_tied_head", "untied_head", "fp16", "bf16", "sharded",
            "pytorch_bin")
 
@@ -43,12 +47,27 @@ def hub_state_dict(model: GPT2LMHeadModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_hub_layout(model: GPT2LMHeadModel, folder: Path) -> Path:
-    """A folder like the Hub's snapshot of openai-community/gpt2 (weights and config)."""
+def write_hub_layout(model: GPT2LMHeadModel, folder: Path, *, tokenizer: bool = True) -> Path:
+    """A folder like the Hub's snapshot of openai-community/gpt2 (weights, config and, where
+    ``tokenizer``, GPT-2's tokenizer cut to the model's vocabulary)."""
     folder.mkdir(parents=True, exist_ok=True)
     model.config.to_json_file(folder / "config.json")
     save_file(hub_state_dict(model), folder / "model.safetensors", metadata={"format": "pt"})
+    if tokenizer and 257 <= model.config.vocab_size <= len(GPT2_VOCAB):
+        write_gpt2_tokenizer(folder, model.config.vocab_size)
     return folder
+
+
+def write_gpt2_tokenizer(folder: Path, size: int) -> None:
+    """GPT-2's own vocab.json + merges.txt cut to ``size`` tokens: its 256 bytes, its first
+    ``size - 257`` merges (each builds on earlier tokens only) and <|endoftext|> last, as
+    transformers' GPT2Tokenizer reads them."""
+    merges = GPT2_MERGES[:size - 257]
+    vocab = {token: i for token, i in GPT2_VOCAB.items() if i < size - 1}
+    vocab["<|endoftext|>"] = size - 1
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n",
+                                       encoding="utf-8")
 
 
 def write_layout(layout: str, folder: Path, seed: int = 0, **config) -> Path:

@@ -52,7 +52,7 @@ def test_the_fine_tune_loads_verifies_and_its_tokenizer_has_the_added_tokens(fin
     assert verify_model(model, folder).passed
     ours = load_tokenizer(folder)
     assert ours.n_vocab == 50261
-    assert ours.encode(TEXT, allowed_special="all") == ids
+    assert ours.encode(TEXT) == ids
 
 
 def test_gguf_holds_every_token_and_llama_cpp_tokenizes_like_transformers(fine_tune, tmp_path):
@@ -71,7 +71,7 @@ def test_gguf_holds_every_token_and_llama_cpp_tokenizes_like_transformers(fine_t
     assert types[50260] == gguf.TokenType.USER_DEFINED and types[3290] == gguf.TokenType.NORMAL
     pad_field = fields["tokenizer.ggml.padding_token_id"]
     assert int(pad_field.parts[pad_field.data[0]][0]) == pad
-    assert load_tokenizer(written).encode(TEXT, allowed_special="all") == ids
+    assert load_tokenizer(written).encode(TEXT) == ids
 
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python did not build")
     llama = llama_cpp.Llama(str(written), vocab_only=True, verbose=False)
@@ -95,14 +95,14 @@ def test_openai_encoder_json_holds_the_added_tokens_and_says_what_it_loses(fine_
     encoder = json.loads((exported / "encoder.json").read_text())
     assert len(encoder) == 50261 and encoder["covidvaccine"] == 50260
     assert any("not marked special" in s for s in said)
-    assert load_tokenizer(exported).encode(TEXT, allowed_special="all") == ids
+    assert load_tokenizer(exported).encode(TEXT) == ids
 
 
 def test_llmc_tokenizer_file_round_trips_the_added_tokens(fine_tune, tmp_path):
     folder, ids, _ = fine_tune
     exported, said = quietly_convert(folder, tmp_path / "llmc", to="llmc")
     assert any("no padding id" in s for s in said)
-    assert load_tokenizer(exported).encode(TEXT, allowed_special="all") == ids
+    assert load_tokenizer(exported).encode(TEXT) == ids
 
 
 def test_a_tokenizer_bigger_than_the_model_is_left_out_and_said(tmp_path):

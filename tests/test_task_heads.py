@@ -46,7 +46,7 @@ def saved(request, tmp_path_factory):
 
 
 def test_the_head_computes_what_transformers_computes(saved):
-    kind, folder, theirs = saved
+    _, folder, theirs = saved
     ours = load_pretrained(folder)
     assert ours.config["output_bias"] and ours.config["task"] != "language_model"
     with torch.no_grad():
@@ -88,7 +88,7 @@ def test_formats_without_the_head_refuse_by_what_it_is(saved, to, tmp_path):
 
 
 def test_generate_and_text_checks_refuse_what_is_not_a_language_model(saved):
-    kind, folder, _ = saved
+    _, folder, _ = saved
     model = load_pretrained(folder)
     with pytest.raises(ConfigError, match="does not predict tokens") as refused:
         generate(model, IDS[:1, :4], 3)
@@ -99,7 +99,7 @@ def test_generate_and_text_checks_refuse_what_is_not_a_language_model(saved):
 
 
 def test_a_token_classifier_without_architectures_is_told_by_its_tensors(saved, tmp_path):
-    kind, folder, theirs = saved
+    _, folder, theirs = saved
     copy = tmp_path / "copy"
     copy.mkdir()
     for path in folder.iterdir():

@@ -23,11 +23,12 @@ EXTRA_HINT = "pip install 'gpt2port[tokenizers]'"
 
 class Tokenizer:
     """``encode(text)`` -> ids, ``decode(ids)`` -> text, the special tokens' ids by role
-    (``bos_token_id``, ``eos_token_id``, ``pad_token_id``...) and ``vocabulary``, the tokens."""
+    (``bos_token_id``, ``eos_token_id``, ``pad_token_id``...) and ``vocabulary``, the tokens;
+    ``encoding``: the tiktoken ``Encoding`` where tiktoken runs it, else None."""
 
     def __init__(self, vocabulary: Vocabulary, encode: Callable[[str, bool], list[int]],
-                 decode: Callable[[list[int]], str], runs_in: str):
-        self.vocabulary = vocabulary
+                 decode: Callable[[list[int]], str], runs_in: str, encoding=None):
+        self.vocabulary, self.encoding = vocabulary, encoding
         self._encode, self._decode = encode, decode
         self.runs_in = runs_in  # the library that encodes, in words
 
@@ -113,7 +114,7 @@ def _tiktoken(vocabulary: Vocabulary, origin: str) -> Tokenizer:
     def decode(ids: list[int]) -> str:
         return found.decode(ids)
 
-    return Tokenizer(vocabulary, encode, decode, "tiktoken")
+    return Tokenizer(vocabulary, encode, decode, "tiktoken", found)
 
 
 def _library(name: str, vocabulary: Vocabulary, origin: str):
