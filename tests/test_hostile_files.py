@@ -15,11 +15,13 @@ from checkpoints import reference_model, write_layout
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from other_projects import write_llmc_model, write_nanogpt_checkpoint
+from trained_tokenizers import model_with_tokenizer
 
 from gpt2port import Gpt2portError, load_pretrained
 from gpt2port.conversion import convert
 from gpt2port.loading import model_from_checkpoint, open_checkpoint
-from gpt2port.text.tokenizer import BUNDLED, encoding
+from gpt2port.text.encoders import tokenizer_for
+from gpt2port.text.tokenizer import BUNDLED
 from gpt2port.text.vocabulary import Vocabulary, read_folder, write_hf_files
 
 EXAMPLES = 400  # per reader; the closing note of issue 6 reports these counts
@@ -77,8 +79,7 @@ def load_or_our_error(folder):
             checkpoint = open_checkpoint(folder)
             vocabulary = checkpoint.format.read_vocabulary(folder)
             if vocabulary is not None:
-                encoding(vocabulary, str(folder)).encode("Hello <|pad|> world",
-                                                         allowed_special="all")
+                tokenizer_for(vocabulary, str(folder)).encode("Hello <|pad|> world [SEP] </s>")
             model = model_from_checkpoint(checkpoint)
         except Gpt2portError as error:
             assert str(error)  # a message a person can read
@@ -105,7 +106,13 @@ def sources(tmp_path_factory):
     with_tokenizer = write_layout("hub", root / "tokenized")
     write_hf_files(small_vocabulary(), with_tokenizer, 64)
     reference = reference_model(activation_function="gelu")
+    wordpiece = model_with_tokenizer("wordpiece", root / "wordpiece")
     return {
+        "wordpiece_vocab": (wordpiece, "vocab.txt"),
+        "gguf_wordpiece": (convert(wordpiece, root / "gguf-wordpiece", to="gguf"), "model.gguf"),
+        "sentencepiece_model": (model_with_tokenizer("sentencepiece", root / "spm"),
+                                "spiece.model"),
+        "bpe_of_its_own": (model_with_tokenizer("byte-level-bpe", root / "bpe"), "merges.txt"),
         "tlens_pth": (convert(hub, root / "tlens", to="tlens"), "model.pth"),
         "tokenizer_json": (with_tokenizer, "tokenizer.json"),
         "gguf_tokenizer": (convert(with_tokenizer, root / "gguf-tok", to="gguf"), "model.gguf"),
@@ -136,7 +143,8 @@ def valid(tmp_path_factory):
                                     "tf_bundle_data", "gguf", "config_json", "hparams_json",
                                     "sharded_index", "book_pth", "nanogpt_ckpt", "llmc_bin",
                                     "tlens_pth", "tokenizer_json", "gguf_tokenizer",
-                                    "llmc_tokenizer"])
+                                    "llmc_tokenizer", "wordpiece_vocab", "gguf_wordpiece",
+                                    "sentencepiece_model", "bpe_of_its_own"])
 def test_mutated_files_give_our_error_or_a_correct_load(reader, valid, tmp_path):
     folder, name = valid[reader]
     original = (folder / name).read_bytes()

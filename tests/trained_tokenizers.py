@@ -25,13 +25,13 @@ def _config(folder: Path, **values) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(values, ensure_ascii=False))
 
 
-def wordpiece(folder: Path, *, lowercase: bool = True) -> Path:
+def wordpiece(folder: Path, *, lowercase: bool = True, size: int = 500) -> Path:
     """BERT's WordPiece as the Chinese GPT-2s hold it: vocab.txt, BertTokenizer."""
     from tokenizers import BertWordPieceTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     trainer = BertWordPieceTokenizer(lowercase=lowercase)
-    trainer.train_from_iterator(CORPUS, vocab_size=600, min_frequency=1)
+    trainer.train_from_iterator(CORPUS, vocab_size=size, min_frequency=1)
     vocab = sorted(trainer.get_vocab().items(), key=lambda item: item[1])
     (folder / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab),
                                       encoding="utf-8")
@@ -41,34 +41,65 @@ def wordpiece(folder: Path, *, lowercase: bool = True) -> Path:
     return folder
 
 
-def sentencepiece(folder: Path, *, model_type: str = "unigram") -> Path:
+def sentencepiece(folder: Path, *, size: int = 300) -> Path:
     """A SentencePiece model as the Japanese GPT-2s hold it: spiece.model, T5Tokenizer, no
     extra ids; T5's special ids (pad 0, eos 1, unk 2), which transformers' T5 tokenizer
-    assumes."""
+    assumes. A unigram model, as theirs are (transformers 5 reads any spiece.model as unigram,
+    so a BPE one with byte fallback encodes differently there than in sentencepiece)."""
     import sentencepiece as spm
 
     folder.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=model, vocab_size=300,
-        model_type=model_type, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        byte_fallback=model_type == "bpe", minloglevel=2)
+        sentence_iterator=iter(CORPUS), model_writer=model, vocab_size=size,
+        model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        minloglevel=2)
     (folder / "spiece.model").write_bytes(model.getvalue())
     _config(folder, tokenizer_class="T5Tokenizer", extra_ids=0, eos_token="</s>",
             unk_token="<unk>", pad_token="<pad>")
     return folder
 
 
-def byte_level_bpe(folder: Path) -> Path:
+def byte_level_bpe(folder: Path, *, size: int = 500) -> Path:
     """A byte-level BPE of its own as the German, Italian and Russian GPT-2s hold it:
     vocab.json + merges.txt trained by the tokenizers library (<|endoftext|> first, id 0)."""
     from tokenizers import ByteLevelBPETokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     trainer = ByteLevelBPETokenizer()
-    trainer.train_from_iterator(CORPUS, vocab_size=700, min_frequency=2,
+    trainer.train_from_iterator(CORPUS, vocab_size=size, min_frequency=2,
                                 special_tokens=["<|endoftext|>"])
     trainer.save_model(str(folder))
     _config(folder, tokenizer_class="GPT2Tokenizer", bos_token="<|endoftext|>",
             eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    return folder
+
+
+KINDS = {"wordpiece": wordpiece, "wordpiece-cased": lambda folder: wordpiece(folder,
+                                                                            lowercase=False),
+         "sentencepiece": sentencepiece,
+         "byte-level-bpe": byte_level_bpe}
+
+
+def model_with_tokenizer(kind: str, folder: Path, seed: int = 0) -> Path:
+    """A Hub-layout checkpoint (every tensor random) whose vocabulary is a trained tokenizer of
+    ``kind``, its files beside the weights, its config naming the tokenizer's special ids."""
+    import torch
+    from checkpoints import reference_model, write_hub_layout
+    from transformers import AutoTokenizer
+
+    tokenizer_folder = KINDS[kind](folder.parent / f"{folder.name}-tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else (
+        tokenizer.cls_token_id)
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else (
+        tokenizer.sep_token_id)
+    model = reference_model(seed, vocab_size=len(tokenizer), bos_token_id=start,
+                            eos_token_id=end)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    write_hub_layout(model, folder, tokenizer=False)
+    for path in tokenizer_folder.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
     return folder

@@ -19,6 +19,7 @@ from .tokenizer import encoding
 from .vocabulary import KINDS, SENTENCEPIECE_FILES, TOKENIZER_JSON, Vocabulary
 
 EXTRA_HINT = "pip install 'gpt2port[tokenizers]'"
+DAMAGED = "the tokenizer files are damaged; use the model's own"
 
 
 class Tokenizer:
@@ -138,15 +139,19 @@ def _hugging_face(vocabulary: Vocabulary, origin: str) -> Tokenizer:
             found = _byte_level_bpe(tokenizers, vocabulary)
     except Exception as error:  # noqa: BLE001 - tokenizers raises its own exception types
         raise TokenizerError(f"{origin}: the tokenizers library cannot build its tokenizer "
-                             f"({str(error)[:200]})",
-                             hint="the tokenizer files are damaged; use the model's own") from None
-    found.add_tokens([tokenizers.AddedToken(vocabulary.tokens[i], special=i in vocabulary.special,
-                                            normalized=i not in vocabulary.special)
-                      for i in sorted(vocabulary.added) if found.token_to_id(
-                          vocabulary.tokens[i]) is None])
+                             f"({str(error)[:200]})", hint=DAMAGED) from None
+    # special tokens are matched whole in a text (BERT's [UNK], [SEP] are vocabulary tokens)
+    found.add_special_tokens([vocabulary.tokens[i] for i in sorted(vocabulary.special)])
+    found.add_tokens([tokenizers.AddedToken(vocabulary.tokens[i], normalized=True)
+                      for i in sorted(vocabulary.added - vocabulary.special)
+                      if found.token_to_id(vocabulary.tokens[i]) is None])
 
     def encode(text: str, wrapped: bool) -> list[int]:
-        return found.encode(text, add_special_tokens=wrapped).ids
+        try:
+            return found.encode(text, add_special_tokens=wrapped).ids
+        except Exception as error:  # noqa: BLE001 - tokenizers raises its own exception types
+            raise TokenizerError(f"{origin}: the tokenizer cannot encode the text "
+                                 f"({str(error)[:200]})", hint=DAMAGED) from None
 
     def decode(ids: list[int]) -> str:
         return found.decode(ids, skip_special_tokens=False)
@@ -156,7 +161,7 @@ def _hugging_face(vocabulary: Vocabulary, origin: str) -> Tokenizer:
 
 def _byte_level_bpe(tokenizers, vocabulary: Vocabulary):
     """A byte-level BPE from its tokens and merges, as transformers' GPT-2 converter builds it."""
-    vocab = {token: i for i, token in enumerate(vocabulary.tokens) if i not in vocabulary.added}
+    vocab = {token: i for i, token in enumerate(vocabulary.tokens)}  # added ones keep their ids
     merges = [tuple(merge.split(" ")) for merge in vocabulary.merges]
     found = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, merges, fuse_unk=False))
     found.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -171,6 +176,8 @@ def _wordpiece(tokenizers, vocabulary: Vocabulary):
     settings, roles = vocabulary.settings(), vocabulary.roles
     vocab = {token: i for i, token in enumerate(vocabulary.tokens)}
     unk = vocabulary.tokens[roles["unk"]] if "unk" in roles else "[UNK]"
+    if unk not in vocab:
+        raise ValueError(f"its unknown token {unk!r} is not in vocab.txt")
     found = tokenizers.Tokenizer(tokenizers.models.WordPiece(vocab, unk_token=unk))
     found.normalizer = tokenizers.normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=settings.get("tokenize_chinese_chars", True),

@@ -228,11 +228,11 @@ def sentencepiece_pieces(path: Path) -> list[str]:
     processor = sentencepiece.SentencePieceProcessor()
     try:
         processor.LoadFromSerializedProto(path.read_bytes())
-    except (OSError, RuntimeError) as error:
+        return [processor.IdToPiece(i) for i in range(processor.GetPieceSize())]
+    except (OSError, RuntimeError, UnicodeDecodeError) as error:
         raise TokenizerError(f"{path}: not a SentencePiece model the sentencepiece package reads "
                              f"({str(error).splitlines()[0] if str(error) else type(error).__name__})",
                              hint="the file is damaged; use the model's own") from None
-    return [processor.IdToPiece(i) for i in range(processor.GetPieceSize())]
 
 
 def _whole_vocabulary(folder: Path, kind: str, tokens: list[str]) -> Vocabulary:
