@@ -356,9 +356,9 @@ def given_vocabulary(name_or_path: str | Path | Tokenizer | None, *,
     """
     if isinstance(name_or_path, Tokenizer):
         return name_or_path.vocabulary, "the given tokenizer"
-    if name_or_path is None or name_or_path in PRESETS:
+    if name_or_path is None or checked_name(name_or_path, "tokenizer") in PRESETS:
         return read_folder(BUNDLED), "GPT-2's tokenizer"
-    path = Path(checked_name(name_or_path, "tokenizer"))
+    path = Path(name_or_path)
     if not _exists(path):
         from .hub import snapshots as hub  # imported here: a local load needs no network stack
 

@@ -163,10 +163,11 @@ def test_loading_given_anything(worker, name, dtype, device):
     ["'numpy'", "'tf'", "None", "5"]), which=st.sampled_from(["compare", "verify", "tokenizer",
                                                               "inspect"]))
 def test_proof_and_listing_given_anything(worker, name, text, path, reference, which):
-    expression = {"compare": f"compare(folder, {name}, text={text})",
-                  "verify": f"verify({name}, reference={reference}, text={text})",
+    expression = {"compare": f"compare(folder, {name}, text={text}, tokenizer={path})",
+                  "verify": f"verify({name}, reference={reference}, text={text}, "
+                            f"tokenizer={path})",
                   "tokenizer": f"load_tokenizer({path})",
-                  "inspect": f"inspect({name})"}[which]
+                  "inspect": f"inspect({name}, tokenizer={path})"}[which]
     accepted(worker.call(expression), expression)
 
 
@@ -178,7 +179,7 @@ def test_proof_and_listing_given_anything(worker, name, text, path, reference, w
 def test_conversion_given_anything(worker, name, to, dtype, destination):
     if destination == "new":
         destination = f"outputs / 'out{next(OUTPUT_NUMBERS)}'"
-    expression = f"convert({name}, {destination}, to={to}, dtype={dtype})"
+    expression = f"convert({name}, {destination}, to={to}, dtype={dtype}, tokenizer={name})"
     accepted(worker.call(expression), expression)
 
 

@@ -22,6 +22,8 @@ from ..loading import checkpoint_tokenizer, model_from_checkpoint, open_checkpoi
 from ..model import GPTModel
 from ..text.encoders import Tokenizer
 from .figures import (
+    PROMPT,
+    PROMPT_TEXT,
     RELATIVE_TOLERANCE,
     LogitFigures,
     checked_text,
@@ -43,6 +45,7 @@ class Verification:
     greedy_expected: list[int] | None = None
     greedy_found: list[int] | None = None
     over_text: LogitFigures | None = None  # over a text (verify --text)
+    prompt: str = ""  # what the logits were compared on, in words
 
     @property
     def passed(self) -> bool:
@@ -54,6 +57,7 @@ class Verification:
         verdict = (lambda ok: "OK" if ok else "NOT OK")
         lines = [
             f"reference: {self.reference}",
+            *([f"prompt: {self.prompt}"] if self.prompt else []),
             (f"max abs diff of logits: {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}) "
              f"{verdict(self.max_abs_diff <= self.tolerance)}"),
             (f"argmax agreement: {self.argmax_agreement:.0%} "
@@ -212,12 +216,23 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
         max_abs_diff=float(np.abs(ours - expected).max()),
         tolerance=RELATIVE_TOLERANCE * max(1.0, float(np.abs(expected).max())),
         argmax_agreement=float((ours.argmax(-1) == expected.argmax(-1)).mean()),
+        prompt=_prompt_words(ids, model.config, tokenizer),
     )
     if known_greedy is not None:
         result.greedy_expected, result.greedy_found = list(known_greedy[1]), found
     if scored is not None:
         result.over_text = _over_text(model, Path(folder), reference, source_format, scored)
     return result
+
+
+def _prompt_words(ids: list[int], config: dict, tokenizer: Tokenizer | None) -> str:
+    """What ``prompt_for`` gave, in words."""
+    if tokenizer is not None and ids == tokenizer.encode(PROMPT_TEXT)[:len(ids)]:
+        return f"{PROMPT_TEXT!r}, {len(ids)} ids by the model's tokenizer ({tokenizer.kind})"
+    if ids == list(PROMPT)[:len(ids)]:
+        return f"{PROMPT_TEXT!r}, {len(ids)} ids of GPT-2's tokenizer"
+    return (f"{len(ids)} ids spread over the vocabulary of {config['vocab_size']} (no tokenizer "
+            "for this vocabulary: not a text)")
 
 
 def _over_text(model: GPTModel, folder: Path, reference: str, source_format: Format,
