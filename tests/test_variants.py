@@ -168,3 +168,31 @@ def test_heads_not_held_yet_are_refused_by_what_they_are(kind, what, with_archit
     assert refused.value.message.startswith(f"{tmp_path / 'm'}")
     assert what in refused.value.message and kind in refused.value.message
     assert "not one it holds yet" in refused.value.hint
+
+
+@pytest.mark.parametrize("name", ["unscaled attention", "attention by layer", "n_inner odd"])
+def test_llama_cpp_computes_the_gguf_of_a_variant_as_transformers_does(name, folders, tmp_path,
+                                                                        capfd):
+    """llama.cpp's own graph (through llama-cpp-python) on the export: the scales folded into
+    the query projections, another feed-forward width read from the file."""
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (.ci/run builds it from source; "
+        "this test says so when that build failed)")
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = convert(folders[name], tmp_path / "model.gguf", to="gguf")
+    capfd.readouterr()
+    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, n_threads=2, verbose=True)
+    log = capfd.readouterr().err
+    assert "gpt2" in log and not any(warning in log for warning in (
+        "missing pre-tokenizer", "special_eos_id is not in", "control-looking", "DEGRADED"))
+    prompt = IDS[0, :16].tolist()
+    llm.eval(prompt)
+    theirs = np.array(llm.scores[:len(prompt)])
+    with torch.no_grad():
+        expected = load_reference(folders[name])(IDS[:1, :16]).logits[0].numpy()
+    # llama.cpp's GELU reads an fp16 table: agreement to ~1e-3, not to fp32 rounding
+    assert np.abs(theirs - expected).max() < 5e-3 * max(1.0, np.abs(expected).max())
+    assert (theirs.argmax(-1) == expected.argmax(-1)).all()

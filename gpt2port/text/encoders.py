@@ -118,18 +118,18 @@ def _tiktoken(vocabulary: Vocabulary, origin: str) -> Tokenizer:
     return Tokenizer(vocabulary, encode, decode, "tiktoken", found)
 
 
-def _library(name: str, vocabulary: Vocabulary, origin: str):
-    try:
-        return __import__(name)
-    except ImportError:
-        raise TokenizerError(f"{origin}: its tokenizer is {KINDS[vocabulary.kind]}, which needs "
-                             f"the {name} package", hint=EXTRA_HINT) from None
+def _missing(name: str, vocabulary: Vocabulary, origin: str) -> TokenizerError:
+    return TokenizerError(f"{origin}: its tokenizer is {KINDS[vocabulary.kind]}, which needs the "
+                          f"{name} package", hint=EXTRA_HINT)
 
 
 def _hugging_face(vocabulary: Vocabulary, origin: str) -> Tokenizer:
     """A tokenizer.json as it is, or a byte-level BPE or WordPiece built from its files as
     transformers' converters build them."""
-    tokenizers = _library("tokenizers", vocabulary, origin)
+    try:
+        import tokenizers
+    except ImportError:
+        raise _missing("tokenizers", vocabulary, origin) from None
     try:
         if vocabulary.file(TOKENIZER_JSON):
             found = tokenizers.Tokenizer.from_str(vocabulary.file(TOKENIZER_JSON).decode())
@@ -196,7 +196,10 @@ def _wordpiece(tokenizers, vocabulary: Vocabulary):
 def _sentencepiece(vocabulary: Vocabulary, origin: str) -> Tokenizer:
     """A SentencePiece model in the sentencepiece package; added and special tokens written in a
     text are matched first, as transformers does; T5's tokenizer ends a text with ``</s>``."""
-    sentencepiece = _library("sentencepiece", vocabulary, origin)
+    try:
+        import sentencepiece
+    except ImportError:
+        raise _missing("sentencepiece", vocabulary, origin) from None
     model = next(vocabulary.file(name) for name in SENTENCEPIECE_FILES if vocabulary.file(name))
     processor = sentencepiece.SentencePieceProcessor()
     processor.LoadFromSerializedProto(model)
