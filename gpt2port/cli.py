@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Self
 
-from .config import PRESETS, hub_source, is_classifier
+from .config import PRESETS, hub_source
 from .console.phases import phase
 from .errors import ConfigError, Gpt2portError, OfflineError, TokenizerError, VerificationError
 
@@ -275,6 +275,7 @@ def run_verify(args: argparse.Namespace) -> None:
 def run_generate(args: argparse.Namespace) -> None:
     import torch
 
+    from .engine.arguments import check_model
     from .engine.generation import stream
     from .loading import (
         checkpoint_tokenizer,
@@ -288,6 +289,7 @@ def run_generate(args: argparse.Namespace) -> None:
     folder = _folder(args)
     phase("loading")
     checkpoint = open_checkpoint(folder)
+    model = check_model(model_from_checkpoint(checkpoint, dtype=dtype, device=device))
     tokenizer = checkpoint_tokenizer(checkpoint, tokenizer=_named_tokenizer(args))
     if tokenizer is None:
         raise TokenizerError(f"{args.model}: no tokenizer, and its vocabulary "
@@ -295,7 +297,6 @@ def run_generate(args: argparse.Namespace) -> None:
                              "prompt cannot be turned into its ids",
                              hint="pass its tokenizer with --tokenizer PATH|REPO, or generate "
                              "from ids in Python (gpt2port.generate)")
-    model = model_from_checkpoint(checkpoint, dtype=dtype, device=device)
     # an empty prompt starts from the start token (GPT-2's <|endoftext|>), as GPT-2's
     # unconditional samples do
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else (
@@ -305,15 +306,15 @@ def run_generate(args: argparse.Namespace) -> None:
         raise TokenizerError("an empty prompt, and the tokenizer has no start token to begin "
                              "from", hint="give a prompt")
     vocabulary = model.config["vocab_size"]
-    if max(prompt) >= vocabulary and not is_classifier(model.config):  # (stream says that)
+    if max(prompt) >= vocabulary:
         raise TokenizerError(f"the prompt encodes to id {max(prompt)}, but {args.model} has a "
                              f"vocabulary of {vocabulary}",
                              hint="pass the model's own tokenizer with --tokenizer PATH|REPO")
     ids = torch.tensor([prompt], device=device)
     tokens = stream(model, ids, args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                    stop_at_eos=args.stop_at_eos, compile=args.compile)  # refuses a classifier
-    # (and a model compile cannot run) here, before any id
+                    stop_at_eos=args.stop_at_eos, compile=args.compile)  # refuses a model
+    # compile cannot run here, before any id
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     began, produced, shown = time.perf_counter(), [], Continued(tokenizer, prompt)

@@ -247,7 +247,7 @@ def test_generate_refuses_a_tokenizer_bigger_than_the_vocabulary(hub, env, tmp_p
     hub.add_repo("test-org/small-vocabulary", with_tokenizer(write_layout("hub", tmp_path / "s")))
     done = gpt2port("generate", "test-org/small-vocabulary", "The dog", env=env)
     assert done.returncode == 5, done.stderr
-    assert "has a vocabulary of 512" in done.stderr
+    assert "the tokenizer has 50257 tokens and the model 512 rows" in done.stderr
 
 
 def test_help_shows_examples_and_exit_codes():

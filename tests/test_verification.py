@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from checkpoints import LAYOUTS, load_reference, write_layout
+from checkpoints import LAYOUTS, load_reference, write_gpt2_tokenizer, write_layout
 from huggingface_hub import try_to_load_from_cache
 
 from gpt2port import generate, load_pretrained
@@ -117,9 +117,12 @@ def from_nanogpt_with_biases(every_format, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("from-nanogpt")
     source = every_format["nanogpt ckpt.pt, biases"]
+    tokenizer = root / "tokenizer"  # ckpt.pt holds none, and a GGUF needs one
+    tokenizer.mkdir()
+    write_gpt2_tokenizer(tokenizer, load_pretrained(source).config["vocab_size"])
     with pytest.warns():
-        return {name: convert(source, root / name, to=name, approximate_gelu=True)
-                for name in BY_NAME}
+        return {name: convert(source, root / name, to=name, approximate_gelu=True,
+                              tokenizer=tokenizer) for name in BY_NAME}
 
 
 @pytest.mark.parametrize("to", list(BY_NAME))

@@ -28,7 +28,9 @@ def prompt_for(config: dict, tokenizer: Tokenizer | None = None) -> list[int]:
     vocabulary, context = config["vocab_size"], config["context_length"]
     ids = tokenizer.encode(PROMPT_TEXT) if tokenizer is not None else list(PROMPT)
     if max(ids, default=0) >= vocabulary or len(ids) < 2:
-        ids = [round(i * (vocabulary - 1) / (len(PROMPT) - 1)) for i in range(len(PROMPT))]
+        # from 1 to vocabulary - 2: the first and last ids are often padding (BERT's [PAD],
+        # GPT-2's <|endoftext|> as pad), which a classifier does not score
+        ids = [1 + round(i * (vocabulary - 3) / (len(PROMPT) - 1)) for i in range(len(PROMPT))]
     return ids[:context]
 
 
