@@ -31,6 +31,9 @@ OPTIONAL_KEYS = {
     "output_labels": None,  # a classifier's class names, one per output (None: unnamed)
     "task": None,  # what the head's scores are for (TASKS); None: a language model, or a text
     # classifier when output_size is not the vocabulary
+    "choice_outputs": 0,  # a multiple-choice head beside the language-model head, read at a
+    # choice's last token (transformers' GPT2DoubleHeadsModel: 1 score); 0: none
+    "choice_activation": None,  # after the multiple-choice head: None or "tanh"
     # variants the Hub's GPT-2s train (GPT-2's own choices are the defaults):
     "feed_forward_width": None,  # the feed-forward's hidden width; None: 4 x embedding_dimension
     "activation": "gelu",  # the feed-forward's function; "gelu": the one gelu_approximation names
@@ -48,6 +51,7 @@ TASKS = {
     "text_classification": "a text classifier",
     "token_classification": "a token classifier (a label per position)",
     "question_answering": "a question-answering model (start and end scores per position)",
+    "multiple_choice": "a language model with a multiple-choice head (a double-heads model)",
 }
 # What GPT-2 itself computes: a format that stores none of these keys assumes these values.
 GPT2_VARIANT = {"feed_forward_width": None, "activation": "gelu",
@@ -104,6 +108,8 @@ def complete_config(config: dict) -> dict:
         complete["feed_forward_width"] = None  # GPT-2's own width, however it was written
     if complete["activation"] != "gelu":
         complete["gelu_approximation"] = "tanh"  # not used: one spelling for every other function
+    if complete["task"] is None and complete["choice_outputs"]:
+        complete["task"] = "multiple_choice"
     if complete["task"] is None:
         complete["task"] = ("language_model" if complete["output_size"] ==
                             complete["padded_vocab_size"] else "text_classification")
@@ -124,7 +130,7 @@ def attention_scale(config: dict, layer: int) -> float:
 
 def is_classifier(config: dict) -> bool:
     """Whether a complete ``config``'s head scores anything but the next token."""
-    return config["task"] != "language_model"
+    return config["task"] not in ("language_model", "multiple_choice")
 
 
 def reads_every_position(config: dict) -> bool:
@@ -208,12 +214,21 @@ def _head_problems(complete: dict) -> list[str]:
     if complete.get("tie_output_head") is True and size not in (None, rows):
         problems.append(f"a head of {{output_size}}={size} rows cannot be tied to the token "
                         f"embedding table of {rows!r} rows")
-    task = complete["task"]
+    task, choices = complete["task"], complete["choice_outputs"]
+    if not (type(choices) is int and 0 <= choices <= LARGEST_SIZE):
+        return [f"{{choice_outputs}} must be a whole number of 0 or more, got {choices!r}"]
+    if complete["choice_activation"] not in (None, "tanh"):
+        problems.append(f"{{choice_activation}} must be None or 'tanh', got "
+                        f"{complete['choice_activation']!r:.60}")
     if task is not None and task not in TASKS:
         problems.append(f"{{task}} must be one of {', '.join(TASKS)}, got {task!r:.60}")
     elif task == "language_model" and size not in (None, rows):
         problems.append(f"a language model's head has a row per token: {{output_size}}={size}, "
                         f"the vocabulary {rows!r}")
+    elif task is not None and (task == "multiple_choice") != bool(choices):
+        problems.append(f"a multiple-choice head ({{choice_outputs}}="
+                        f"{complete['choice_outputs']!r}) is what {{task}} 'multiple_choice' has, "
+                        "and only it")
     elif task == "question_answering" and size not in (None, 2):
         problems.append(f"a question-answering head scores start and end: {{output_size}} must "
                         f"be 2, got {size!r}")

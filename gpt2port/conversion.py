@@ -80,6 +80,8 @@ def plan(config: dict, target: Format, *, approximate_gelu: bool = False) -> lis
         elif key == "output_size":
             refused[key] = (f"the model is {TASKS[config['task']]} ({before} outputs); "
                             f"{target.name} holds only a language-model head ({after} rows)")
+        elif key in ("choice_outputs", "choice_activation"):
+            continue  # the task says it: a multiple-choice head is the double-heads model's
         elif key == "task":
             if "output_size" not in refused:  # (which says what the model is)
                 refused[key] = (f"the model is {TASKS[before]}; {target.name} holds it only as "

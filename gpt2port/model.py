@@ -153,6 +153,8 @@ class GPTModel(nn.Module):
         )
         self.layer_norm = LayerNorm(width, config["layer_norm_epsilon"], config["bias"])
         self.output_head = nn.Linear(width, config["output_size"], bias=config["output_bias"])
+        if config["choice_outputs"]:  # transformers' double-heads model: a choice's score
+            self.choice_head = nn.Linear(width, config["choice_outputs"])
         self.tie_output_head()
 
     def tie_output_head(self) -> None:
@@ -161,6 +163,16 @@ class GPTModel(nn.Module):
             self.output_head.weight = self.token_embedding_table.weight
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.output_head(self.hidden_states(token_ids))  # (B, T, V) or (B, T, O)
+
+    def choice_scores(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """A multiple-choice head's scores (B, choice_outputs): each row of ``token_ids`` is one
+        choice, scored at its last token (transformers' ``mc_logits`` without ``mc_token_ids``)."""
+        scores = self.choice_head(self.hidden_states(token_ids)[:, -1])  # (B, K)
+        return scores.tanh() if self.config["choice_activation"] == "tanh" else scores
+
+    def hidden_states(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """The final layer norm's output (B, T, D), which the heads read."""
         tokens = token_ids.shape[1]  # token_ids: (B, T)
         if tokens > self.config["context_length"]:
             raise ValueError(f"{tokens} tokens exceed the context length of "
@@ -170,4 +182,4 @@ class GPTModel(nn.Module):
         x = self.dropout_embedding(x)  # (B, T, D)
         for block in self.transformer_blocks:
             x = block(x)  # (B, T, D)
-        return self.output_head(self.layer_norm(x))  # (B, T, V) or (B, T, output_size)
+        return self.layer_norm(x)

@@ -15,7 +15,7 @@ from .config import feed_forward_width
 BLOCK = "transformer_blocks.{}."
 # shape letters -> the model config key they stand for; F is the feed-forward width
 SIZES = {"V": "padded_vocab_size", "C": "context_length", "D": "embedding_dimension",
-         "O": "output_size", "F": "feed_forward_width"}
+         "O": "output_size", "F": "feed_forward_width", "K": "choice_outputs"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ SLOTS: tuple[Slot, ...] = (
     *_norm("layer_norm"),
     Slot("output_head.weight", "O D", "untied_head"),
     Slot("output_head.bias", "O", "output_bias"),
+    Slot("choice_head.weight", "K D", "choice_outputs"),
+    Slot("choice_head.bias", "K", "choice_outputs"),
 )
 BY_KEY = {slot.key: slot for slot in SLOTS}
 # Several slots a format stores as one tensor (q|k|v packed), under one key of their own.

@@ -1,7 +1,8 @@
 """transformers' other GPT-2 heads (issue 29, item 2): token classification (a label per
-position, with a bias) and question answering (start and end scores per position), saved by
-transformers' own classes, load, verify against those classes, go back to them through
-``--to hf`` with equal scores, and are refused by formats that cannot hold them."""
+position, with a bias), question answering (start and end scores per position) and the
+double-heads model (the language model plus a multiple-choice head), saved by transformers' own
+classes, load, verify against those classes, go back to them through ``--to hf`` with equal
+scores, and are refused by formats that cannot hold them."""
 
 import json
 import warnings
@@ -15,7 +16,11 @@ from gpt2port import ConfigError, convert, generate, inspect, load_pretrained, v
 
 IDS = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(3))
 KINDS = {"GPT2ForTokenClassification": {"num_labels": 5},
-         "GPT2ForQuestionAnswering": {}}
+         "GPT2ForQuestionAnswering": {},
+         "GPT2DoubleHeadsModel": {"summary_activation": "tanh"}}
+WHAT = {"GPT2ForTokenClassification": "token classifier",
+        "GPT2ForQuestionAnswering": "question-answering model",
+        "GPT2DoubleHeadsModel": "multiple-choice head"}
 
 
 def scores(model, ids: torch.Tensor) -> torch.Tensor:
@@ -34,7 +39,7 @@ def saved(request, tmp_path_factory):
     saved by its own save_pretrained, with class names."""
     kind = request.param
     torch.manual_seed(1)
-    labels = {"id2label": {i: f"tag{i}" for i in range(5)}} if KINDS[kind] else {}
+    labels = {"id2label": {i: f"tag{i}" for i in range(5)}} if "num_labels" in KINDS[kind] else {}
     model = getattr(transformers, kind)(transformers.GPT2Config(**TINY, **KINDS[kind],
                                                                 **labels)).eval()
     with torch.no_grad():
@@ -46,12 +51,15 @@ def saved(request, tmp_path_factory):
 
 
 def test_the_head_computes_what_transformers_computes(saved):
-    _, folder, theirs = saved
+    kind, folder, theirs = saved
     ours = load_pretrained(folder)
-    assert ours.config["output_bias"] and ours.config["task"] != "language_model"
+    assert ours.config["task"] != "language_model"
     with torch.no_grad():
         difference = (ours(IDS) - scores(theirs, IDS)).abs().max().item()
-    assert difference < 1e-5, difference
+        assert difference < 1e-5, difference
+        if kind == "GPT2DoubleHeadsModel":  # each row a choice, scored at its last token
+            expected = theirs(IDS[None]).mc_logits[0]
+            assert (ours.choice_scores(IDS)[:, 0] - expected).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("reference", ["transformers", "numpy"])
@@ -61,6 +69,8 @@ def test_verify_runs_its_own_class(saved, reference):
     assert result.passed, result.report()
     if reference == "transformers":
         assert kind in result.reference
+    if kind == "GPT2DoubleHeadsModel":  # the choice score is compared too
+        assert result.choice_diff is not None and "multiple-choice score" in result.report()
 
 
 def test_the_head_goes_back_to_its_own_class(saved, tmp_path):
@@ -71,6 +81,9 @@ def test_the_head_goes_back_to_its_own_class(saved, tmp_path):
     back = getattr(transformers, kind).from_pretrained(exported).eval()
     assert torch.equal(scores(back, IDS), scores(theirs, IDS))
     assert back.config.id2label == theirs.config.id2label
+    if kind == "GPT2DoubleHeadsModel":
+        with torch.no_grad():
+            assert torch.equal(back(IDS[None]).mc_logits, theirs(IDS[None]).mc_logits)
     native = convert(folder, tmp_path / "native", to="native")
     with torch.no_grad():
         assert torch.equal(load_pretrained(native)(IDS), load_pretrained(folder)(IDS))
@@ -79,7 +92,7 @@ def test_the_head_goes_back_to_its_own_class(saved, tmp_path):
 @pytest.mark.parametrize("to", ["book", "gguf", "nanogpt", "llmc", "openai", "tlens"])
 def test_formats_without_the_head_refuse_by_what_it_is(saved, to, tmp_path):
     kind, folder, _ = saved
-    what = "token classifier" if "Token" in kind else "question-answering model"
+    what = WHAT[kind]
     with pytest.raises(ConfigError) as refused, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         convert(folder, tmp_path / "out", to=to)
@@ -88,8 +101,13 @@ def test_formats_without_the_head_refuse_by_what_it_is(saved, to, tmp_path):
 
 
 def test_generate_and_text_checks_refuse_what_is_not_a_language_model(saved):
-    _, folder, _ = saved
+    kind, folder, theirs = saved
     model = load_pretrained(folder)
+    if kind == "GPT2DoubleHeadsModel":  # a language model too: it generates as transformers
+        prompt = IDS[:1, :4]
+        expected = theirs.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        assert torch.equal(generate(model, prompt, 6), expected)
+        return
     with pytest.raises(ConfigError, match="does not predict tokens") as refused:
         generate(model, IDS[:1, :4], 3)
     assert "every position's scores" in refused.value.hint

@@ -145,31 +145,6 @@ def test_every_format_assumes_or_holds_every_variant_key():
             assert held[key] == config[key], (each.name, key)
 
 
-@pytest.mark.parametrize("kind, what", [("GPT2DoubleHeadsModel", "a double-heads model")])
-@pytest.mark.parametrize("with_architectures", [True, False])
-def test_heads_not_held_yet_are_refused_by_what_they_are(kind, what, with_architectures,
-                                                         tmp_path):
-    """Saved by transformers' own class; without ``architectures`` the tensors say what it is,
-    before any is matched (not "tensors do not fit", which blames a checkpoint that is fine)."""
-    import json
-
-    import transformers
-    from checkpoints import TINY
-
-    torch.manual_seed(0)
-    model = getattr(transformers, kind)(transformers.GPT2Config(**TINY, num_labels=3))
-    model.save_pretrained(tmp_path / "m")
-    if not with_architectures:
-        config = json.loads((tmp_path / "m" / "config.json").read_text())
-        del config["architectures"]
-        (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError) as refused:
-        load_pretrained(tmp_path / "m")
-    assert refused.value.message.startswith(f"{tmp_path / 'm'}")
-    assert what in refused.value.message and kind in refused.value.message
-    assert "not one it holds yet" in refused.value.hint
-
-
 @pytest.mark.parametrize("name", ["unscaled attention", "attention by layer", "n_inner odd"])
 def test_llama_cpp_computes_the_gguf_of_a_variant_as_transformers_does(name, folders, tmp_path,
                                                                         capfd):

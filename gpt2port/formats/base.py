@@ -389,6 +389,7 @@ class Format:
         if held["task"] not in self.tasks:
             held["task"] = ("language_model" if held["output_size"] == held["padded_vocab_size"]
                             else "text_classification")
+            held["choice_outputs"], held["choice_activation"] = 0, None
         return held
 
 

@@ -66,14 +66,26 @@ OPTIONS = {
 CLASSES = {"language_model": "GPT2LMHeadModel",
            "text_classification": "GPT2ForSequenceClassification",
            "token_classification": "GPT2ForTokenClassification",
-           "question_answering": "GPT2ForQuestionAnswering"}
+           "question_answering": "GPT2ForQuestionAnswering",
+           "multiple_choice": "GPT2DoubleHeadsModel"}
 HEADS = {"language_model": "lm_head", "text_classification": "score",
-         "token_classification": "classifier", "question_answering": "qa_outputs"}
+         "token_classification": "classifier", "question_answering": "qa_outputs",
+         "multiple_choice": "lm_head"}
 BIASED_HEADS = ("token_classification", "question_answering")
+CHOICE_HEAD = "multiple_choice_head.summary"  # the double-heads model's second head
+CHOICE_LINES = f"""
+    choice_head.weight                  {CHOICE_HEAD}.weight
+    choice_head.bias                    {CHOICE_HEAD}.bias
+    """
 TABLES = {task: MappingTable.parse(
     "huggingface", LINES.replace("lm_head", head) + (
-        f"output_head.bias  {head}.bias\n" if task in BIASED_HEADS else ""), **OPTIONS)
+        f"output_head.bias  {head}.bias\n" if task in BIASED_HEADS else "") + (
+        CHOICE_LINES if task == "multiple_choice" else ""), **OPTIONS)
     for task, head in HEADS.items()}
+# the double-heads model's summary_* keys gpt2port computes: the head on the choice's last token
+# (or mc_token_ids), projected to num_labels (1), then none or tanh
+SUMMARY = {"summary_type": "cls_index", "summary_use_proj": True,
+           "summary_proj_to_labels": True}
 TABLE = TABLES["language_model"]  # lm_head.weight absent when tied
 
 # activation_function -> the model's (activation, gelu_approximation); the first of each is written
@@ -104,12 +116,6 @@ CONFIG_TABLE = ConfigTable((
 HINT = "gpt2port loads the GPT-2 architecture only"
 # transformers' GPT-2 classes gpt2port reads, and those it refuses by what they are
 READ_CLASSES = ("GPT2Model", *CLASSES.values())
-NOT_YET = {  # class -> (what it is, a tensor only it has)
-    "GPT2DoubleHeadsModel": ("a double-heads model (language model plus multiple choice)",
-                             "multiple_choice_head.summary.weight"),
-}
-NOT_YET_HINT = (f"gpt2port reads {', '.join(CLASSES.values())}; this head is not one it holds "
-                "yet")
 
 
 def config_to_model(hf_config: dict, *, origin: str) -> dict:
@@ -141,27 +147,33 @@ def check_architecture(hf_config: object, *, origin: str) -> None:
                           hint="gpt2port loads GPT-2's decoder-only model")
     classes = hf_config.get("architectures") or []
     for name in classes if isinstance(classes, list) else [classes]:
-        if name in NOT_YET:
-            raise ConfigError(f"{origin}: {NOT_YET[name][0]} ({name})", hint=NOT_YET_HINT)
         if name not in READ_CLASSES:
             raise ConfigError(f"{origin}: architectures names {name!r}, not a GPT-2 class "
                               f"gpt2port reads ({', '.join(READ_CLASSES)})", hint=HINT)
 
 
-def check_heads(tensors: dict, origin: str) -> None:
-    """Refuse a head gpt2port does not hold yet by what it is, before any tensor is matched.
+def choice_config(hf_config: dict, origin: str) -> dict:
+    """The double-heads model's ``summary_*`` keys -> the model config's choice keys.
 
     Raises:
-        ConfigError: naming the model's kind and transformers' class.
+        ConfigError: for a summary gpt2port does not compute (by the key).
     """
-    for name, (what, sentinel) in NOT_YET.items():
-        if sentinel in tensors or f"{BODY_PREFIX}{sentinel}" in tensors:
-            raise ConfigError(f"{origin}: {what} ({name}: it has {sentinel})",
-                              hint=NOT_YET_HINT)
+    for key, value in SUMMARY.items():
+        if hf_config.get(key, value) != value:
+            raise ConfigError(f"{origin}: {key}={hf_config[key]!r}: gpt2port computes the "
+                              f"multiple-choice head with {key}={value!r}",
+                              hint="convert it with transformers, or ask for this summary")
+    activation = hf_config.get("summary_activation")
+    if activation not in (None, "tanh"):
+        raise ConfigError(f"{origin}: summary_activation={activation!r}: gpt2port computes "
+                          "none or 'tanh'", hint="convert it with transformers")
+    return {"choice_activation": activation}
 
 
 def task_of(tensors: dict) -> str:
     """The task whose head ``tensors`` hold (a language model's head may be left out: tied)."""
+    if any(name.endswith(f"{CHOICE_HEAD}.weight") for name in tensors):
+        return "multiple_choice"
     for task, head in HEADS.items():
         if f"{head}.weight" in tensors or f"{BODY_PREFIX}{head}.weight" in tensors:
             return task
@@ -188,6 +200,9 @@ def config_from_model(config: dict, roles: dict[str, int] | None = None) -> dict
     }
     if "pad" in roles:
         hf_config["pad_token_id"] = roles["pad"]
+    if config["task"] == "multiple_choice":
+        hf_config.update(SUMMARY, summary_activation=config["choice_activation"],
+                         num_labels=config["choice_outputs"])
     if is_classifier(config):
         labels = config["output_labels"] or [f"LABEL_{i}" for i in range(config["output_size"])]
         # the book's ch. 6 pads with <|endoftext|>; transformers scores the last non-pad token
@@ -262,10 +277,16 @@ class HuggingFace(Format):
         hf_config = read_json(config_path)
         check_architecture(hf_config, origin=str(config_path))
         tensors = read_weights_file(weights)
-        check_heads(tensors, str(weights))
         task = task_of(tensors)
         if task == "language_model":
             return Raw(str(weights), tensors, hf_config, config_origin=str(config_path))
+        if task == "multiple_choice":
+            rows = next(tensor.shape[0] for name, tensor in tensors.items()
+                        if name.endswith(f"{CHOICE_HEAD}.weight"))
+            return Raw(str(weights), tensors, hf_config, config_origin=str(config_path),
+                       name_table=TABLES[task], extra={
+                           "task": task, "choice_outputs": rows,
+                           **choice_config(hf_config, str(config_path))})
         return Raw(str(weights), tensors, hf_config, config_origin=str(config_path),
                    name_table=TABLES[task],
                    extra={"output_labels": labels_from(hf_config, str(config_path)),
@@ -293,10 +314,11 @@ class HuggingFace(Format):
              if key in hf_config}, indent=2))
         # a classifier's body under "transformer.", as save_pretrained writes it (without the
         # prefix, from_pretrained takes the file for a bare GPT2Model and leaves score random)
-        prefix, head = BODY_PREFIX if is_classifier(config) else "", HEADS[config["task"]]
+        prefix = BODY_PREFIX if config["task"] != "language_model" else ""
+        heads = (f"{HEADS[config['task']]}.", "multiple_choice_head.")
         write_safetensors(destination / "model.safetensors", tensors, metadata={"format": "pt"},
                           names={name: prefix + name for name in tensors.shapes
-                                 if not name.startswith(f"{head}.")})
+                                 if not name.startswith(heads)})
 
     def reference_tensors(self, path: Path) -> tuple[Arrays, dict]:
         """The files read by the safetensors library (or ``torch.load``), each tensor when the
@@ -323,6 +345,14 @@ class HuggingFace(Format):
         if task == "language_model":
             return Arrays(makers), config_to_model(hf_config, origin=str(config_path))
         check_architecture(hf_config, origin=str(config_path))
+        if task == "multiple_choice":  # the choice head by the reference's name: [K, D]
+            makers["choice.weight"] = makers.pop(f"{CHOICE_HEAD}.weight")
+            makers["choice.bias"] = makers.pop(f"{CHOICE_HEAD}.bias")
+            return Arrays(makers), CONFIG_TABLE.to_model(hf_config, origin=str(config_path),
+                                                         extra={
+                "tie_output_head": "lm_head.weight" not in makers, "task": task,
+                "choice_outputs": shapes[f"{CHOICE_HEAD}.weight"][0],
+                **choice_config(hf_config, str(config_path))})
         for kind in ("weight", "bias"):  # the head by the reference's name: [num_labels, D]
             if f"{HEADS[task]}.{kind}" in makers:
                 makers[f"lm_head.{kind}"] = makers.pop(f"{HEADS[task]}.{kind}")

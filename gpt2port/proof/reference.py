@@ -63,6 +63,23 @@ def attention(x, params, prefix, heads, scale):  # [T, D] -> [T, D]
 
 def forward(params: Mapping[str, np.ndarray], config: dict, ids: list[int]) -> np.ndarray:
     """Logits [T, V] for one sequence of token ids; a missing bias counts as zero."""
+    x = hidden_states(params, config, ids)  # [T, D]
+    head = params["lm_head.weight" if "lm_head.weight" in params else "wte.weight"]  # [V|C, D]
+    return x @ head.T + params.get("lm_head.bias", 0)  # [T, V]
+
+
+def choice_scores(params: Mapping[str, np.ndarray], config: dict, ids: list[int]
+                  ) -> np.ndarray:
+    """A multiple-choice head's scores [K] for one choice, read at its last token (as
+    transformers' SequenceSummary with ``summary_type="cls_index"`` and no ``mc_token_ids``)."""
+    last = hidden_states(params, config, ids)[-1]  # [D]
+    scores = last @ params["choice.weight"].T + params["choice.bias"]  # [K]
+    return np.tanh(scores) if config["choice_activation"] == "tanh" else scores
+
+
+def hidden_states(params: Mapping[str, np.ndarray], config: dict, ids: list[int]
+                  ) -> np.ndarray:
+    """The final layer norm's output [T, D], which the heads read."""
     epsilon, heads = config["layer_norm_epsilon"], config["number_of_heads"]
     activation = (ACTIVATIONS[config["activation"]] if config["activation"] != "gelu"
                   else exact_gelu if config["gelu_approximation"] == "none" else gelu)
@@ -80,9 +97,7 @@ def forward(params: Mapping[str, np.ndarray], config: dict, ids: list[int]) -> n
         hidden = activation(normed @ params[f"{h}.mlp.c_fc.weight"]
                             + params.get(f"{h}.mlp.c_fc.bias", 0))  # [T, F]
         x = x + hidden @ params[f"{h}.mlp.c_proj.weight"] + params.get(f"{h}.mlp.c_proj.bias", 0)
-    x = layer_norm(x, params["ln_f.weight"], params.get("ln_f.bias", 0), epsilon)  # [T, D]
-    head = params["lm_head.weight" if "lm_head.weight" in params else "wte.weight"]  # [V|C, D]
-    return x @ head.T + params.get("lm_head.bias", 0)  # [T, V]
+    return layer_norm(x, params["ln_f.weight"], params.get("ln_f.bias", 0), epsilon)  # [T, D]
 
 
 def reference_logits(path: Path, ids: list[int], *, source_format=None) -> np.ndarray:

@@ -31,7 +31,7 @@ from .figures import (
     prompt_for,
     text_ids,
 )
-from .reference import forward, reference_logits
+from .reference import choice_scores, forward, reference_logits
 
 
 @dataclass
@@ -46,10 +46,12 @@ class Verification:
     greedy_found: list[int] | None = None
     over_text: LogitFigures | None = None  # over a text (verify --text)
     prompt: str = ""  # what the logits were compared on, in words
+    choice_diff: float | None = None  # a multiple-choice head's largest score difference
 
     @property
     def passed(self) -> bool:
         return (self.max_abs_diff <= self.tolerance and self.argmax_agreement == 1.0
+                and (self.choice_diff is None or self.choice_diff <= self.tolerance)
                 and self.greedy_found == self.greedy_expected
                 and (self.over_text is None or self.over_text.within))
 
@@ -63,6 +65,9 @@ class Verification:
             (f"argmax agreement: {self.argmax_agreement:.0%} "
              f"{verdict(self.argmax_agreement == 1.0)}"),
         ]
+        if self.choice_diff is not None:
+            lines.append(f"max abs diff of the multiple-choice score: {self.choice_diff:.3g} "
+                         f"{verdict(self.choice_diff <= self.tolerance)}")
         if self.greedy_expected is not None:
             lines.append(f"known greedy answer ({len(self.greedy_expected)} tokens): "
                          f"{verdict(self.greedy_found == self.greedy_expected)}")
@@ -85,6 +90,8 @@ folder, ids, output, kind = sys.argv[1], [int(i) for i in sys.argv[2].split(",")
 model = getattr(transformers, kind).from_pretrained(folder, dtype=torch.float32).eval()
 with torch.inference_mode():
     found = model(torch.tensor([ids]))
+    if hasattr(found, "mc_logits"):  # the double-heads model's choice score, after the logits
+        numpy.save(output + ".choice.npy", found.mc_logits.reshape(-1).numpy())
     # a question-answering model's start and end scores, as the one head computes them
     scores = (found.logits if hasattr(found, "logits") else
               torch.stack([found.start_logits, found.end_logits], dim=-1))
@@ -94,10 +101,12 @@ LM_HEAD = CLASSES["language_model"]
 REFERENCES = ("auto", "transformers", "numpy")
 
 
-def transformers_logits(folder: Path, ids: list[int], *, kind: str = LM_HEAD) -> np.ndarray:
+def transformers_logits(folder: Path, ids: list[int], *, kind: str = LM_HEAD,
+                        choice: list | None = None) -> np.ndarray:
     """transformers' logits for ``ids`` from its class ``kind``, computed in a child process of
     its own: [T, V] for a language model, [C] (the last token's) for a text classifier,
-    [T, C] for a token classifier or question answering.
+    [T, C] for a token classifier or question answering; ``choice`` (a list) gets a
+    double-heads model's multiple-choice scores.
 
     Raises:
         VerificationError: when transformers cannot read the folder.
@@ -112,6 +121,8 @@ def transformers_logits(folder: Path, ids: list[int], *, kind: str = LM_HEAD) ->
             raise VerificationError(f"{folder}: transformers could not run the reference "
                                     f"({said})", hint="check the transformers install, or use "
                                     "--reference numpy")
+        if choice is not None and Path(f"{output}.choice.npy").is_file():
+            choice.append(np.load(f"{output}.choice.npy"))
         return np.load(output)
 
 
@@ -201,10 +212,14 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
             MappedFiles.now().release(*model.parameters())
             bar.update()
         stage(bar, f"{reference} reference")
+        choice = []
         if reference == "transformers":
-            expected = transformers_logits(Path(folder), ids, kind=kind)
+            expected = transformers_logits(Path(folder), ids, kind=kind, choice=choice)
         else:
             expected = reference_logits(Path(folder), ids, source_format=source_format)
+            if model.config["choice_outputs"]:
+                arrays, config = source_format.reference_tensors(Path(folder))
+                choice.append(choice_scores(arrays, config, ids))
         if not reads_every_position(model.config):  # the last token's scores classify
             ours, expected = ours[-1:], expected.reshape(-1, ours.shape[-1])[-1:]
         bar.update()
@@ -218,6 +233,10 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
         argmax_agreement=float((ours.argmax(-1) == expected.argmax(-1)).mean()),
         prompt=_prompt_words(ids, model.config, tokenizer),
     )
+    if model.config["choice_outputs"]:
+        with torch.inference_mode(), released_as_used(model):
+            ours_choice = model.choice_scores(torch.tensor([ids], device=device))[0]
+        result.choice_diff = float(np.abs(ours_choice.float().cpu().numpy() - choice[0]).max())
     if known_greedy is not None:
         result.greedy_expected, result.greedy_found = list(known_greedy[1]), found
     if scored is not None:
