@@ -83,7 +83,10 @@ def plan(config: dict, target: Format, *, approximate_gelu: bool = False) -> lis
         elif key in ("choice_outputs", "choice_activation"):
             continue  # the task says it: a multiple-choice head is the double-heads model's
         elif key == "task":
-            if "output_size" not in refused:  # (which says what the model is)
+            if before == "multiple_choice":
+                refused[key] = (f"the model is {TASKS[before]}; {target.name} has no place for "
+                                "its multiple-choice head")
+            elif "output_size" not in refused:  # (which says what the model is)
                 refused[key] = (f"the model is {TASKS[before]}; {target.name} holds it only as "
                                 f"{TASKS[after]}, whose scores are read differently")
         elif key == "output_bias" and bias_folds(config):
@@ -145,8 +148,9 @@ def _variant(key: str, value: object) -> str:
 
 def _holders(config: dict, refused: dict) -> str:
     """Which formats hold the values ``plan`` refused."""
+    keys = {*refused, "task"}  # a head is held only with what it is for
     names = [each.name for each in FORMATS
-             if all(each.held_config(config)[key] == config[key] for key in refused)]
+             if all(each.held_config(config)[key] == config[key] for key in keys)]
     listed = " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
     return f"convert to {listed}, which hold it"
 
