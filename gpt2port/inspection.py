@@ -62,7 +62,10 @@ def head_summary(config: dict) -> str:
     """What the output head computes, in one line."""
     bias = ", with a bias" if config["output_bias"] else ""
     if not is_classifier(config):
-        return f"head: language model, {config['output_size']} rows{bias}"
+        choice = (f"; a multiple-choice head of {config['choice_outputs']} score(s)"
+                  f"{', tanh' if config['choice_activation'] else ''}, read at a choice's last "
+                  "token" if config["choice_outputs"] else "")
+        return f"head: language model, {config['output_size']} rows{bias}{choice}"
     labels = config["output_labels"] or range(config["output_size"])
     read = ("the last token's row scores the text" if config["task"] == "text_classification"
             else "every position's row is read")

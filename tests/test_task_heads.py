@@ -107,6 +107,7 @@ def test_generate_and_text_checks_refuse_what_is_not_a_language_model(saved):
         prompt = IDS[:1, :4]
         expected = theirs.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
         assert torch.equal(generate(model, prompt, 6), expected)
+        assert "a multiple-choice head of 1 score(s), tanh" in inspect(folder)
         return
     with pytest.raises(ConfigError, match="does not predict tokens") as refused:
         generate(model, IDS[:1, :4], 3)
