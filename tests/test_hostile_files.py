@@ -77,7 +77,7 @@ def load_or_our_error(folder):
     with no_hang():
         try:
             checkpoint = open_checkpoint(folder)
-            vocabulary = checkpoint.format.read_vocabulary(folder)
+            vocabulary = checkpoint.vocabulary
             if vocabulary is not None:
                 tokenizer_for(vocabulary, str(folder)).encode("Hello <|pad|> world [SEP] </s>")
             model = model_from_checkpoint(checkpoint)
@@ -112,6 +112,9 @@ def sources(tmp_path_factory):
         "gguf_wordpiece": (convert(wordpiece, root / "gguf-wordpiece", to="gguf"), "model.gguf"),
         "sentencepiece_model": (model_with_tokenizer("sentencepiece", root / "spm"),
                                 "spiece.model"),
+        "gguf_sentencepiece": (convert(model_with_tokenizer(
+            "sentencepiece-unnormalized", root / "spm-plain"), root / "gguf-spm", to="gguf"),
+            "model.gguf"),
         "bpe_of_its_own": (model_with_tokenizer("byte-level-bpe", root / "bpe"), "merges.txt"),
         "tlens_pth": (convert(hub, root / "tlens", to="tlens"), "model.pth"),
         "tokenizer_json": (with_tokenizer, "tokenizer.json"),
@@ -144,7 +147,8 @@ def valid(tmp_path_factory):
                                     "sharded_index", "book_pth", "nanogpt_ckpt", "llmc_bin",
                                     "tlens_pth", "tokenizer_json", "gguf_tokenizer",
                                     "llmc_tokenizer", "wordpiece_vocab", "gguf_wordpiece",
-                                    "sentencepiece_model", "bpe_of_its_own"])
+                                    "sentencepiece_model", "bpe_of_its_own",
+                                    "gguf_sentencepiece"])
 def test_mutated_files_give_our_error_or_a_correct_load(reader, valid, tmp_path):
     folder, name = valid[reader]
     original = (folder / name).read_bytes()

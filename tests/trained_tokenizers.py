@@ -41,7 +41,8 @@ def wordpiece(folder: Path, *, lowercase: bool = True, size: int = 500) -> Path:
     return folder
 
 
-def sentencepiece(folder: Path, *, size: int = 300) -> Path:
+def sentencepiece(folder: Path, *, size: int = 300, model_type: str = "unigram",
+                  normalization: str = "nmt_nfkc") -> Path:
     """A SentencePiece model as the Japanese GPT-2s hold it: spiece.model, T5Tokenizer, no
     extra ids; T5's special ids (pad 0, eos 1, unk 2), which transformers' T5 tokenizer
     assumes. A unigram model, as theirs are (transformers 5 reads any spiece.model as unigram,
@@ -52,7 +53,7 @@ def sentencepiece(folder: Path, *, size: int = 300) -> Path:
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS), model_writer=model, vocab_size=size,
-        model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        model_type=model_type, normalization_rule_name=normalization, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
         minloglevel=2)
     (folder / "spiece.model").write_bytes(model.getvalue())
     _config(folder, tokenizer_class="T5Tokenizer", extra_ids=0, eos_token="</s>",
@@ -78,7 +79,10 @@ def byte_level_bpe(folder: Path, *, size: int = 500) -> Path:
 KINDS = {"wordpiece": wordpiece, "wordpiece-cased": lambda folder: wordpiece(folder,
                                                                             lowercase=False),
          "sentencepiece": sentencepiece,
-         "byte-level-bpe": byte_level_bpe}
+         "byte-level-bpe": byte_level_bpe,
+         # no normalizer charsmap: the gguf package parses its 240,000 bytes one by one (seconds)
+         "sentencepiece-unnormalized": lambda folder: sentencepiece(folder,
+                                                                    normalization="identity")}
 
 
 def model_with_tokenizer(kind: str, folder: Path, seed: int = 0) -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -131,6 +131,9 @@ class Raw:
     config_table: ConfigTable | None = None  # where not the format's own (a config.json of
     # Hugging Face's keys beside the book's weights)
     name_table: MappingTable | None = None  # where not the format's own (a classifier's names)
+    # reads the tokenizer from what the weights' reader already parsed (a GGUF's metadata),
+    # where parsing the file again would cost; None: the format's read_vocabulary
+    vocabulary: Callable[[], Vocabulary | None] | None = None
 
 
 @dataclass
@@ -144,6 +147,7 @@ class Checkpoint:
     table: MappingTable
     format: Format
     path: Path
+    read_vocabulary: Callable[[], Vocabulary | None] | None = None  # Raw.vocabulary
 
     @cached_property
     def vocabulary(self) -> Vocabulary | None:
@@ -152,6 +156,8 @@ class Checkpoint:
         Raises:
             TokenizerError: when its files cannot be read or disagree.
         """
+        if self.read_vocabulary is not None:
+            return self.read_vocabulary()
         return self.format.read_vocabulary(self.path)
 
 
@@ -322,7 +328,8 @@ class Format:
         config = config_table.to_model(
             raw.config, origin=raw.config_origin or raw.origin, hint=self.config_hint,
             extra={**raw.extra, **self._head_shape(table, tensors), "tie_output_head": tied})
-        return Checkpoint(raw.origin, tensors, config, table, self, candidate.path)
+        return Checkpoint(raw.origin, tensors, config, table, self, candidate.path,
+                          raw.vocabulary)
 
     def _head_shape(self, table: MappingTable, tensors: dict[str, torch.Tensor]) -> dict:
         """The output head's config as the tensors give it, where the format can hold more than

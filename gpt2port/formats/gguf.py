@@ -6,6 +6,7 @@ Weights are stored as ``nn.Linear`` stores them, [out, in]; ``attn_qkv`` packs q
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +17,18 @@ import numpy as np
 import torch
 
 from ..config import GPT2_VARIANT, feed_forward_width
-from ..errors import CheckpointError
+from ..errors import CheckpointError, TokenizerError
 from ..io import gguf_file
 from ..io.arrays import Arrays
 from ..text.tokenizer import END_OF_TEXT
-from ..text.vocabulary import KINDS, Vocabulary, from_bpe, wordpiece_files
+from ..text.vocabulary import (
+    KINDS,
+    SENTENCEPIECE_FILES,
+    T5_CLASSES,
+    Vocabulary,
+    from_bpe,
+    wordpiece_files,
+)
 from .base import Candidate, ConfigKey, ConfigTable, Format, Raw
 from .table import MappingTable
 
@@ -97,6 +105,7 @@ def _encoding(shape: tuple[int, ...], dtype: str) -> str:
     return "float32"
 
 
+UNIGRAM = 1  # sentencepiece's TrainerSpec.model_type of a unigram model (llama.cpp's "t5")
 PHANTOM_SPACE = "\u2581"  # llama.cpp's WordPiece marks a word's first piece with it, not "##"
 
 
@@ -112,6 +121,9 @@ def _add_tokenizer(writer, gguf, vocabulary: Vocabulary, rows: int) -> None:
     padding = range(len(vocabulary), rows)
     tokens = list(vocabulary.tokens)
     roles = dict(vocabulary.roles)
+    if vocabulary.kind == "sentencepiece":
+        _add_sentencepiece(writer, gguf, vocabulary, rows)
+        return
     if vocabulary.kind == "wordpiece":
         writer.add_tokenizer_model("bert")
         writer.add_tokenizer_pre("default")
@@ -142,6 +154,63 @@ def _add_tokenizer(writer, gguf, vocabulary: Vocabulary, rows: int) -> None:
             add(roles[role])
 
 
+def _sentencepiece_model(vocabulary: Vocabulary):
+    """The SentencePiece model a vocabulary was read from (sentencepiece's protobuf message).
+
+    Raises:
+        TokenizerError: without the sentencepiece package (and protobuf), or a damaged model.
+    """
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError:
+        raise TokenizerError("writing a SentencePiece tokenizer into GGUF needs the "
+                             "sentencepiece and protobuf packages",
+                             hint="pip install 'gpt2port[tokenizers]'") from None
+    found = next((vocabulary.file(name) for name in SENTENCEPIECE_FILES
+                  if vocabulary.file(name)), None)
+    model = sentencepiece_model_pb2.ModelProto()
+    try:
+        model.ParseFromString(found or b"")
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and others
+        raise TokenizerError(f"the SentencePiece model cannot be read ({error})",
+                             hint="the tokenizer files are damaged; use the model's own") from None
+    return model
+
+
+def _add_sentencepiece(writer, gguf, vocabulary: Vocabulary, rows: int) -> None:
+    """A SentencePiece unigram model as llama.cpp's converter writes T5's: model ``t5`` (its
+    unigram tokenizer), every piece with its score and type (the two number types alike), the
+    normalizer's precompiled charsmap, the dummy-prefix and whitespace flags, the role ids; T5's
+    tokenizer ends a text with ``</s>``."""
+    model = _sentencepiece_model(vocabulary)
+    pieces = list(model.pieces)
+    extra = range(len(pieces), len(vocabulary))  # tokens added past the model's own
+    padding = range(len(vocabulary), rows)
+    writer.add_tokenizer_model("t5")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([*(piece.piece for piece in pieces),
+                           *(vocabulary.tokens[i] for i in extra),
+                           *(f"[PAD{i}]" for i in padding)])
+    writer.add_token_scores([*(piece.score for piece in pieces),
+                             *(-1000.0 for _ in (*extra, *padding))])
+    writer.add_token_types([*(piece.type for piece in pieces), *(
+        gguf.TokenType.CONTROL if i in vocabulary.special else gguf.TokenType.USER_DEFINED
+        for i in extra), *(gguf.TokenType.UNUSED for _ in padding)])
+    normalizer = model.normalizer_spec
+    writer.add_add_space_prefix(normalizer.add_dummy_prefix)
+    writer.add_remove_extra_whitespaces(normalizer.remove_extra_whitespaces)
+    if normalizer.precompiled_charsmap:
+        writer.add_precompiled_charsmap(normalizer.precompiled_charsmap)
+    ends_with_eos = vocabulary.settings().get("tokenizer_class") in T5_CLASSES
+    writer.add_bool("tokenizer.ggml.add_bos_token", False)
+    writer.add_bool("tokenizer.ggml.add_eos_token", ends_with_eos)
+    added = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
+             "pad": writer.add_pad_token_id, "unk": writer.add_unk_token_id}
+    for role, add in added.items():
+        if role in vocabulary.roles:
+            add(vocabulary.roles[role])
+
+
 def wordpiece_normalizer(vocabulary: Vocabulary) -> tuple[bool, bool]:
     """(lowercase, strip accents) as transformers' BertTokenizer reads tokenizer_config.json:
     lowercasing strips accents too unless ``strip_accents`` says otherwise."""
@@ -158,9 +227,10 @@ def _vocabulary(gguf, reader, path: Path) -> Vocabulary | None:
         return None
     values = _fields(gguf, reader, path)
     model = values.get("tokenizer.ggml.model")
-    if model not in ("gpt2", "bert"):
+    if model not in ("gpt2", "bert", "t5"):
         raise CheckpointError(f"{path}: the GGUF tokenizer is llama.cpp's {model!r}; gpt2port "
-                              "reads its 'gpt2' (byte-level BPE) and 'bert' (WordPiece) ones",
+                              "reads its 'gpt2' (byte-level BPE), 'bert' (WordPiece) and 't5' "
+                              "(SentencePiece unigram) ones",
                               hint="pass the model's tokenizer with --tokenizer PATH|REPO")
 
     def array(key: str) -> list:
@@ -177,6 +247,11 @@ def _vocabulary(gguf, reader, path: Path) -> Vocabulary | None:
              if f"tokenizer.ggml.{key}_token_id" in values}
     if model == "bert":
         return _wordpiece(gguf, tokens, types, roles, values)
+    if model == "t5":
+        scores = [float(part[0]) for part in array("tokenizer.ggml.scores")]
+        charsmap = bytes(np.concatenate(array("tokenizer.ggml.precompiled_charsmap") or [
+            np.zeros(0, np.uint8)]).astype(np.uint8))
+        return _sentencepiece(gguf, tokens, scores, types, roles, values, charsmap)
     kept = [i for i, kind in enumerate(types) if kind != gguf.TokenType.UNUSED]
     added = {i: (tokens[i], types[i] == gguf.TokenType.CONTROL) for i in kept
              if types[i] in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)
@@ -184,6 +259,45 @@ def _vocabulary(gguf, reader, path: Path) -> Vocabulary | None:
     vocab = {tokens[i]: i for i in kept if i not in added}
     roles = {role: i for role, i in roles.items() if role in ("bos", "eos", "pad")}
     return from_bpe(vocab, merges, added, roles, str(path))
+
+
+def _sentencepiece(gguf, tokens: list[str], scores: list[float], types: list[int],
+                   roles: dict, values: dict, charsmap: bytes) -> Vocabulary:
+    """llama.cpp's ``t5`` tokenizer back as the SentencePiece unigram model it was written from
+    (``spiece.model``, with transformers' ``T5Tokenizer`` in tokenizer_config.json: its class
+    for a unigram model), rows of type unused left out.
+
+    Raises:
+        TokenizerError: without the sentencepiece package (and protobuf).
+    """
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError:
+        raise TokenizerError("reading a GGUF's SentencePiece tokenizer needs the sentencepiece "
+                             "and protobuf packages",
+                             hint="pip install 'gpt2port[tokenizers]'") from None
+    kept = [i for i, kind in enumerate(types) if kind != gguf.TokenType.UNUSED]
+    model = sentencepiece_model_pb2.ModelProto()
+    model.trainer_spec.model_type = UNIGRAM
+    for i in kept:
+        model.pieces.add(piece=tokens[i], score=scores[i] if i < len(scores) else 0.0,
+                         type=types[i])
+    model.trainer_spec.unk_id = roles.get("unk", 0)
+    model.normalizer_spec.name = "nmt_nfkc"
+    model.normalizer_spec.precompiled_charsmap = charsmap
+    model.normalizer_spec.add_dummy_prefix = bool(values.get("tokenizer.ggml.add_space_prefix",
+                                                             True))
+    model.normalizer_spec.remove_extra_whitespaces = bool(values.get(
+        "tokenizer.ggml.remove_extra_whitespaces", True))
+    special = frozenset(i for i in kept if types[i] in (gguf.TokenType.CONTROL,
+                                                        gguf.TokenType.UNKNOWN))
+    roles = {role: i for role, i in roles.items() if role in ("bos", "eos", "pad", "unk")}
+    settings = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0,  # transformers' unigram one
+                **{f"{role}_token": tokens[i] for role, i in roles.items()}}
+    files = (("spiece.model", model.SerializeToString()),
+             ("tokenizer_config.json", json.dumps(settings, ensure_ascii=False).encode()))
+    return Vocabulary(tuple(tokens[i] for i in kept), (), special, special, roles,
+                      "sentencepiece", files=files)
 
 
 def _wordpiece(gguf, tokens: list[str], types: list[int], roles: dict, values: dict
@@ -244,12 +358,13 @@ def _tensors(gguf, reader) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _read(path: Path, read):
-    """Run ``read(gguf, reader)``, turning the gguf package's errors into ours."""
+def _read(path: Path, read, reader=None):
+    """Run ``read(gguf, reader)`` (on the file parsed afresh, unless ``reader`` is given),
+    turning the gguf package's errors into ours."""
     gguf = _gguf()
     try:
-        return read(gguf, gguf.GGUFReader(str(path), "c"))  # writable views: no copy
-    except CheckpointError:
+        return read(gguf, reader or gguf.GGUFReader(str(path), "c"))  # writable views: no copy
+    except (CheckpointError, TokenizerError):
         raise
     except Exception as error:  # noqa: BLE001 - the gguf package's parser raises many types on damaged files
         raise CheckpointError(f"{path}: not a readable GGUF file ({type(error).__name__}: "
@@ -276,9 +391,9 @@ class Gguf(Format):
     proof = ("llama.cpp (llama-cpp-python) runs the export: logits within 1.5e-3, same greedy "
              "tokens; the gguf package reads every tensor back")
     tokenizer = ("inside the file: every token with its type (control, user-defined), the "
-                 "merges, bos/eos/padding ids (model `gpt2`); WordPiece as model `bert`; "
-                 "required (llama.cpp loads no GGUF without one: `--tokenizer` gives one); "
-                 "SentencePiece and other tokenizer.json models refused")
+                 "merges, bos/eos/padding ids (model `gpt2`); WordPiece as model `bert`; a "
+                 "SentencePiece unigram model as model `t5`; required (llama.cpp loads no GGUF "
+                 "without one: `--tokenizer` gives one); other tokenizers refused")
     folds_attention_scale = True  # llama.cpp's gpt2 graph scales by 1/sqrt(head width) only
     file_suffix = ".gguf"  # convert SRC model.gguf --to gguf: one file, as llama.cpp users expect
 
@@ -293,15 +408,21 @@ class Gguf(Format):
         def read(gguf, reader):
             tensors = {name: torch.from_numpy(array)
                        for name, array in _tensors(gguf, reader).items()}
-            return _config(_fields(gguf, reader, path), path), tensors
+            return _config(_fields(gguf, reader, path), path), tensors, reader
 
-        config, tensors = _read(path, read)
+        config, tensors, reader = _read(path, read)
         rows = tensors["token_embd.weight"].shape[0] if "token_embd.weight" in tensors else 0
-        return Raw(str(path), tensors, config, extra={"vocab_size": rows})
+        # the tokenizer from the metadata parsed here: the gguf package parses a file's every
+        # array value by value (a SentencePiece charsmap's 240,000 bytes take seconds)
+        def vocabulary() -> Vocabulary | None:
+            return _read(path, lambda gguf, parsed: _vocabulary(gguf, parsed, path), reader)
+
+        return Raw(str(path), tensors, config, extra={"vocab_size": rows}, vocabulary=vocabulary)
 
     def tokenizer_refusal(self, vocabulary: Vocabulary | None) -> str | None:
         """llama.cpp refuses a GGUF without a tokenizer; it holds a byte-level BPE with GPT-2's
-        pre-tokenizer and BERT's WordPiece as their own libraries encode."""
+        pre-tokenizer, BERT's WordPiece and a SentencePiece unigram model as their own libraries
+        encode."""
         if vocabulary is None:
             return ("the checkpoint has no tokenizer, and llama.cpp refuses a GGUF without one "
                     "(key not found in model: tokenizer.ggml.model)")
@@ -309,10 +430,13 @@ class Gguf(Format):
                 "tokenize_chinese_chars", True):
             return ("its WordPiece keeps Chinese characters together (tokenize_chinese_chars "
                     "false), and llama.cpp's splits them: it would encode differently")
-        if vocabulary.kind not in ("bpe", "wordpiece"):
+        if vocabulary.kind == "sentencepiece" and (
+                _sentencepiece_model(vocabulary).trainer_spec.model_type != UNIGRAM):
+            return ("its SentencePiece model is not a unigram one, which gpt2port does not "
+                    "write into GGUF: llama.cpp would encode differently")
+        if vocabulary.kind not in ("bpe", "wordpiece", "sentencepiece"):
             return (f"its tokenizer is {KINDS[vocabulary.kind]}, which gpt2port does not write "
-                    "into GGUF (llama.cpp's SentencePiece tokenizers need the model's scores "
-                    "and normalizer): llama.cpp would encode differently")
+                    "into GGUF: llama.cpp would encode differently")
         return None
 
     def read_vocabulary(self, path: Path) -> Vocabulary | None:

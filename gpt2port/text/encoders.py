@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from ..errors import TokenizerError
 from .tokenizer import encoding
-from .vocabulary import KINDS, SENTENCEPIECE_FILES, TOKENIZER_JSON, Vocabulary
+from .vocabulary import KINDS, SENTENCEPIECE_FILES, T5_CLASSES, TOKENIZER_JSON, Vocabulary
 
 EXTRA_HINT = "pip install 'gpt2port[tokenizers]'"
 DAMAGED = "the tokenizer files are damaged; use the model's own"
@@ -202,12 +202,15 @@ def _sentencepiece(vocabulary: Vocabulary, origin: str) -> Tokenizer:
         raise _missing("sentencepiece", vocabulary, origin) from None
     model = next(vocabulary.file(name) for name in SENTENCEPIECE_FILES if vocabulary.file(name))
     processor = sentencepiece.SentencePieceProcessor()
-    processor.LoadFromSerializedProto(model)
+    try:
+        processor.LoadFromSerializedProto(model)
+    except (RuntimeError, UnicodeDecodeError) as error:
+        raise TokenizerError(f"{origin}: sentencepiece cannot read its model "
+                             f"({str(error)[:200]})", hint=DAMAGED) from None
     whole = {vocabulary.tokens[i]: i for i in vocabulary.added | vocabulary.special}
     special_ids = set(whole.values())
     pattern = re.compile("|".join(map(re.escape, sorted(whole, key=len, reverse=True))) or "(?!)")
-    ends_with_eos = vocabulary.settings().get("tokenizer_class") in ("T5Tokenizer",
-                                                                     "T5TokenizerFast")
+    ends_with_eos = vocabulary.settings().get("tokenizer_class") in T5_CLASSES
 
     def encode(text: str, wrapped: bool) -> list[int]:
         ids, start = [], 0

@@ -30,6 +30,8 @@ ROLES = ("bos", "eos", "pad", "unk", "sep", "cls", "mask")
 HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", TOKENIZER_JSON, WORDPIECE_FILE,
                       *SENTENCEPIECE_FILES, "tokenizer_config.json", "special_tokens_map.json",
                       "added_tokens.json")
+# transformers' SentencePiece tokenizers that end a text with </s> (T5's, the Japanese GPT-2s')
+T5_CLASSES = ("T5Tokenizer", "T5TokenizerFast")
 # a tokenizer's kind -> in words
 KINDS = {"bpe": "byte-level BPE", "wordpiece": "WordPiece", "sentencepiece": "SentencePiece",
          "tokenizer.json": "a tokenizer.json model"}
