@@ -11,4 +11,7 @@ import sys
 def phase(name: str) -> None:
     """Say that the work ``name`` starts, where ``GPT2PORT_PHASES`` asks for it."""
     if os.environ.get("GPT2PORT_PHASES"):
-        print(f"phase: {name}", file=sys.stderr, flush=True)
+        # one write, the newline in it: print() writes the text and the newline apart, and a
+        # signal landing between them ran the next line ("interrupted") onto this one
+        sys.stderr.write(f"phase: {name}\n")
+        sys.stderr.flush()
