@@ -269,7 +269,8 @@ def run_verify(args: argparse.Namespace) -> None:
     text = _text(args.text) if args.text else None
     _verified(args, verify(args.model, revision=args.revision, filename=args.filename,
                            cache_dir=args.cache_dir, offline=args.offline,
-                           reference=args.reference, text=text, tokenizer=args.tokenizer))
+                           reference=args.reference, text=text,
+                           tokenizer=_named_tokenizer(args)))
 
 
 def run_generate(args: argparse.Namespace) -> None:

@@ -26,7 +26,8 @@ def inspect(name_or_path: str | Path, *, revision: str | None = None,
     """
     checkpoint = open_checkpoint(resolve(name_or_path, revision=revision, filename=filename,
                                          cache_dir=cache_dir, offline=offline))
-    found = checkpoint_tokenizer(checkpoint, tokenizer=tokenizer)
+    found = checkpoint_tokenizer(checkpoint, tokenizer=tokenizer, cache_dir=cache_dir,
+                                 offline=offline)
     given = " (given)" if tokenizer is not None else (
         "" if checkpoint.vocabulary is not None else " (GPT-2's: the checkpoint has none)")
     said = (f"tokenizer: {found.kind}{given}, {found.n_vocab} tokens, run by {found.runs_in}"

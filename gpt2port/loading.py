@@ -377,12 +377,13 @@ GPT2_VOCABULARY = 50257  # GPT-2's tokens: a checkpoint of this vocabulary saved
 # tokenizer is taken to use GPT-2's
 
 
-def checkpoint_tokenizer(checkpoint: Checkpoint, *, tokenizer: str | Path | Tokenizer | None = None
+def checkpoint_tokenizer(checkpoint: Checkpoint, *, tokenizer: str | Path | Tokenizer | None = None,
+                         cache_dir: str | Path | None = None, offline: bool = False
                          ) -> Tokenizer | None:
     """What turns text into the checkpoint's ids: ``tokenizer`` where given (as
     ``load_tokenizer`` takes it), else the checkpoint's own, else GPT-2's where its vocabulary
     is GPT-2's (saved without its tokenizer, as ``save_pretrained`` alone does); None when there
-    is none.
+    is none (``cache_dir``, ``offline``: where a named Hub repo's tokenizer is fetched).
 
     Raises:
         TokenizerError: for a tokenizer with more tokens than the model has rows (not this
@@ -390,7 +391,7 @@ def checkpoint_tokenizer(checkpoint: Checkpoint, *, tokenizer: str | Path | Toke
     """
     config = checkpoint.config
     if tokenizer is not None:
-        found = load_tokenizer(tokenizer)
+        found = load_tokenizer(tokenizer, cache_dir=cache_dir, offline=offline)
     elif checkpoint.vocabulary is not None:
         found = tokenizer_for(checkpoint.vocabulary, checkpoint.origin)
     elif config["vocab_size"] == GPT2_VOCABULARY:

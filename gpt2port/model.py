@@ -168,7 +168,11 @@ class GPTModel(nn.Module):
     def choice_scores(self, token_ids: torch.Tensor) -> torch.Tensor:
         """A multiple-choice head's scores (B, choice_outputs): each row of ``token_ids`` is one
         choice, scored at its last token (transformers' ``mc_logits`` without ``mc_token_ids``)."""
-        scores = self.choice_head(self.hidden_states(token_ids)[:, -1])  # (B, K)
+        return self.choices_from(self.hidden_states(token_ids))
+
+    def choices_from(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``choice_scores`` from ``hidden_states``' output (B, T, D)."""
+        scores = self.choice_head(hidden[:, -1])  # (B, K)
         return scores.tanh() if self.config["choice_activation"] == "tanh" else scores
 
     def hidden_states(self, token_ids: torch.Tensor) -> torch.Tensor:

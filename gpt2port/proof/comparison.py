@@ -119,18 +119,21 @@ def compare(a: str | Path, b: str | Path, *, text: str | None = None,
     if _same_shape(model_a, model_b):
         context = min(model_a.config["context_length"], model_b.config["context_length"])
         vocabulary = min(model_a.config["vocab_size"], model_b.config["vocab_size"])
-        ids, from_text = _scored_ids(left, right, text, tokenizer)
+        ids, from_text = _scored_ids(left, right, text, tokenizer, cache_dir=cache_dir,
+                                     offline=offline)
         result.logits = logit_figures(_logits_of(model_a), _logits_of(model_b), ids, context,
                                       vocabulary, from_text=from_text)
     return result
 
 
 def _scored_ids(left: Checkpoint, right: Checkpoint, text: str | None,
-                tokenizer: str | Path | Tokenizer | None) -> tuple[list[int], bool]:
+                tokenizer: str | Path | Tokenizer | None, *, cache_dir: str | Path | None,
+                offline: bool) -> tuple[list[int], bool]:
     """The ids to score both models on, and whether they are a text's (perplexity means
     something): ``text`` by the first tokenizer found, else ids drawn across the vocabulary."""
     for checkpoint in (left, right):
-        found = checkpoint_tokenizer(checkpoint, tokenizer=tokenizer)
+        found = checkpoint_tokenizer(checkpoint, tokenizer=tokenizer, cache_dir=cache_dir,
+                                     offline=offline)
         if found is not None:
             return text_ids(text, found, checkpoint.config, checkpoint.origin), True
     if text is not None:

@@ -22,16 +22,25 @@ SAMPLE_TEXT = resources.files("gpt2port") / "data" / "sample.txt"  # public doma
 
 
 def prompt_for(config: dict, tokenizer: Tokenizer | None = None) -> list[int]:
-    """The fixed prompt as the model's ids: its text by the model's tokenizer; without one,
-    GPT-2's ids where the model has them, else ids spread evenly over its vocabulary (a model
-    with no text: a small test model); never more than its context."""
+    """The fixed prompt as the model's ids (``described_prompt``'s)."""
+    return described_prompt(config, tokenizer)[0]
+
+
+def described_prompt(config: dict, tokenizer: Tokenizer | None = None) -> tuple[list[int], str]:
+    """The fixed prompt as the model's ids, and what they are in words: its text by the model's
+    tokenizer; without one, GPT-2's ids where the model has them, else ids spread evenly over
+    its vocabulary (a model with no text: a small test model); never more than its context."""
     vocabulary, context = config["vocab_size"], config["context_length"]
     ids = tokenizer.encode(PROMPT_TEXT) if tokenizer is not None else list(PROMPT)
     if max(ids, default=0) >= vocabulary or len(ids) < 2:
         # from 1 to vocabulary - 2: the first and last ids are often padding (BERT's [PAD],
         # GPT-2's <|endoftext|> as pad), which a classifier does not score
         ids = [1 + round(i * (vocabulary - 3) / (len(PROMPT) - 1)) for i in range(len(PROMPT))]
-    return ids[:context]
+        return ids[:context], (f"{len(ids[:context])} ids spread over the vocabulary of "
+                               f"{vocabulary} (no tokenizer for this vocabulary: not a text)")
+    by = (f"by the model's tokenizer ({tokenizer.kind})" if tokenizer is not None
+          else "of GPT-2's tokenizer")
+    return ids[:context], f"{PROMPT_TEXT!r}, {len(ids[:context])} ids {by}"
 
 
 def drawn_ids(config: dict, count: int = 1024) -> list[int]:

@@ -63,17 +63,21 @@ def attention(x, params, prefix, heads, scale):  # [T, D] -> [T, D]
 
 def forward(params: Mapping[str, np.ndarray], config: dict, ids: list[int]) -> np.ndarray:
     """Logits [T, V] for one sequence of token ids; a missing bias counts as zero."""
-    x = hidden_states(params, config, ids)  # [T, D]
+    return head_logits(params, hidden_states(params, config, ids))
+
+
+def head_logits(params: Mapping[str, np.ndarray], hidden: np.ndarray) -> np.ndarray:
+    """The output head on ``hidden_states``' output [T, D]: logits [T, V]."""
     head = params["lm_head.weight" if "lm_head.weight" in params else "wte.weight"]  # [V|C, D]
-    return x @ head.T + params.get("lm_head.bias", 0)  # [T, V]
+    return hidden @ head.T + params.get("lm_head.bias", 0)  # [T, V]
 
 
-def choice_scores(params: Mapping[str, np.ndarray], config: dict, ids: list[int]
+def choice_scores(params: Mapping[str, np.ndarray], config: dict, hidden: np.ndarray
                   ) -> np.ndarray:
-    """A multiple-choice head's scores [K] for one choice, read at its last token (as
-    transformers' SequenceSummary with ``summary_type="cls_index"`` and no ``mc_token_ids``)."""
-    last = hidden_states(params, config, ids)[-1]  # [D]
-    scores = last @ params["choice.weight"].T + params["choice.bias"]  # [K]
+    """A multiple-choice head's scores [K] for one choice, read at its last token of
+    ``hidden_states``' output (as transformers' SequenceSummary with ``summary_type="cls_index"``
+    and no ``mc_token_ids``)."""
+    scores = hidden[-1] @ params["choice.weight"].T + params["choice.bias"]  # [K]
     return np.tanh(scores) if config["choice_activation"] == "tanh" else scores
 
 

@@ -22,16 +22,14 @@ from ..loading import checkpoint_tokenizer, model_from_checkpoint, open_checkpoi
 from ..model import GPTModel
 from ..text.encoders import Tokenizer
 from .figures import (
-    PROMPT,
-    PROMPT_TEXT,
     RELATIVE_TOLERANCE,
     LogitFigures,
     checked_text,
+    described_prompt,
     logit_figures,
-    prompt_for,
     text_ids,
 )
-from .reference import choice_scores, forward, reference_logits
+from .reference import choice_scores, forward, head_logits, hidden_states
 
 
 @dataclass
@@ -167,8 +165,10 @@ def verify(name_or_path: str | Path, *, revision: str | None = None,
     checkpoint = open_checkpoint(folder)
     model = model_from_checkpoint(checkpoint, dtype=torch.float32)
     known = hub_source(str(name_or_path), revision).known_greedy if filename is None else None
+    found = checkpoint_tokenizer(checkpoint, tokenizer=tokenizer, cache_dir=cache_dir,
+                                 offline=offline)
     return verify_model(model, folder, reference=reference, known_greedy=known, text=text,
-                        tokenizer=checkpoint_tokenizer(checkpoint, tokenizer=tokenizer))
+                        tokenizer=found)
 
 
 def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
@@ -194,7 +194,7 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
     scored = text_ids(text, tokenizer, model.config, str(folder)) if text is not None else None
     source_format = recognise(Path(folder))
     reference = choose_reference(reference, folder, source_format)
-    ids = prompt_for(model.config, tokenizer)
+    ids, prompt_words = described_prompt(model.config, tokenizer)
     device = next(model.parameters()).device
     # one model in memory at a time: ours runs first, handing its file's pages back as it goes
     # (a memory-mapped model reads them again when next used), then the reference
@@ -202,7 +202,10 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
         stage(bar, "our logits")
         kind = CLASSES[model.config["task"]]
         with torch.inference_mode(), released_as_used(model):
-            ours = model(torch.tensor([ids], device=device))[0].float().cpu().numpy()
+            hidden = model.hidden_states(torch.tensor([ids], device=device))
+            ours = model.output_head(hidden)[0].float().cpu().numpy()
+            ours_choice = (model.choices_from(hidden)[0].float().cpu().numpy()
+                           if model.config["choice_outputs"] else None)
         bar.update()
         if known_greedy is not None:
             stage(bar, "greedy answer")
@@ -216,10 +219,11 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
         if reference == "transformers":
             expected = transformers_logits(Path(folder), ids, kind=kind, choice=choice)
         else:
-            expected = reference_logits(Path(folder), ids, source_format=source_format)
+            arrays, config = source_format.reference_tensors(Path(folder))
+            reference_hidden = hidden_states(arrays, config, ids)  # [T, D], once for both heads
+            expected = head_logits(arrays, reference_hidden)
             if model.config["choice_outputs"]:
-                arrays, config = source_format.reference_tensors(Path(folder))
-                choice.append(choice_scores(arrays, config, ids))
+                choice.append(choice_scores(arrays, config, reference_hidden))
         if not reads_every_position(model.config):  # the last token's scores classify
             ours, expected = ours[-1:], expected.reshape(-1, ours.shape[-1])[-1:]
         bar.update()
@@ -231,27 +235,15 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
         max_abs_diff=float(np.abs(ours - expected).max()),
         tolerance=RELATIVE_TOLERANCE * max(1.0, float(np.abs(expected).max())),
         argmax_agreement=float((ours.argmax(-1) == expected.argmax(-1)).mean()),
-        prompt=_prompt_words(ids, model.config, tokenizer),
+        prompt=prompt_words,
     )
-    if model.config["choice_outputs"]:
-        with torch.inference_mode(), released_as_used(model):
-            ours_choice = model.choice_scores(torch.tensor([ids], device=device))[0]
-        result.choice_diff = float(np.abs(ours_choice.float().cpu().numpy() - choice[0]).max())
+    if ours_choice is not None:
+        result.choice_diff = float(np.abs(ours_choice - choice[0]).max())
     if known_greedy is not None:
         result.greedy_expected, result.greedy_found = list(known_greedy[1]), found
     if scored is not None:
         result.over_text = _over_text(model, Path(folder), reference, source_format, scored)
     return result
-
-
-def _prompt_words(ids: list[int], config: dict, tokenizer: Tokenizer | None) -> str:
-    """What ``prompt_for`` gave, in words."""
-    if tokenizer is not None and ids == tokenizer.encode(PROMPT_TEXT)[:len(ids)]:
-        return f"{PROMPT_TEXT!r}, {len(ids)} ids by the model's tokenizer ({tokenizer.kind})"
-    if ids == list(PROMPT)[:len(ids)]:
-        return f"{PROMPT_TEXT!r}, {len(ids)} ids of GPT-2's tokenizer"
-    return (f"{len(ids)} ids spread over the vocabulary of {config['vocab_size']} (no tokenizer "
-            "for this vocabulary: not a text)")
 
 
 def _over_text(model: GPTModel, folder: Path, reference: str, source_format: Format,

@@ -85,8 +85,6 @@ def tokenizer_for(vocabulary: Vocabulary, origin: str) -> Tokenizer:
     Raises:
         TokenizerError: when the files disagree, or the library its kind needs is missing.
     """
-    if vocabulary.is_gpt2_bpe and not vocabulary.file(TOKENIZER_JSON):
-        return _tiktoken(vocabulary, origin)
     if vocabulary.is_gpt2_bpe and _plain_byte_level(vocabulary.file(TOKENIZER_JSON)):
         return _tiktoken(vocabulary, origin)
     if vocabulary.kind == "sentencepiece":
@@ -94,9 +92,11 @@ def tokenizer_for(vocabulary: Vocabulary, origin: str) -> Tokenizer:
     return _hugging_face(vocabulary, origin)
 
 
-def _plain_byte_level(found: bytes) -> bool:
-    """Whether a tokenizer.json runs GPT-2's byte-level BPE as GPT-2's does: no normalizer, no
-    template that adds tokens."""
+def _plain_byte_level(found: bytes | None) -> bool:
+    """Whether a tokenizer.json (None: there is none) runs GPT-2's byte-level BPE as GPT-2's
+    does: no normalizer, no template that adds tokens."""
+    if found is None:
+        return True
     try:
         tokenizer = json.loads(found)
     except (ValueError, UnicodeDecodeError):

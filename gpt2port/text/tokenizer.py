@@ -69,11 +69,6 @@ def tokenizer_files(folder: str | Path) -> tuple[Path, Path] | None:
     return None
 
 
-def has_tokenizer(folder: str | Path) -> bool:
-    """Whether ``folder`` holds GPT-2 tokenizer files (either pair, or ``tokenizer.json``)."""
-    return tokenizer_files(folder) is not None or (Path(folder) / TOKENIZER_JSON).is_file()
-
-
 def read_bpe(folder: str | Path) -> tuple[dict[str, int], list[str]] | None:
     """The vocabulary (token -> id) and merges (``"a b"`` lines) of ``folder``'s tokenizer:
     vocab.json + merges.txt, encoder.json + vocab.bpe, or the ``tokenizer.json`` alone that

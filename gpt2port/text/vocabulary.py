@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from ..errors import TokenizerError, unreadable
@@ -56,7 +57,7 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    @property
+    @cached_property
     def is_gpt2_bpe(self) -> bool:
         """Whether this is a byte-level BPE in GPT-2's layout: its bytes first, then a token per
         merge, in merge order (GPT-2's own and its fine-tunes'), as OpenAI's files, llm.c and
@@ -242,7 +243,7 @@ def _whole_vocabulary(folder: Path, kind: str, tokens: list[str]) -> Vocabulary:
     (past the model's own are appended), special tokens and roles."""
     by_id = dict(enumerate(tokens))
     ids = {token: i for i, token in by_id.items()}
-    added = {i: entry for i, entry in _added_tokens(folder, ids).items()}
+    added = _added_tokens(folder, ids)
     by_id.update({i: text for i, (text, _) in added.items()})
     if sorted(by_id) != list(range(len(by_id))):
         gaps = sorted(set(range(max(by_id) + 1)) - set(by_id))[:5]
