@@ -12,7 +12,15 @@ import torch
 
 from . import formats, slots
 from .config import PRESETS, hub_source
-from .errors import CheckpointError, ConfigError, MappingError, NetworkError, TokenizerError
+from .adapters.lora import BASE_HINT, LoraAdapter, is_adapter
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DownloadError,
+    MappingError,
+    NetworkError,
+    TokenizerError,
+)
 from .formats import Checkpoint
 from .formats.table import MappingTable, to_model
 from .io.pages import MappedFiles
@@ -90,14 +98,44 @@ def checked_name(name_or_path: object, what: str = "name_or_path") -> str | Path
                       f"{name_or_path!r}", hint=f"presets: {', '.join(PRESETS)}")
 
 
-def open_checkpoint(path: Path) -> Checkpoint:
-    """Read a folder or one weights file of any format in ``gpt2port.formats.FORMATS``.
+def open_checkpoint(path: Path, *, base: str | Path | None = None,
+                    cache_dir: str | Path | None = None, offline: bool = False) -> Checkpoint:
+    """Read a folder or one weights file of any format in ``gpt2port.formats.FORMATS``, or a
+    PEFT LoRA adapter with its base (``base``, else the one the adapter names: a preset, Hub
+    repo id or path, fetched with ``cache_dir`` and ``offline``), merged when the model is
+    made.
 
     Raises:
-        CheckpointError: when no format recognises it, or its files are malformed.
-        ConfigError: for a config this model cannot implement.
+        CheckpointError: when no format recognises it, its files are malformed, or an adapter's
+            base cannot be found.
+        ConfigError: for a config this model cannot implement, an adapter gpt2port does not
+            merge, or ``base`` given for a checkpoint that is not an adapter.
+        MappingError: listing every adapter tensor that does not fit its base.
     """
-    return formats.read(Path(path))
+    path = Path(path)
+    if not is_adapter(path):
+        if base is not None:
+            raise ConfigError(f"{path}: a base (--base {base}) is for a LoRA adapter, and this "
+                              "is a full checkpoint", hint="drop --base")
+        return formats.read(path)
+    adapter = LoraAdapter(path)
+    name = base if base is not None else adapter.base_name
+    if name is None:
+        raise CheckpointError(f"{adapter.origin}: the adapter names no base model "
+                              "(base_model_name_or_path is empty)", hint=BASE_HINT)
+    try:
+        base_path = resolve(name, cache_dir=cache_dir, offline=offline)
+        found = formats.read(base_path)
+    except (CheckpointError, DownloadError) as error:
+        if isinstance(error, MappingError):
+            raise
+        raise type(error)(f"{adapter.origin}: its base {str(name)!r} cannot be loaded: "
+                          f"{error.message}", hint=BASE_HINT) from None
+    config = adapter.merged_config(found.config, adapter.origin)
+    adapter.base_path = base_path
+    return Checkpoint(adapter.origin, found.tensors, config, found.table, found.format,
+                      found.path, lambda: read_folder(adapter.folder) or found.vocabulary,
+                      adapter=adapter, base_config=found.config)
 
 
 def _refuse_non_finite(origin: str, tensors: dict[str, torch.Tensor], table: MappingTable
@@ -186,7 +224,7 @@ def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | 
         CheckpointError: for weights that are not finite.
         ConfigError: for an unknown dtype.
     """
-    config, tensors = checkpoint.config, checkpoint.tensors
+    config, tensors = checkpoint.base_config or checkpoint.config, checkpoint.tensors
     blocks, layers = checkpoint.table.block_count(tensors), config["number_of_layers"]
     # a config claiming far more blocks than the file holds must not be mapped block by block
     checked = {**config, "number_of_layers": min(layers, blocks + 1)}
@@ -199,6 +237,9 @@ def model_from_checkpoint(checkpoint: Checkpoint, *, dtype: torch.dtype | str | 
         raise MappingError(checkpoint.origin, [summary, *error.problems], config) from None
     _refuse_non_finite(checkpoint.origin, tensors, checkpoint.table)
     dtype = parse_dtype(dtype) or state["token_embedding_table.weight"].dtype
+    if checkpoint.adapter is not None:
+        state = checkpoint.adapter.merged(state, config, checkpoint.config, dtype)
+        config = checkpoint.config
     state = _placed_state(state, device, dtype)
     if config["tie_output_head"]:
         state["output_head.weight"] = state["token_embedding_table.weight"]
@@ -303,9 +344,11 @@ def resolve(name_or_path: str | Path, *, revision: str | None = None,
 
 def load_pretrained(name_or_path: str | Path, *, revision: str | None = None,
                     dtype: torch.dtype | str | None = None, device: torch.device | str = "cpu",
-                    cache_dir: str | Path | None = None, filename: str | None = None
-                    ) -> GPTModel:
+                    cache_dir: str | Path | None = None, filename: str | None = None,
+                    base: str | Path | None = None) -> GPTModel:
     """GPT-2 weights from a preset (``"gpt2"``), a Hub repo id, a folder or a file, in eval mode.
+    A PEFT LoRA adapter (folder or Hub repo) loads as its base with the adapter merged: the base
+    it names, or ``base`` (a preset, Hub repo id or path) where it was trained elsewhere.
     ``filename`` picks one weights file of a Hub repo (``rasbt/gpt2-from-scratch-pytorch``'s
     ``gpt2-small-124M.pth``), fetched with the config and tokenizer files beside it.
 
@@ -318,7 +361,8 @@ def load_pretrained(name_or_path: str | Path, *, revision: str | None = None,
     parse_dtype(dtype)
     device = parse_device(device)
     folder = resolve(name_or_path, revision=revision, cache_dir=cache_dir, filename=filename)
-    return model_from_checkpoint(open_checkpoint(folder), dtype=dtype, device=device)
+    checkpoint = open_checkpoint(folder, base=base, cache_dir=cache_dir)
+    return model_from_checkpoint(checkpoint, dtype=dtype, device=device)
 
 
 def load_tokenizer(name_or_path: str | Path | Tokenizer | None = None, *,

@@ -148,6 +148,10 @@ class Checkpoint:
     format: Format
     path: Path
     read_vocabulary: Callable[[], Vocabulary | None] | None = None  # Raw.vocabulary
+    # a LoRA adapter merged on loading (gpt2port.adapters.lora), and the base's own config that
+    # the tensors are mapped with; ``config`` is then the merged model's
+    adapter: object | None = None
+    base_config: dict | None = None
 
     @cached_property
     def vocabulary(self) -> Vocabulary | None:

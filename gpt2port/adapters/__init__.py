@@ -1,0 +1,1 @@
+"""Adapters merged onto their base model on loading: PEFT's LoRA."""
