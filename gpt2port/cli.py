@@ -91,6 +91,9 @@ def _source_options(parser: argparse.ArgumentParser, *, default: str | None = No
     parser.add_argument("--file", dest="filename", metavar="NAME",
                         help="one weights file of a Hub repo (a .pth, .safetensors, .gguf, "
                         "ckpt.pt...), fetched with the config and tokenizer files beside it")
+    parser.add_argument("--base", metavar="PATH|REPO",
+                        help="for a LoRA adapter: the base model to merge it onto, where not "
+                        "the one its adapter_config.json names")
     _tokenizer_option(parser)
 
 
@@ -172,6 +175,10 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--other-revision", help="branch, tag or commit of the second")
     compare.add_argument("--other-file", dest="other_filename", metavar="NAME",
                          help="one weights file of the second's Hub repo")
+    compare.add_argument("--base", metavar="PATH|REPO",
+                         help="the first's base model, where it is a LoRA adapter")
+    compare.add_argument("--other-base", metavar="PATH|REPO",
+                         help="the second's base model, where it is a LoRA adapter")
     compare.add_argument("--cache-dir", type=Path, help="huggingface_hub cache folder")
     compare.add_argument("--offline", action="store_true", help="use the cache only")
     compare.add_argument("--text", type=Path, help="a UTF-8 text file to compare the logits "
@@ -224,17 +231,20 @@ def run_download(args: argparse.Namespace) -> None:
     listed = folder.parent if folder.is_file() else folder
     for path in sorted(p for p in listed.iterdir() if not p.name.startswith(".")):
         print(f"  {path.name:32} {path.stat().st_size:>14,} bytes")
-    from .loading import load_pretrained
+    from .loading import model_from_checkpoint, open_checkpoint
     from .proof.verification import verify_model
 
     phase("loading")
-    model = load_pretrained(folder, dtype="float32")
+    checkpoint = open_checkpoint(folder, base=args.base, cache_dir=args.cache_dir,
+                                 offline=args.offline)
+    model = model_from_checkpoint(checkpoint, dtype="float32")
     _verified(args, verify_model(model, folder, reference=args.reference, known_greedy=known,
-                                 tokenizer=_named_tokenizer(args)))
+                                 tokenizer=_named_tokenizer(args), adapter=checkpoint.adapter))
     if args.output is not None:
         from .conversion import convert
 
-        written = convert(folder, args.output, to="native")
+        written = convert(folder, args.output, to="native", base=args.base,
+                          cache_dir=args.cache_dir, offline=args.offline)
         print(f"wrote {written} (gpt2port's own layout; load it with load_pretrained)")
 
 
@@ -270,7 +280,7 @@ def run_verify(args: argparse.Namespace) -> None:
     _verified(args, verify(args.model, revision=args.revision, filename=args.filename,
                            cache_dir=args.cache_dir, offline=args.offline,
                            reference=args.reference, text=text,
-                           tokenizer=_named_tokenizer(args)))
+                           tokenizer=_named_tokenizer(args), base=args.base))
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -289,7 +299,8 @@ def run_generate(args: argparse.Namespace) -> None:
     device, dtype = parse_device(args.device), parse_dtype(args.dtype)
     folder = _folder(args)
     phase("loading")
-    checkpoint = open_checkpoint(folder)
+    checkpoint = open_checkpoint(folder, base=args.base, cache_dir=args.cache_dir,
+                                 offline=args.offline)
     model = check_model(model_from_checkpoint(checkpoint, dtype=dtype, device=device))
     tokenizer = checkpoint_tokenizer(checkpoint, tokenizer=_named_tokenizer(args))
     if tokenizer is None:
@@ -358,7 +369,7 @@ def run_convert(args: argparse.Namespace) -> None:
                           revision=args.revision, filename=args.filename,
                           cache_dir=args.cache_dir, offline=args.offline,
                           approximate_gelu=args.approximate_gelu,
-                          tokenizer=_named_tokenizer(args))
+                          tokenizer=_named_tokenizer(args), base=args.base)
     for change in changes:
         if issubclass(change.category, ConversionWarning):
             print(f"note: {change.message}", file=sys.stderr)
@@ -375,7 +386,7 @@ def run_inspect(args: argparse.Namespace) -> None:
     phase("resolving")
     print(inspect(args.model, revision=args.revision, filename=args.filename,
                   cache_dir=args.cache_dir, offline=args.offline,
-                  tokenizer=_named_tokenizer(args)))
+                  tokenizer=_named_tokenizer(args), base=args.base))
 
 
 def _text(path: Path) -> str:
@@ -399,7 +410,8 @@ def run_compare(args: argparse.Namespace) -> None:
     found = compare(args.model, args.other, text=text, revision=args.revision,
                     filename=args.filename, other_revision=args.other_revision,
                     other_filename=args.other_filename, cache_dir=args.cache_dir,
-                    offline=args.offline, tokenizer=_named_tokenizer(args))
+                    offline=args.offline, tokenizer=_named_tokenizer(args), base=args.base,
+                    other_base=args.other_base)
     print(found.to_json() if args.json else found.report())
     if found.verdict == "different":
         raise VerificationError(f"{args.model} and {args.other} hold different models",

@@ -255,12 +255,14 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
             dtype: str | None = None, revision: str | None = None,
             filename: str | None = None, cache_dir: str | Path | None = None,
             offline: bool = False, approximate_gelu: bool = False,
-            tokenizer: str | Path | Tokenizer | None = None) -> Path:
+            tokenizer: str | Path | Tokenizer | None = None,
+            base: str | Path | None = None) -> Path:
     """Read ``source`` (preset, Hub id, folder or file), write it to the new folder
     ``destination`` in format ``to`` (a name in ``gpt2port.formats.BY_NAME``), with the
     tokenizer when the source has it, or ``tokenizer`` (as ``load_tokenizer`` takes it) where
     given (``filename``: one weights file of a Hub repo). ``dtype`` None keeps the source's
-    own. A destination ending in the format's file suffix
+    own. A LoRA adapter is written merged onto its base (``base``, where not the one it
+    names), and says so as a ``ConversionWarning``. A destination ending in the format's file suffix
     (``model.gguf``) is written as that one file.
 
     The output appears only when complete, with the permissions the umask gives. Changes the
@@ -287,8 +289,10 @@ def convert(source: str | Path, destination: str | Path, *, to: str,
                      offline=offline)
     with progress(f"convert to {to}", 2) as bar:
         stage(bar, "reading")
-        checkpoint = open_checkpoint(folder)
+        checkpoint = open_checkpoint(folder, base=base, cache_dir=cache_dir, offline=offline)
         model = model_from_checkpoint(checkpoint)
+        if checkpoint.adapter is not None:
+            warnings.warn(checkpoint.adapter.merge_statement(), ConversionWarning, stacklevel=2)
         changes = plan(model.config, target, approximate_gelu=approximate_gelu)
         given = checkpoint.vocabulary if tokenizer is None else given_vocabulary(
             tokenizer, cache_dir=cache_dir, offline=offline)[0]

@@ -13,10 +13,13 @@ from .text.encoders import Tokenizer
 
 def inspect(name_or_path: str | Path, *, revision: str | None = None,
             filename: str | None = None, cache_dir: str | Path | None = None,
-            offline: bool = False, tokenizer: str | Path | Tokenizer | None = None) -> str:
+            offline: bool = False, tokenizer: str | Path | Tokenizer | None = None,
+            base: str | Path | None = None) -> str:
     """What ``gpt2port inspect`` prints: each source tensor of a preset, Hub repo id, folder or
     file, its model name(s), shape, dtype and transform, the config, and the tokenizer that
-    encodes its text (``tokenizer`` where given, as ``load_tokenizer`` takes it).
+    encodes its text (``tokenizer`` where given, as ``load_tokenizer`` takes it). For a LoRA
+    adapter: its base's tensors, then the layers the adapter changes, their rank and scale
+    (``base``: the base, where not the one the adapter names).
 
     Raises:
         CheckpointError: for files that are missing or malformed.
@@ -25,7 +28,8 @@ def inspect(name_or_path: str | Path, *, revision: str | None = None,
         DownloadError: when the Hub cannot be reached or refuses.
     """
     checkpoint = open_checkpoint(resolve(name_or_path, revision=revision, filename=filename,
-                                         cache_dir=cache_dir, offline=offline))
+                                         cache_dir=cache_dir, offline=offline),
+                                 base=base, cache_dir=cache_dir, offline=offline)
     found = checkpoint_tokenizer(checkpoint, tokenizer=tokenizer, cache_dir=cache_dir,
                                  offline=offline)
     given = " (given)" if tokenizer is not None else (
@@ -53,9 +57,12 @@ def describe(checkpoint: Checkpoint) -> str:
         else:
             where = "(ignored buffer)" if table.is_ignored(name) else "(not in the table)"
         lines.append(f"  {name:{width}}  {shape:>14}  {str(tensor.dtype)[6:]:8} {where}")
-    if table.source_name("output_head.weight") not in tensors:
+    if (table.source_name("output_head.weight") not in tensors
+            and checkpoint.config["tie_output_head"]):
         lines.append("  output_head.weight is tied to token_embedding_table.weight")
     lines.append(head_summary(checkpoint.config))
+    if checkpoint.adapter is not None:
+        lines += checkpoint.adapter.describe()
     return "\n".join(lines)
 
 

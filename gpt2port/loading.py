@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from . import formats, slots
-from .config import PRESETS, hub_source
 from .adapters.lora import BASE_HINT, LoraAdapter, is_adapter
+from .config import PRESETS, hub_source
 from .errors import (
     CheckpointError,
     ConfigError,

@@ -81,6 +81,8 @@ class Module:
 class LoraAdapter:
     """A PEFT LoRA adapter read from its folder: its settings, modules and full tensors."""
 
+    base_path: Path | None = None  # where its base was found, once loaded
+
     def __init__(self, path: Path):
         self.folder = Path(path) if Path(path).is_dir() else Path(path).parent
         config_path = self.folder / CONFIG_FILE
@@ -98,6 +100,12 @@ class LoraAdapter:
         self.origin = str(weights)
         tensors = {_module_name(name): tensor
                    for name, tensor in read_weights_file(weights).items()}
+        broken = sorted(name for name, tensor in tensors.items()
+                        if tensor.is_floating_point() and not torch.isfinite(tensor).all())
+        if broken:
+            raise CheckpointError(f"{self.origin}: tensors that are not finite: "
+                                  f"{', '.join(broken)}", hint="the adapter is damaged (or was "
+                                  "saved after a diverged training step); use another copy")
         self.modules, self.replaced = self._modules(tensors)
         if not self.modules and not self.replaced:
             raise CheckpointError(f"{self.origin}: the adapter holds no tensors",
@@ -192,6 +200,15 @@ class LoraAdapter:
         lines += [f"  {name}: replaced ({'x'.join(map(str, tensor.shape))})"
                   for name, tensor in self.replaced.items()]
         return lines
+
+    def merge_statement(self) -> str:
+        """What a conversion of the adapter writes, in one line."""
+        ranks = "/".join(map(str, sorted({module.rank for module in self.modules.values()})))
+        replaced = f" and {len(self.replaced)} tensor(s) it replaces" if self.replaced else ""
+        return (f"the LoRA adapter {self.folder} is merged onto its base "
+                f"{self.base_path or self.base_name}: {len(self.modules)} module(s) "
+                f"of rank {ranks or '-'} added as W + scale * B @ A{replaced}; the output is the "
+                "merged model, not an adapter")
 
     def merged_config(self, base: dict, origin: str) -> dict:
         """The model config once merged onto a base of config ``base``: a head the adapter

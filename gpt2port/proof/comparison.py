@@ -90,12 +90,14 @@ def compare(a: str | Path, b: str | Path, *, text: str | None = None,
             revision: str | None = None, filename: str | None = None,
             other_revision: str | None = None, other_filename: str | None = None,
             cache_dir: str | Path | None = None, offline: bool = False,
-            tokenizer: str | Path | Tokenizer | None = None) -> Comparison:
+            tokenizer: str | Path | Tokenizer | None = None, base: str | Path | None = None,
+            other_base: str | Path | None = None) -> Comparison:
     """Compare two checkpoints (presets, Hub ids, folders, files; any formats and dtypes):
     configs, tensors under the model's names, and logits over ``text`` (default: a short text
     shipped with gpt2port), in windows of the context length. Each is resolved as
     ``load_pretrained`` resolves it: ``revision`` and ``filename`` pick what ``a`` names,
-    ``other_revision`` and ``other_filename`` what ``b`` names. The text is encoded by
+    ``other_revision`` and ``other_filename`` what ``b`` names; ``base`` and ``other_base``
+    are the base models of LoRA adapters trained elsewhere than they name. The text is encoded by
     ``tokenizer`` (as ``load_tokenizer`` takes it), else by the first checkpoint's own (or the
     second's); with neither and a vocabulary that is not GPT-2's, ids drawn across the
     vocabulary are compared instead of the shipped sample, and a given text is refused.
@@ -108,9 +110,11 @@ def compare(a: str | Path, b: str | Path, *, text: str | None = None,
     """
     checked_text(text)  # an unusable text is refused before anything is loaded
     found = []
-    for name, picked, file in ((a, revision, filename), (b, other_revision, other_filename)):
+    for name, picked, file, under in ((a, revision, filename, base),
+                                      (b, other_revision, other_filename, other_base)):
         checkpoint = open_checkpoint(resolve(name, revision=picked, filename=file,
-                                             cache_dir=cache_dir, offline=offline))
+                                             cache_dir=cache_dir, offline=offline),
+                                     base=under, cache_dir=cache_dir, offline=offline)
         found.append((checkpoint, model_from_checkpoint(checkpoint, dtype=torch.float32)))
     (left, model_a), (right, model_b) = found
     result = Comparison(str(a), str(b))

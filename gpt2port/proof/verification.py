@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,7 @@ from ..engine.generation import generate
 from ..errors import ConfigError, VerificationError
 from ..formats import Format, recognise
 from ..formats.huggingface import CLASSES
+from ..io.arrays import Arrays
 from ..io.pages import MappedFiles, released_as_used
 from ..loading import checkpoint_tokenizer, model_from_checkpoint, open_checkpoint, resolve
 from ..model import GPTModel
@@ -29,6 +32,7 @@ from .figures import (
     logit_figures,
     text_ids,
 )
+from .lora_reference import with_adapter
 from .reference import choice_scores, forward, head_logits, hidden_states
 
 
@@ -81,11 +85,17 @@ class Verification:
 # transformers' forward pass in a child process: its logs and progress bars are that process's,
 # so nothing of this process's (another thread's transformers, say) is silenced or changed.
 TRANSFORMERS_REFERENCE = r"""
-import sys
+import json, sys
 import numpy, torch
 import transformers
-folder, ids, output, kind = sys.argv[1], [int(i) for i in sys.argv[2].split(",")], *sys.argv[3:]
-model = getattr(transformers, kind).from_pretrained(folder, dtype=torch.float32).eval()
+folder, ids = sys.argv[1], [int(i) for i in sys.argv[2].split(",")]
+output, kind, adapter, options = sys.argv[3:]
+model = getattr(transformers, kind).from_pretrained(folder, dtype=torch.float32, **json.loads(
+    options))
+if adapter:  # peft's own forward: the adapter on the base, not merged
+    import peft
+    model = peft.PeftModel.from_pretrained(model, adapter)
+model = model.eval()
 with torch.inference_mode():
     found = model(torch.tensor([ids]))
     if hasattr(found, "mc_logits"):  # the double-heads model's choice score, after the logits
@@ -100,11 +110,13 @@ REFERENCES = ("auto", "transformers", "numpy")
 
 
 def transformers_logits(folder: Path, ids: list[int], *, kind: str = LM_HEAD,
-                        choice: list | None = None) -> np.ndarray:
+                        choice: list | None = None, adapter: Path | None = None,
+                        labels: int | None = None) -> np.ndarray:
     """transformers' logits for ``ids`` from its class ``kind``, computed in a child process of
     its own: [T, V] for a language model, [C] (the last token's) for a text classifier,
     [T, C] for a token classifier or question answering; ``choice`` (a list) gets a
-    double-heads model's multiple-choice scores.
+    double-heads model's multiple-choice scores. ``adapter``: a PEFT adapter folder that peft
+    puts on the model (``labels`` classes in the head it brings).
 
     Raises:
         VerificationError: when transformers cannot read the folder.
@@ -112,7 +124,8 @@ def transformers_logits(folder: Path, ids: list[int], *, kind: str = LM_HEAD,
     with tempfile.TemporaryDirectory() as work:
         output = Path(work) / "logits.npy"
         done = subprocess.run([sys.executable, "-c", TRANSFORMERS_REFERENCE, str(folder),
-                               ",".join(map(str, ids)), str(output), kind],
+                               ",".join(map(str, ids)), str(output), kind, str(adapter or ""),
+                               json.dumps({"num_labels": labels} if labels else {})],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0 or not output.is_file():
             said = (done.stderr.strip().splitlines() or ["it printed nothing"])[-1]
@@ -124,33 +137,41 @@ def transformers_logits(folder: Path, ids: list[int], *, kind: str = LM_HEAD,
         return np.load(output)
 
 
-def choose_reference(reference: str, path: Path, source_format: Format) -> str:
-    """``auto`` is transformers for a Hugging Face folder when transformers is installed, else
-    the NumPy reference on the checkpoint's own tensors (any format).
+def choose_reference(reference: str, path: Path, source_format: Format, *,
+                     adapter: bool = False) -> str:
+    """``auto`` is transformers for a Hugging Face folder when transformers is installed (and
+    peft, for an adapter on it), else the NumPy reference on the checkpoint's own tensors (any
+    format).
 
     Raises:
-        ConfigError: when transformers is asked for on a checkpoint it cannot read.
+        ConfigError: when transformers is asked for on a checkpoint it cannot read, or on an
+            adapter without peft.
     """
     readable = Path(path).is_dir() and source_format.read_by_transformers
     if reference == "transformers" and not readable:
         raise ConfigError(f"{path}: transformers reads Hugging Face folders only",
                           hint="use --reference numpy (or auto) for this checkpoint")
+    needed = ("transformers", "peft") if adapter else ("transformers",)
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if reference == "transformers" and missing:
+        raise ConfigError(f"{path}: the transformers reference needs {' and '.join(missing)}",
+                          hint=f"pip install {' '.join(missing)}, or use --reference numpy")
     if reference != "auto":
         return reference
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        return "numpy"
-    return "transformers" if readable else "numpy"
+    return "transformers" if readable and not missing else "numpy"
 
 
 def verify(name_or_path: str | Path, *, revision: str | None = None,
            filename: str | None = None, cache_dir: str | Path | None = None,
            offline: bool = False, reference: str = "auto", text: str | None = None,
-           tokenizer: str | Path | Tokenizer | None = None) -> Verification:
+           tokenizer: str | Path | Tokenizer | None = None,
+           base: str | Path | None = None) -> Verification:
     """What ``gpt2port verify`` does: load a preset, Hub repo id, folder or file in fp32 and
     compare its logits with a reference reading of the same files (a preset's known greedy
     answer too); ``result.passed`` says whether all of it held, ``result.report()`` prints it.
+    A LoRA adapter is merged onto its base (``base``, where not the one it names) and checked
+    against peft's own forward of the adapter on the base where peft can run it, else against
+    the NumPy reference applying the adapter itself.
 
     Raises:
         ConfigError: for an unknown reference, one that cannot read the checkpoint, or an
@@ -162,20 +183,22 @@ def verify(name_or_path: str | Path, *, revision: str | None = None,
     folder = resolve(name_or_path, revision=revision, cache_dir=cache_dir, offline=offline,
                      filename=filename)
     checked_text(text)
-    checkpoint = open_checkpoint(folder)
+    checkpoint = open_checkpoint(folder, base=base, cache_dir=cache_dir, offline=offline)
     model = model_from_checkpoint(checkpoint, dtype=torch.float32)
     known = hub_source(str(name_or_path), revision).known_greedy if filename is None else None
     found = checkpoint_tokenizer(checkpoint, tokenizer=tokenizer, cache_dir=cache_dir,
                                  offline=offline)
     return verify_model(model, folder, reference=reference, known_greedy=known, text=text,
-                        tokenizer=found)
+                        tokenizer=found, adapter=checkpoint.adapter)
 
 
 def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
                  known_greedy: tuple | None = None, text: str | None = None,
-                 tokenizer: Tokenizer | None = None) -> Verification:
+                 tokenizer: Tokenizer | None = None, adapter=None) -> Verification:
     """Compare ``model`` (loaded from ``folder``) with a reference reading of the same files,
-    on the fixed prompt as ``tokenizer`` (the model's) encodes it (``figures.prompt_for``).
+    on the fixed prompt as ``tokenizer`` (the model's) encodes it (``figures.prompt_for``);
+    ``adapter``: the LoRA adapter (``adapters.lora.LoraAdapter``) merged into ``model``, which
+    the reference applies to its base itself.
 
     ``known_greedy`` = (prompt ids, expected ids) adds a greedy-decoding check; ``text`` adds
     the logit figures over that text (``figures.LogitFigures``), in windows of the context.
@@ -192,8 +215,9 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
         raise ConfigError(f"{folder}: --text compares next-token logits, and this model is "
                           f"{TASKS[model.config['task']]}", hint="verify it without --text")
     scored = text_ids(text, tokenizer, model.config, str(folder)) if text is not None else None
-    source_format = recognise(Path(folder))
-    reference = choose_reference(reference, folder, source_format)
+    source = Reference(Path(folder), adapter, model.config)
+    reference = choose_reference(reference, source.folder, source.format,
+                                 adapter=adapter is not None)
     ids, prompt_words = described_prompt(model.config, tokenizer)
     device = next(model.parameters()).device
     # one model in memory at a time: ours runs first, handing its file's pages back as it goes
@@ -217,9 +241,10 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
         stage(bar, f"{reference} reference")
         choice = []
         if reference == "transformers":
-            expected = transformers_logits(Path(folder), ids, kind=kind, choice=choice)
+            expected = transformers_logits(source.folder, ids, kind=kind, choice=choice,
+                                           **source.peft_options())
         else:
-            arrays, config = source_format.reference_tensors(Path(folder))
+            arrays, config = source.arrays()
             reference_hidden = hidden_states(arrays, config, ids)  # [T, D], once for both heads
             expected = head_logits(arrays, reference_hidden)
             if model.config["choice_outputs"]:
@@ -229,7 +254,10 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
         bar.update()
     name = (f"transformers {kind}" if reference == "transformers"
             else f"gpt2port.proof.reference (NumPy, the checkpoint's own tensors, read by "
-                 f"{source_format.reference_reads_with})")
+                 f"{source.format.reference_reads_with})")
+    if adapter is not None:
+        name += (" with peft's LoRA forward" if reference == "transformers"
+                 else ", the LoRA adapter applied by gpt2port.proof.lora_reference")
     result = Verification(
         reference=name,
         max_abs_diff=float(np.abs(ours - expected).max()),
@@ -242,12 +270,38 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
     if known_greedy is not None:
         result.greedy_expected, result.greedy_found = list(known_greedy[1]), found
     if scored is not None:
-        result.over_text = _over_text(model, Path(folder), reference, source_format, scored)
+        result.over_text = _over_text(model, reference, source, scored)
     return result
 
 
-def _over_text(model: GPTModel, folder: Path, reference: str, source_format: Format,
-               ids: list[int]):
+class Reference:
+    """What the reference reads: the checkpoint's folder and format, or a LoRA adapter's base
+    with the adapter applied (``config``: the merged model's)."""
+
+    def __init__(self, folder: Path, adapter, config: dict):
+        self.adapter, self.config = adapter, config
+        self.folder = adapter.base_path if adapter is not None else folder
+        self.format = recognise(self.folder)
+
+    def peft_options(self) -> dict:
+        """transformers_logits' options for peft's forward of the adapter."""
+        if self.adapter is None:
+            return {}
+        labels = self.config["output_size"] if self.config["task"] in (
+            "text_classification", "token_classification") else None
+        return {"adapter": self.adapter.folder, "labels": labels}
+
+    def arrays(self) -> tuple[Arrays, dict]:
+        """The NumPy reference's arrays and config."""
+        arrays, config = self.format.reference_tensors(self.folder)
+        if self.adapter is None:
+            return arrays, config
+        config = {**config, **{key: self.config[key] for key in (
+            "task", "output_size", "output_bias", "tie_output_head", "output_labels")}}
+        return with_adapter(arrays, config, self.adapter.folder), config
+
+
+def _over_text(model: GPTModel, reference: str, source: Reference, ids: list[int]):
     """Our logits against the reference's over a text's ``ids``, window by window."""
     config = model.config
     device = next(model.parameters()).device
@@ -258,9 +312,9 @@ def _over_text(model: GPTModel, folder: Path, reference: str, source_format: For
 
     if reference == "transformers":
         def theirs(window: list[int]) -> np.ndarray:
-            return transformers_logits(folder, window)
+            return transformers_logits(source.folder, window, **source.peft_options())
     else:
-        arrays, reference_config = source_format.reference_tensors(folder)
+        arrays, reference_config = source.arrays()
 
         def theirs(window: list[int]) -> np.ndarray:
             return forward(arrays, reference_config, window)
