@@ -20,6 +20,8 @@ from huggingface_hub import HfApi, constants, errors, hf_hub_download, try_to_lo
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import WeakFileLock
 
+from ..adapters.lora import CONFIG_FILE as ADAPTER_CONFIG
+from ..adapters.lora import WEIGHTS_FILES as ADAPTER_FILES
 from ..console.phases import phase
 from ..errors import (
     AccessError,
@@ -81,9 +83,11 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | Path
     with hub_errors(repo_id, revision=revision):
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
     siblings = {sibling.rfilename: sibling for sibling in info.siblings or ()}
-    weights = filename or next((name for name in WEIGHTS_FILES if name in siblings), None)
+    weights = filename or next((name for name in (*WEIGHTS_FILES, *ADAPTER_FILES)
+                                if name in siblings), None)
     _check_listing(repo_id, info.sha, siblings, weights, named=filename is not None)
-    beside = [name for name in (CONFIG, *TOKENIZER, *OPTIONAL, *OTHER_FILES) if name in siblings]
+    beside = [name for name in (CONFIG, ADAPTER_CONFIG, *TOKENIZER, *OPTIONAL, *OTHER_FILES)
+              if name in siblings]
     names = [weights, *(name for name in beside if name != weights)]
     revision = revision or "main"  # by name, so the cache records the ref for offline use
     phase("downloading")
@@ -143,9 +147,11 @@ def _check_listing(repo_id: str, commit: str, siblings: dict, weights: str | Non
     if named and weights not in siblings:
         raise NotFoundError(f"{repo_id}@{commit}: no file {weights!r} in the repository; {listed}",
                             hint="pass one of those to --file (filename=)")
-    if not named and (weights is None or CONFIG not in siblings):
-        raise NotFoundError(f"{repo_id}@{commit}: no {CONFIG} or weights file of Hugging Face's "
-                            f"names on the Hub (looked for {', '.join(WEIGHTS_FILES)}); {listed}",
+    config = ADAPTER_CONFIG if weights in ADAPTER_FILES else CONFIG
+    if not named and (weights is None or config not in siblings):
+        raise NotFoundError(f"{repo_id}@{commit}: no {config} or weights file of Hugging Face's "
+                            f"names on the Hub (looked for "
+                            f"{', '.join((*WEIGHTS_FILES, *ADAPTER_FILES))}); {listed}",
                             hint="name the weights file with --file (filename=)" if held else
                             "is this a GPT-2 model repository?")
 
@@ -181,8 +187,10 @@ def cached_snapshot(repo_id: str, *, revision: str | None = None,
 
     if filename is not None:
         return cached(filename)
-    config = cached(CONFIG)
-    weights = next((path for path in map(cached, WEIGHTS_FILES) if path is not None), None)
+    weights = next((path for path in map(cached, (*WEIGHTS_FILES, *ADAPTER_FILES))
+                    if path is not None), None)
+    config = cached(ADAPTER_CONFIG if weights is not None and weights.name in ADAPTER_FILES
+                    else CONFIG)
     if config is None or weights is None:
         return None
     if weights.name.endswith(".index.json"):
