@@ -3,6 +3,11 @@
 ``torch.save(model.state_dict(), "model.pth")`` (ch. 5), also inside ``model_and_optimizer.pth``
 as ``model_state_dict``, or as ``.safetensors``. Every Linear is ``nn.Linear`` [out, in]; the
 query, key and value projections are separate; ``att.mask`` buffers hold the causal mask.
+
+The faster training script (ch. 5, ``10_llm-training-speed``) saves another layout, read too:
+one fused ``att.qkv`` (query | key | value rows), ``att.proj``, ``nn.LayerNorm``'s
+``weight``/``bias`` for scale/shift, a vocabulary of 50,304 (GPT-2's 50,257 padded), bf16, and
+from a ``torch.compile``d model every name under ``_orig_mod.``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,30 @@ TABLE = MappingTable.parse("book", """
     """,  # out_head is written always; tied again on reading when it equals tok_emb
     ignored=("trf_blocks.{}.att.mask",),  # the causal mask, a buffer
 )
+# the faster training script's GPTModel (PyTorchMultiHeadAttention, nn.LayerNorm)
+FAST_TABLE = MappingTable.parse("book", """
+    token_embedding_table.weight        tok_emb.weight
+    position_embedding_table.weight     pos_emb.weight
+    attention.qkv.weight                trf_blocks.{}.att.qkv.weight       split
+    attention.qkv.bias                  trf_blocks.{}.att.qkv.bias         split
+    attention.output_projection.weight  trf_blocks.{}.att.proj.weight
+    attention.output_projection.bias    trf_blocks.{}.att.proj.bias
+    feed_forward.expansion.weight       trf_blocks.{}.ff.layers.0.weight
+    feed_forward.expansion.bias         trf_blocks.{}.ff.layers.0.bias
+    feed_forward.contraction.weight     trf_blocks.{}.ff.layers.2.weight
+    feed_forward.contraction.bias       trf_blocks.{}.ff.layers.2.bias
+    attention_norm.scale                trf_blocks.{}.norm1.weight
+    attention_norm.shift                trf_blocks.{}.norm1.bias
+    feed_forward_norm.scale             trf_blocks.{}.norm2.weight
+    feed_forward_norm.shift             trf_blocks.{}.norm2.bias
+    layer_norm.scale                    final_norm.weight
+    layer_norm.shift                    final_norm.bias
+    output_head.weight                  out_head.weight
+    output_head.bias                    out_head.bias
+    """)
+FAST_SENTINEL = "trf_blocks.0.att.qkv.weight"
+COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper, in the state dict of a compiled model
+GPT2_VOCABULARY, PADDED_VOCABULARY = 50257, 50304  # the fast script pads GPT-2's to 50,304
 CONFIG_TABLE = ConfigTable((
     ConfigKey("vocab_size", "vocab_size"),
     ConfigKey("context_length", "context_length"),
@@ -66,6 +95,18 @@ CONFIG_TABLE = ConfigTable((
 ), assumes={**GPT2_VARIANT, "layer_norm_epsilon": 1e-5, "bias": True, "gelu_approximation": "tanh"})
 HINT = ("config.json holds the book's config dict: "
         + ", ".join(key.theirs for key in CONFIG_TABLE.keys))
+
+
+def without_compiled_prefix(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The names a ``torch.compile``d model's state dict has, without ``_orig_mod.``."""
+    return {name.removeprefix(COMPILED_PREFIX): tensor for name, tensor in tensors.items()}
+
+
+def padding(tensors: dict[str, torch.Tensor]) -> dict:
+    """The fast layout's 50,304 rows are GPT-2's 50,257 ids padded (model config values)."""
+    if FAST_SENTINEL in tensors and tensors["tok_emb.weight"].shape[0] == PADDED_VOCABULARY:
+        return {"vocab_size": GPT2_VOCABULARY, "padded_vocab_size": PADDED_VOCABULARY}
+    return {}
 
 
 def infer_config(tensors: dict[str, torch.Tensor], origin: str) -> dict:
@@ -86,9 +127,11 @@ def infer_config(tensors: dict[str, torch.Tensor], origin: str) -> dict:
             f"sizes ({', '.join(map(str, GPT2_HEADS))}), so the head count is unknown",
             hint="put the book's config dict beside it as config.json "
             '(json.dump(GPT_CONFIG_124M, open("config.json", "w")))')
+    table = FAST_TABLE if FAST_SENTINEL in tensors else TABLE
     return {"vocab_size": rows, "context_length": context, "emb_dim": width,
-            "n_heads": GPT2_HEADS[width], "n_layers": TABLE.block_count(tensors),
-            "qkv_bias": "trf_blocks.0.att.W_query.bias" in tensors}
+            "n_heads": GPT2_HEADS[width], "n_layers": table.block_count(tensors),
+            "qkv_bias": any(name in tensors for name in ("trf_blocks.0.att.W_query.bias",
+                                                         "trf_blocks.0.att.qkv.bias"))}
 
 
 def read_config(folder: Path, tensors: dict[str, torch.Tensor], origin: str
@@ -141,19 +184,22 @@ class Book(Format):
 
     def weights_file(self, candidate: Candidate) -> Candidate | None:
         """The file holding the book's state dict: the path itself, or in a folder a ``.pth``
-        or ``model.safetensors`` that has ``tok_emb.weight``."""
-        return holding(candidate, SENTINEL, ("*.pth", "model.safetensors"), (WRAPPER,))
+        or ``model.safetensors`` that has ``tok_emb.weight`` (under ``_orig_mod.`` too)."""
+        return next((found for sentinel in (SENTINEL, COMPILED_PREFIX + SENTINEL)
+                     if (found := holding(candidate, sentinel, ("*.pth", "model.safetensors"),
+                                          (WRAPPER,))) is not None), None)
 
     def recognises(self, candidate: Candidate) -> bool:
         return self.weights_file(candidate) is not None
 
     def read_raw(self, candidate: Candidate) -> Raw:
         weights = self.weights_file(candidate)
-        tensors = weights.state_dict((WRAPPER,))
+        tensors = without_compiled_prefix(weights.state_dict((WRAPPER,)))
         origin = str(weights.path)
         config, config_origin, config_table = read_config(weights.path.parent, tensors, origin)
         return Raw(origin, tensors, config, config_origin=config_origin,
-                   config_table=config_table)
+                   config_table=config_table, extra=padding(tensors),
+                   name_table=FAST_TABLE if FAST_SENTINEL in tensors else None)
 
     def write_raw(self, destination: Path, tensors, config: dict, *, dtype: str | None,
                   vocabulary: Vocabulary | None) -> None:
@@ -171,7 +217,7 @@ class Book(Format):
         """The book's names -> the model's by hand-written patterns, then GPT-2's."""
         weights = self.weights_file(Candidate(path))
         state = torch_loaded(weights.path)
-        state = state.get(WRAPPER, state)
+        state = without_compiled_prefix(state.get(WRAPPER, state))
         patterns = [(r"^tok_emb\.", "token_embedding_table."),
                     (r"^pos_emb\.", "position_embedding_table."),
                     (r"^trf_blocks\.", "transformer_blocks."),
@@ -180,10 +226,18 @@ class Book(Format):
                     (r"\.ff\.layers\.0\.", ".feed_forward.expansion."),
                     (r"\.ff\.layers\.2\.", ".feed_forward.contraction."),
                     (r"\.norm1\.", ".attention_norm."), (r"\.norm2\.", ".feed_forward_norm."),
-                    (r"^final_norm\.", "layer_norm."), (r"^out_head\.", "output_head.")]
+                    (r"^final_norm\.", "layer_norm."), (r"^out_head\.", "output_head."),
+                    (r"\.att\.proj\.", ".attention.output_projection."),  # the fast layout
+                    (r"norm\.weight$", "norm.scale"), (r"norm\.bias$", "norm.shift")]
         ours = {}
         for name, tensor in state.items():
             if name.endswith(".mask"):
+                continue
+            fused = re.fullmatch(r"trf_blocks\.(\d+)\.att\.qkv\.(weight|bias)", name)
+            if fused:  # query | key | value rows
+                for index, part in enumerate(("query", "key", "value")):
+                    ours[f"transformer_blocks.{fused[1]}.attention.{part}_projection."
+                         f"{fused[2]}"] = later(tensor.chunk(3)[index])
                 continue
             for pattern, replacement in patterns:
                 name = re.sub(pattern, replacement, name)
@@ -191,5 +245,5 @@ class Book(Format):
         values, origin, config_table = read_config(weights.path.parent, state, str(weights.path))
         config = config_table.to_model(values, origin=origin, extra={
             "tie_output_head": False, "output_size": state["out_head.weight"].shape[0],
-            "output_bias": "out_head.bias" in state})
+            "output_bias": "out_head.bias" in state, **padding(state)})
         return to_conv1d_names(Arrays(ours), config), config
