@@ -280,6 +280,10 @@ class Format:
     def recognises(self, candidate: Candidate) -> bool:
         raise NotImplementedError
 
+    def transformers_reads(self, path: Path) -> bool:
+        """Whether transformers' PyTorch classes load the checkpoint at ``path`` as it is."""
+        return self.read_by_transformers and Path(path).is_dir()
+
     def read_raw(self, candidate: Candidate) -> Raw:
         """The checkpoint's tensors under their own names and its own config values."""
         raise NotImplementedError

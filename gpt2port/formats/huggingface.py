@@ -12,7 +12,7 @@ from pathlib import Path
 from ..config import ACTIVATIONS, TASKS, is_classifier
 from ..errors import CheckpointError, ConfigError
 from ..io.arrays import Arrays
-from ..io.readers import read_json, read_weights_file
+from ..io.readers import read_json
 from ..io.writers import write_safetensors
 from ..text.tokenizer import END_OF_TEXT_ID
 from ..text.vocabulary import Vocabulary
@@ -27,13 +27,17 @@ from .base import (
     torch_loaded,
 )
 from .table import MappingTable
+from .tf_flax import FLAX_WEIGHTS, TF_WEIGHTS, framework_later, read_framework_weights
 
-# Weights files of a Hugging Face folder, in order of preference.
+# Weights files of a Hugging Face folder, in order of preference: PyTorch's, then those of
+# transformers' TensorFlow and Flax classes
 WEIGHTS_FILES = (
     "model.safetensors.index.json",
     "model.safetensors",
     "pytorch_model.bin.index.json",
     "pytorch_model.bin",
+    TF_WEIGHTS,
+    FLAX_WEIGHTS,
 )
 LINES = """
     token_embedding_table.weight        wte.weight
@@ -248,6 +252,8 @@ class HuggingFace(Format):
              "book model's last-token scores (within 1e-5); token classifiers and question "
              "answering go back to their own classes with equal scores")
     read_by_transformers = True
+    reference_reads_with = ("the safetensors library, torch.load, h5py (tf_model.h5) or the "
+                            "msgpack package (flax_model.msgpack)")
     config_hint = HINT
     holds_classifier = True  # GPT2ForSequenceClassification's score.weight, no bias
     holds_labels = True
@@ -258,13 +264,18 @@ class HuggingFace(Format):
         if path.is_dir():
             return find_weights(path) is not None
         return path.name.endswith(".index.json") or path.suffix in (
-            ".safetensors", ".bin", ".pt", ".pth")
+            ".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+
+    def transformers_reads(self, path: Path) -> bool:
+        """A folder of PyTorch weights (transformers 5 reads no TensorFlow or Flax weights)."""
+        weights = find_weights(Path(path)) if Path(path).is_dir() else None
+        return weights is not None and weights.name not in (TF_WEIGHTS, FLAX_WEIGHTS)
 
     def read_raw(self, candidate: Candidate) -> Raw:
         path = candidate.path
         weights = find_weights(path) if path.is_dir() else path
-        if weights.suffix != ".json" and not (candidate.is_safetensors or candidate.is_pickle
-                                              or path.is_dir()):
+        if weights.suffix not in (".json", ".h5", ".msgpack") and not (
+                candidate.is_safetensors or candidate.is_pickle or path.is_dir()):
             first = candidate.magic[:4]
             raise CheckpointError(
                 f"{path}: neither a PyTorch pickle, a safetensors file nor llm.c's model file "
@@ -276,7 +287,7 @@ class HuggingFace(Format):
                                   hint="put the model's config.json in the same folder")
         hf_config = read_json(config_path)
         check_architecture(hf_config, origin=str(config_path))
-        tensors = read_weights_file(weights)
+        tensors = read_framework_weights(weights)
         task = task_of(tensors)
         if task == "language_model":
             return Raw(str(weights), tensors, hf_config, config_origin=str(config_path))
@@ -332,6 +343,8 @@ class HuggingFace(Format):
         for file in files:
             if file.suffix == ".safetensors":
                 found, found_shapes = safetensors_later(file)
+            elif file.suffix in (".h5", ".msgpack"):
+                found, found_shapes = framework_later(file)
             else:
                 state = torch_loaded(file)
                 found = {name: later(tensor) for name, tensor in state.items()}

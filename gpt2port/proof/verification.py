@@ -147,9 +147,10 @@ def choose_reference(reference: str, path: Path, source_format: Format, *,
         ConfigError: when transformers is asked for on a checkpoint it cannot read, or on an
             adapter without peft.
     """
-    readable = Path(path).is_dir() and source_format.read_by_transformers
+    readable = source_format.transformers_reads(Path(path))
     if reference == "transformers" and not readable:
-        raise ConfigError(f"{path}: transformers reads Hugging Face folders only",
+        raise ConfigError(f"{path}: transformers reads Hugging Face folders of PyTorch weights "
+                          "only",
                           hint="use --reference numpy (or auto) for this checkpoint")
     needed = ("transformers", "peft") if adapter else ("transformers",)
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
