@@ -12,8 +12,10 @@ from contextlib import contextmanager
 import pytest
 import torch
 from checkpoints import reference_model, write_layout
+from framework_files import write_flax_msgpack, write_keras_h5
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lora_files import CASES, write_adapter
 from other_projects import write_llmc_model, write_nanogpt_checkpoint
 from trained_tokenizers import model_with_tokenizer
 
@@ -134,7 +136,18 @@ def sources(tmp_path_factory):
         "hparams_json": (root / "openai", "hparams.json"),
         "sharded_index": (write_layout("sharded", root / "sharded"),
                           "model.safetensors.index.json"),
+        "keras_h5": (write_keras_h5(reference, root / "keras"), "tf_model.h5"),
+        "flax_msgpack": (write_flax_msgpack(reference, root / "flax"), "flax_model.msgpack"),
+        "lora_adapter": (lora_adapter(hub, root / "adapter"), "adapter_model.safetensors"),
+        "lora_adapter_config": (root / "adapter", "adapter_config.json"),
     }
+
+
+def lora_adapter(base, folder):
+    """A LoRA adapter peft writes on ``base`` (the hub layout's model)."""
+    kind, options, lora = CASES["embedding_alpha_pattern"]
+    write_adapter(base, folder, kind, options, lora)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +161,8 @@ def valid(tmp_path_factory):
                                     "tlens_pth", "tokenizer_json", "gguf_tokenizer",
                                     "llmc_tokenizer", "wordpiece_vocab", "gguf_wordpiece",
                                     "sentencepiece_model", "bpe_of_its_own",
-                                    "gguf_sentencepiece"])
+                                    "gguf_sentencepiece", "keras_h5", "flax_msgpack",
+                                    "lora_adapter", "lora_adapter_config"])
 def test_mutated_files_give_our_error_or_a_correct_load(reader, valid, tmp_path):
     folder, name = valid[reader]
     original = (folder / name).read_bytes()

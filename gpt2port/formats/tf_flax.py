@@ -80,6 +80,7 @@ def _keras_later(path: Path) -> tuple[dict, dict]:
     makers, shapes = {}, {}
     with h5py.File(path, "r") as file:
         for layer in file.attrs["layer_names"]:
+            layer = layer.decode() if isinstance(layer, bytes) else str(layer)
             group = file[layer]
             for weight in group.attrs["weight_names"]:
                 weight = weight.decode() if isinstance(weight, bytes) else str(weight)
