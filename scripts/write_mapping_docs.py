@@ -32,6 +32,8 @@ def mapping_docs() -> str:
         module = type(each).__module__.replace(".", "/")
         parts += [f"\n## {each.title}: `--to {each.name}` (`{module}.py`)\n",
                   table_markdown(each.name_table), each.config_table.markdown(), ""]
+        for title, table in each.read_tables:
+            parts += [f"Also read: {title}.\n", table_markdown(table), ""]
         classifier = each.table_for(CLASSIFIER)
         if classifier != each.name_table:
             rules = [rule for rule in classifier.rules if rule not in each.name_table.rules]

@@ -8,9 +8,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "gpt2port"
 # the parts from the ground up; a part may import the parts of lower ranks (and itself)
 RANKS = {"errors": 0, "console": 0, "config": 1, "slots": 2, "model": 2, "skeleton": 3, "io": 4,
-         "text": 5, "engine": 6, "formats": 6, "hub": 7, "loading": 8, "proof": 9,
-         "conversion": 10, "inspection": 10, "testing": 10, "cli": 11, "__main__": 12,
-         "__init__": 12}
+         "text": 5, "engine": 6, "formats": 6, "adapters": 7, "hub": 8, "loading": 9, "proof": 10,
+         "conversion": 11, "inspection": 11, "testing": 11, "cli": 12, "__main__": 13,
+         "__init__": 13}
 
 
 def module_name(path: Path) -> str:

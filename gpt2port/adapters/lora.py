@@ -21,6 +21,7 @@ import torch
 from .. import slots
 from ..errors import CheckpointError, ConfigError, MappingError
 from ..formats.huggingface import BODY_PREFIX, TABLES
+from ..io.pages import MappedFiles
 from ..io.readers import read_json, read_weights_file
 
 CONFIG_FILE = "adapter_config.json"
@@ -278,8 +279,11 @@ class LoraAdapter:
                      module.scale * module.up_bias.float(), expected)
         if problems:
             raise MappingError(self.origin, problems, config)
+        mapped = MappedFiles.now()
         for target in self.touched(config):
-            state[target] = (state[target].float() + deltas.get(target, 0)).to(dtype)
+            before = state[target]
+            state[target] = (before.float() + deltas.get(target, 0)).to(dtype)
+            mapped.release(before)  # the base's pages: not needed again
         return state
 
 

@@ -249,6 +249,8 @@ class Format:
 
     name: str  # the --to value
     name_table: MappingTable  # checkpoint names <-> model slots
+    # other layouts of the format it reads (never writes), each with what it is, for the docs
+    read_tables: tuple[tuple[str, MappingTable], ...] = ()
     config_table: ConfigTable
     title: str
     summary: str  # the files it is, in a few words

@@ -81,6 +81,8 @@ FAST_TABLE = MappingTable.parse("book", """
     output_head.weight                  out_head.weight
     output_head.bias                    out_head.bias
     """)
+FAST_TITLE = ("the faster training script's layout (ch. 5, `10_llm-training-speed`; under "
+              "`_orig_mod.` when compiled), read only")
 FAST_SENTINEL = "trf_blocks.0.att.qkv.weight"
 COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper, in the state dict of a compiled model
 GPT2_VOCABULARY, PADDED_VOCABULARY = 50257, 50304  # the fast script pads GPT-2's to 50,304
@@ -160,11 +162,13 @@ def causal_mask(context: int, dtype: torch.dtype) -> torch.Tensor:
 class Book(Format):
     name = "book"
     name_table = TABLE
+    read_tables = ((FAST_TITLE, FAST_TABLE),)
     config_table = CONFIG_TABLE
     config_hint = HINT
     title = "The book's `GPTModel` state dict"
     summary = ("`model.pth` (or `model_and_optimizer.pth`, or `.safetensors`) + `config.json` "
-               "with the book's config dict")
+               "with the book's config dict; read also: the faster training script's state dict "
+               "(fused `att.qkv`, `nn.LayerNorm`, `_orig_mod.`, 50,304 rows, bf16)")
     head = "separate"
     vocabulary = "rows"
     holds_classifier = True  # ch. 6: out_head = nn.Linear(emb_dim, num_classes), with a bias

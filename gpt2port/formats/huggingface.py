@@ -241,7 +241,8 @@ class HuggingFace(Format):
     config_table = CONFIG_TABLE
     title = "Hugging Face (`GPT2LMHeadModel`)"
     summary = ("`config.json` + `model.safetensors` (also sharded, or `pytorch_model.bin`), "
-               "Conv1D `[in, out]` weights")
+               "Conv1D `[in, out]` weights; read also: `tf_model.h5` (TensorFlow, with h5py) and "
+               "`flax_model.msgpack` (Flax)")
     vocabulary = "rows"
     cannot_represent = ("a model without biases (written as zero biases: exact); a padded "
                         "vocabulary (its padding rows become ordinary ids); a head bias on a "
