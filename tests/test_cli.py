@@ -44,7 +44,7 @@ CASES = [
      "config.json: not valid JSON"),
     ("verify: transformers asked for on a GGUF", ["verify", "{place}/model.gguf",
                                                    "--reference", "transformers"], 3,
-     "transformers reads Hugging Face folders only"),
+     "transformers reads Hugging Face folders of PyTorch weights only"),
     ("verify: unknown reference", ["verify", "{place}/model", "--reference", "tf"], 2,
      "invalid choice: 'tf'"),
     ("verify: unreadable weights", ["verify", "{place}/locked"], 4, "Permission denied"),
