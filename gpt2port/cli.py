@@ -129,7 +129,10 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="compare a model's logits with a reference")
     _source_options(verify)
-    verify.add_argument("--reference", choices=("auto", "transformers", "numpy"), default="auto")
+    verify.add_argument("--reference", choices=("auto", "transformers", "numpy", "onnxruntime"),
+                        default="auto", help="auto: onnxruntime for an ONNX export, "
+                        "transformers for a Hugging Face folder (each where installed), else "
+                        "the NumPy reference")
     verify.add_argument("--text", type=Path, help="also compare the logits over this UTF-8 "
                         "text file, in windows of the context length")
 

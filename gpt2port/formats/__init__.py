@@ -16,11 +16,12 @@ from .huggingface import HuggingFace
 from .llmc import LlmC
 from .nanogpt import NanoGPT
 from .native import Native
+from .onnx import Onnx
 from .openai import OpenAI
 from .tlens import TransformerLens
 
 FORMATS: tuple[Format, ...] = (OpenAI(), Gguf(), LlmC(), NanoGPT(), Book(),
-                               TransformerLens(), Native(), HuggingFace())
+                               TransformerLens(), Onnx(), Native(), HuggingFace())
 BY_NAME = {each.name: each for each in FORMATS}
 
 

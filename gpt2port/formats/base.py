@@ -278,6 +278,7 @@ class Format:
     # an attention scale other than its own is folded into the query projections (exact but for
     # rounding: scores are linear in the query)
     folds_attention_scale = False
+    runtime: str | None = None  # the package that runs the file itself (``runtime_logits``)
 
     def recognises(self, candidate: Candidate) -> bool:
         raise NotImplementedError
@@ -316,6 +317,11 @@ class Format:
         """Why this format's file would not work with ``vocabulary`` (None: no tokenizer),
         where its target needs one that encodes as the source does; None where it is fine."""
         return None
+
+    def runtime_logits(self, path: Path, ids: list[int]) -> np.ndarray:
+        """The logits [T, V] the format's own ``runtime`` computes from the file, for formats
+        that are programs as well as weights."""
+        raise NotImplementedError
 
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         """The checkpoint's own tensors renamed to GPT-2's Conv1D names (``h.0.attn.c_attn.weight``

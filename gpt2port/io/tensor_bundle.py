@@ -26,6 +26,10 @@ import torch
 
 from ..errors import CheckpointError, unreadable
 from .crc32c import crc32c, mask, unmask
+from .protobuf import LENGTH_DELIMITED, fields
+from .protobuf import field as _field
+from .protobuf import read_varint as _read_varint
+from .protobuf import varint as _varint
 from .writers import tensor_bytes
 
 MAGIC = 0xDB4775248B80FB57  # LevelDB's table magic number
@@ -47,55 +51,10 @@ def data_path(prefix: Path, shard: int = 0, shards: int = 1) -> Path:
 
 # --- protocol buffers: the few wire types the bundle's messages use ---------------------------
 
-def _read_varint(buffer: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if position >= len(buffer) or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        byte = buffer[position]
-        value |= (byte & 0x7F) << shift
-        position, shift = position + 1, shift + 7
-        if byte < 0x80:
-            return value, position
-
-
 def _message_fields(buffer: bytes) -> Iterator[tuple[int, int | bytes]]:
     """(field number, value) of each field: ints for varint/fixed, bytes for length-delimited."""
-    position = 0
-    while position < len(buffer):
-        key, position = _read_varint(buffer, position)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, position = _read_varint(buffer, position)
-        elif wire == 1:
-            value, position = int.from_bytes(buffer[position:position + 8], "little"), position + 8
-        elif wire == 2:
-            length, position = _read_varint(buffer, position)
-            value, position = bytes(buffer[position:position + length]), position + length
-        elif wire == 5:
-            value, position = int.from_bytes(buffer[position:position + 4], "little"), position + 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if position > len(buffer):
-            raise ValueError("truncated field")
-        yield number, value
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, value: int | bytes, *, fixed32: bool = False) -> bytes:
-    if fixed32:
-        return _varint(number << 3 | 5) + struct.pack("<I", value)
-    if isinstance(value, bytes):
-        return _varint(number << 3 | 2) + _varint(len(value)) + value
-    return _varint(number << 3) + _varint(value)
+    for number, wire, value, stop in fields(buffer):
+        yield number, (bytes(buffer[value:stop]) if wire == LENGTH_DELIMITED else value)
 
 
 def _encode_entry(dtype: int, shape: tuple[int, ...], offset: int, size: int, crc: int) -> bytes:

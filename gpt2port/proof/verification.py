@@ -106,7 +106,7 @@ with torch.inference_mode():
     numpy.save(output, scores[0].numpy())
 """
 LM_HEAD = CLASSES["language_model"]
-REFERENCES = ("auto", "transformers", "numpy")
+REFERENCES = ("auto", "transformers", "numpy", "onnxruntime")
 
 
 def transformers_logits(folder: Path, ids: list[int], *, kind: str = LM_HEAD,
@@ -147,6 +147,16 @@ def choose_reference(reference: str, path: Path, source_format: Format, *,
         ConfigError: when transformers is asked for on a checkpoint it cannot read, or on an
             adapter without peft.
     """
+    runtime = source_format.runtime
+    if reference == "onnxruntime" and runtime != "onnxruntime":
+        raise ConfigError(f"{path}: onnxruntime runs ONNX exports only",
+                          hint="use --reference numpy (or auto) for this checkpoint")
+    if runtime is not None and reference in ("auto", runtime):
+        if importlib.util.find_spec(runtime) is not None:
+            return runtime
+        if reference == runtime:
+            raise ConfigError(f"{path}: the {runtime} reference needs the {runtime} package",
+                              hint=f"pip install {runtime}, or use --reference numpy")
     readable = source_format.transformers_reads(Path(path))
     if reference == "transformers" and not readable:
         raise ConfigError(f"{path}: transformers reads Hugging Face folders of PyTorch weights "
@@ -244,6 +254,8 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
         if reference == "transformers":
             expected = transformers_logits(source.folder, ids, kind=kind, choice=choice,
                                            **source.peft_options())
+        elif reference == "onnxruntime":
+            expected = source.format.runtime_logits(source.folder, ids)
         else:
             arrays, config = source.arrays()
             reference_hidden = hidden_states(arrays, config, ids)  # [T, D], once for both heads
@@ -254,6 +266,7 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
             ours, expected = ours[-1:], expected.reshape(-1, ours.shape[-1])[-1:]
         bar.update()
     name = (f"transformers {kind}" if reference == "transformers"
+            else "onnxruntime running the export's own graph" if reference == "onnxruntime"
             else f"gpt2port.proof.reference (NumPy, the checkpoint's own tensors, read by "
                  f"{source.format.reference_reads_with})")
     if adapter is not None:
@@ -314,6 +327,9 @@ def _over_text(model: GPTModel, reference: str, source: Reference, ids: list[int
     if reference == "transformers":
         def theirs(window: list[int]) -> np.ndarray:
             return transformers_logits(source.folder, window, **source.peft_options())
+    elif reference == "onnxruntime":
+        def theirs(window: list[int]) -> np.ndarray:
+            return source.format.runtime_logits(source.folder, window)
     else:
         arrays, reference_config = source.arrays()
 
