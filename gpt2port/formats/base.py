@@ -323,6 +323,10 @@ class Format:
         that are programs as well as weights."""
         raise NotImplementedError
 
+    def runtime_tolerance(self, path: Path) -> float | None:
+        """The relative tolerance the runtime's arithmetic needs (None: fp32's)."""
+        return None
+
     def reference_tensors(self, path: Path) -> tuple[dict[str, np.ndarray], dict]:
         """The checkpoint's own tensors renamed to GPT-2's Conv1D names (``h.0.attn.c_attn.weight``
         [in, out]) by code independent of the mapping table, and its model config: what the

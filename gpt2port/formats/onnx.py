@@ -28,6 +28,7 @@ from .onnx_graph import PREFIX, build
 
 FOLDER = "onnx"
 FILES = {"f32": "model.onnx", "f16": "model_fp16.onnx"}
+HALF_TOLERANCE = 1e-2  # fp16 keeps about 3 significant digits
 WRITER_HINT = "pip install 'gpt2port[onnx]' (the onnx package builds the graph)"
 
 
@@ -153,6 +154,10 @@ class Onnx(Format):
                                        extra={"tie_output_head": "lm_head.weight" not in arrays})
         return Arrays({name: (lambda array=array: array.astype(np.float32))
                        for name, array in arrays.items()}), config
+
+    def runtime_tolerance(self, path: Path) -> float | None:
+        """An f16 graph computes in half precision: 1% of the logits' range."""
+        return HALF_TOLERANCE if model_file(Path(path)).name == FILES["f16"] else None
 
     def runtime_logits(self, path: Path, ids: list[int]) -> np.ndarray:
         """The logits [T, V] onnxruntime computes for ``ids`` with the file's own graph, the

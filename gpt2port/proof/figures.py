@@ -122,10 +122,11 @@ class LogitFigures:
 
 
 def logit_figures(first, second, ids: list[int], context: int, vocabulary: int, *,
-                  from_text: bool = True) -> LogitFigures:
+                  from_text: bool = True, relative: float = RELATIVE_TOLERANCE) -> LogitFigures:
     """The figures of two logit functions (ids -> [T, V]) over ``ids`` in windows of
     ``context`` tokens, each position scored on the next id (perplexity only for ids of a
-    text: drawn ids have none worth printing)."""
+    text: drawn ids have none worth printing); the tolerance ``relative`` to the largest
+    logit."""
     starts = range(0, max(len(ids) - 1, 1), context)
     figures, kl_sum, agree = LogitFigures(windows=len(starts)), 0.0, 0
     nll = [0.0, 0.0]
@@ -157,5 +158,5 @@ def logit_figures(first, second, ids: list[int], context: int, vocabulary: int, 
     figures.top1_agreement = agree / max(figures.tokens, 1)
     figures.perplexity_first = math.exp(nll[0] / scored)
     figures.perplexity_second = math.exp(nll[1] / scored)
-    figures.tolerance = RELATIVE_TOLERANCE * largest
+    figures.tolerance = relative * largest
     return figures

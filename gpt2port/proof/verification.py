@@ -250,12 +250,13 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
             MappedFiles.now().release(*model.parameters())
             bar.update()
         stage(bar, f"{reference} reference")
-        choice = []
+        choice, relative = [], RELATIVE_TOLERANCE
         if reference == "transformers":
             expected = transformers_logits(source.folder, ids, kind=kind, choice=choice,
                                            **source.peft_options())
         elif reference == "onnxruntime":
             expected = source.format.runtime_logits(source.folder, ids)
+            relative = source.format.runtime_tolerance(source.folder) or relative
         else:
             arrays, config = source.arrays()
             reference_hidden = hidden_states(arrays, config, ids)  # [T, D], once for both heads
@@ -275,7 +276,7 @@ def verify_model(model: GPTModel, folder: Path, *, reference: str = "auto",
     result = Verification(
         reference=name,
         max_abs_diff=float(np.abs(ours - expected).max()),
-        tolerance=RELATIVE_TOLERANCE * max(1.0, float(np.abs(expected).max())),
+        tolerance=relative * max(1.0, float(np.abs(expected).max())),
         argmax_agreement=float((ours.argmax(-1) == expected.argmax(-1)).mean()),
         prompt=prompt_words,
     )
@@ -317,7 +318,7 @@ class Reference:
 
 def _over_text(model: GPTModel, reference: str, source: Reference, ids: list[int]):
     """Our logits against the reference's over a text's ``ids``, window by window."""
-    config = model.config
+    config, relative = model.config, RELATIVE_TOLERANCE
     device = next(model.parameters()).device
 
     def ours(window: list[int]) -> torch.Tensor:
@@ -328,6 +329,8 @@ def _over_text(model: GPTModel, reference: str, source: Reference, ids: list[int
         def theirs(window: list[int]) -> np.ndarray:
             return transformers_logits(source.folder, window, **source.peft_options())
     elif reference == "onnxruntime":
+        relative = source.format.runtime_tolerance(source.folder) or relative
+
         def theirs(window: list[int]) -> np.ndarray:
             return source.format.runtime_logits(source.folder, window)
     else:
@@ -336,4 +339,5 @@ def _over_text(model: GPTModel, reference: str, source: Reference, ids: list[int
         def theirs(window: list[int]) -> np.ndarray:
             return forward(arrays, reference_config, window)
 
-    return logit_figures(ours, theirs, ids, config["context_length"], config["vocab_size"])
+    return logit_figures(ours, theirs, ids, config["context_length"], config["vocab_size"],
+                         relative=relative)
