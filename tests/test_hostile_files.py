@@ -140,6 +140,7 @@ def sources(tmp_path_factory):
         "flax_msgpack": (write_flax_msgpack(reference, root / "flax"), "flax_model.msgpack"),
         "lora_adapter": (lora_adapter(hub, root / "adapter"), "adapter_model.safetensors"),
         "lora_adapter_config": (root / "adapter", "adapter_config.json"),
+        "onnx_model": (convert(hub, root / "onnx", to="onnx"), "onnx/model.onnx"),
     }
 
 
@@ -162,7 +163,7 @@ def valid(tmp_path_factory):
                                     "llmc_tokenizer", "wordpiece_vocab", "gguf_wordpiece",
                                     "sentencepiece_model", "bpe_of_its_own",
                                     "gguf_sentencepiece", "keras_h5", "flax_msgpack",
-                                    "lora_adapter", "lora_adapter_config"])
+                                    "lora_adapter", "lora_adapter_config", "onnx_model"])
 def test_mutated_files_give_our_error_or_a_correct_load(reader, valid, tmp_path):
     folder, name = valid[reader]
     original = (folder / name).read_bytes()
