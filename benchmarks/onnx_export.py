@@ -54,8 +54,8 @@ def main() -> None:
                     written = size_of(output) if output.exists() else 0
                     shutil.rmtree(output, ignore_errors=True)
                     if status != 0:
-                        best.setdefault(name, (None, None, 0, f"exit {status}: "
-                                                              f"{said.strip()[-200:]}"))
+                        best.setdefault(name, (None, None, 0, (f"exit {status}: "
+                                                              f"{said.strip()[-200:]}")))
                         continue
                     seconds_before = best.get(name, (None,))[0]
                     if seconds_before is None or seconds < seconds_before:
