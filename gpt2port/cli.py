@@ -149,9 +149,10 @@ def _parser() -> argparse.ArgumentParser:
                           help="stop at <|endoftext|> instead of going on to --max-new-tokens")
     generate.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     generate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
-    generate.add_argument("--compile", action="store_true",
-                          help="run each token by the compiled step (CPU; built with the "
-                          "machine's C compiler on first use, then cached)")
+    generate.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                          help="each token by the compiled step (CPU, batch 1; built with the "
+                          "machine's C compiler on first use, then cached): by default where "
+                          "it applies; --compile insists, --no-compile never")
 
     convert = commands.add_parser("convert", help="write a checkpoint in another format")
     _source_options(convert)

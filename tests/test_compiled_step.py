@@ -205,6 +205,20 @@ def test_a_model_the_step_cannot_run_is_refused_before_any_step(pair, change, sa
     assert "leave compile off" in raised.value.hint
 
 
+@pytest.mark.parametrize(("change", "batch", "compiled"), [
+    (lambda model: model, 1, True), (lambda model: model, 2, False), (hooked, 1, False),
+    (replaced, 1, False), (lambda model: copy.deepcopy(model).double(), 1, False)])
+def test_the_compiled_step_is_the_default_wherever_it_applies(pair, change, batch, compiled,
+                                                              build_cache):
+    ours, _ = pair
+    model, ids = change(ours), torch.ones(batch, 3, dtype=torch.long)
+    decoder = Continuation(model, ids, 4).decoder
+    assert (decoder.compiled is not None) == compiled
+    assert Continuation(model, ids, 4, compiled=False).decoder.compiled is None
+    assert Continuation(model, ids, 4, static_cache=True).decoder.compiled is None
+    assert torch.equal(generate(model, ids, 4), generate(model, ids, 4, compile=False))
+
+
 def test_without_a_compiler_it_says_so(pair, monkeypatch, tmp_path):
     ours, _ = pair
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built there
@@ -214,6 +228,9 @@ def test_without_a_compiler_it_says_so(pair, monkeypatch, tmp_path):
     with pytest.raises(CompileError, match="no C compiler found") as raised:
         generate(ours, torch.tensor([[1, 2]]), 3, compile=True)
     assert raised.value.exit_code == 8 and "install a C compiler" in raised.value.hint
+    # asked for nothing, the same generation runs by the regular step, with no error
+    assert torch.equal(generate(ours, torch.tensor([[1, 2]]), 3),
+                       generate(ours, torch.tensor([[1, 2]]), 3, compile=False))
     broken = tmp_path / "cc"
     broken.write_text("#!/bin/sh\nexit 1\n")
     broken.chmod(0o755)
@@ -253,9 +270,10 @@ def test_the_cli_prints_the_same_text_compiled_or_not_and_says_why_it_cannot(tmp
                               capture_output=True, text=True, env={**env, **changes},
                               check=False, timeout=300)
 
-    regular, compiled = run(), run("--compile")
-    assert regular.returncode == compiled.returncode == 0, compiled.stderr
-    assert compiled.stdout == regular.stdout and len(compiled.stdout) > len("The dog")
+    regular, compiled, default = run("--no-compile"), run("--compile"), run()
+    assert regular.returncode == compiled.returncode == default.returncode == 0, compiled.stderr
+    assert compiled.stdout == regular.stdout == default.stdout
+    assert len(compiled.stdout) > len("The dog")
     broken = tmp_path / "cc"
     broken.write_text("#!/bin/sh\necho 'step.c:1:1: error: this compiler is broken' >&2\n"
                       "exit 1\n")

@@ -282,6 +282,25 @@ def layout(tensor: torch.Tensor) -> tuple[int, int] | None:
     return None
 
 
+def compiled_step(model: GPTModel, keys: torch.Tensor, values: torch.Tensor,
+                  packed: list, *, required: bool) -> CompiledStep | None:
+    """The compiled step for a decoder's cache; where it does not apply (the model, batch or
+    cache it cannot run, or no C compiler) None, unless ``required``.
+
+    Raises:
+        ConfigError, CompileError: where ``required`` and it cannot be made.
+    """
+    if not required and (unsupported(model, keys.shape[1])
+                         or _cache_problem(model, keys, values)):
+        return None
+    try:
+        return CompiledStep(model, keys, values, packed)
+    except CompileError:
+        if required:
+            raise
+        return None
+
+
 class CompiledStep:
     """A decoder's one-token steps at batch 1 on the CPU, by the compiled step. Holds the fp32
     norms and biases it made and every tensor the C structs point at."""

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..io.rows import stacked_rows
 from ..model import FeedForward, GPTModel, MultiHeadAttention, TransformerBlock
 from . import kernels
-from .compiled_step import CompiledStep
+from .compiled_step import compiled_step
 from .cuda_graphs import CapturedStep
 from .kv_cache import KVCache, StaticKVCache
 
@@ -69,11 +69,13 @@ class Decoder:
     ``forward`` runs tokens after the cached ones and caches them. One-token steps at batch 1
     run their products by the kernel ``kernels.for_decoding`` chooses (``step``); with
     ``static_cache`` they keep fixed shapes, and on CUDA replay one captured CUDA graph
-    (``cuda_graphs``); with ``compiled`` they run by the compiled step (``compiled_step``).
+    (``cuda_graphs``); they run by the compiled step (``compiled_step``) where ``compiled`` is
+    True, or None (the default) and it applies: a plain model at batch 1 on the CPU, a C
+    compiler, no static cache.
     """
 
     def __init__(self, model: GPTModel, batch_size: int, capacity: int | None = None, *,
-                 static_cache: bool = False, compiled: bool = False):
+                 static_cache: bool = False, compiled: bool | None = None):
         self.model = cacheable(model)
         self.cache = (StaticKVCache if static_cache else KVCache)(model, batch_size, capacity)
         blocks = model.transformer_blocks
@@ -81,8 +83,9 @@ class Decoder:
         self.step = kernels.for_decoding(model.token_embedding_table.weight, batch_size)
         self.static_cache = static_cache
         self.captured: CapturedStep | None = None  # with static_cache: made at the first step
-        self.compiled = (CompiledStep(model, self.cache.keys, self.cache.values,
-                                      self.packed) if compiled else None)
+        wanted = compiled or (compiled is None and not static_cache)
+        self.compiled = (compiled_step(model, self.cache.keys, self.cache.values, self.packed,
+                                       required=bool(compiled)) if wanted else None)
 
     def forward(self, token_ids: torch.Tensor, padding: torch.Tensor | None = None, *,
                 last_only: bool = False) -> torch.Tensor:
@@ -161,7 +164,7 @@ class Continuation:
 
     def __init__(self, model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
                  attention_mask: torch.Tensor | None = None, static_cache: bool = False,
-                 compiled: bool = False):
+                 compiled: bool | None = None):
         batch, prompt_length = token_ids.shape
         total = prompt_length + max_new_tokens
         self.context = model.config["context_length"]

@@ -54,7 +54,7 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
            seed: int | None = None, stop_at_eos: bool = False,
            attention_mask: torch.Tensor | None = None, static_cache: bool = False,
-           compile: bool = False) -> Iterator[torch.Tensor]:
+           compile: bool | None = None) -> Iterator[torch.Tensor]:
     """Yield each new column of ids (B, 1) as soon as it is chosen.
 
     Keys and values go to a preallocated cache (``decoding.Continuation``), so each step runs the
@@ -67,16 +67,17 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
     replayed from a CUDA graph (``cuda_graphs.CapturedStep``); prompts of one length only (no
     ``attention_mask``). Opt-in: its GPU speed is still to be measured (docs/benchmarks.md).
 
-    ``compile`` runs the one-token steps (batch 1, CPU) by the compiled step
-    (``compiled_step``): built with the machine's C compiler on first use (about a second, then
-    cached on disk), 1.4-2.0x faster than the regular step (docs/benchmarks.md). Prompts still
-    run by the regular path.
+    The one-token steps run by the compiled step (``compiled_step``) wherever it applies: batch 1
+    on the CPU, fp32/fp16/bf16, a plain model (no replaced or hooked layer), a C compiler on the
+    machine (built on first use, about a second, then cached on disk), no ``static_cache``;
+    elsewhere by the regular step, with no error. ``compile=True`` asks for it and raises where
+    it cannot run; ``compile=False`` forces the regular step. Prompts run by the regular path.
 
     Raises:
         ConfigError: at once, for arguments that cannot work: a model that is not a language
             model, ids outside its vocabulary or not whole numbers, a mask that does not fit,
-            options out of range, ``compile`` for a model or batch it cannot run.
-        CompileError: ``compile`` where no C compiler can build the step.
+            options out of range, ``compile=True`` for a model or batch it cannot run.
+        CompileError: ``compile=True`` where no C compiler can build the step.
     """
     model = check_model(model)
     check_options(max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -118,7 +119,7 @@ def _stream(model: GPTModel, continuation: Continuation, token_ids: torch.Tensor
 def generate(model: GPTModel, token_ids: torch.Tensor | list[list[int]], max_new_tokens: int,
              *, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, stop_at_eos: bool = False, static_cache: bool = False,
-             compile: bool = False) -> torch.Tensor | list[list[int]]:
+             compile: bool | None = None) -> torch.Tensor | list[list[int]]:
     """The prompt ids (B, T) followed by up to ``max_new_tokens`` new ones; ``stream`` says what
     each option does.
 
@@ -127,7 +128,7 @@ def generate(model: GPTModel, token_ids: torch.Tensor | list[list[int]], max_new
 
     Raises:
         ConfigError: at once, for arguments that cannot work (as ``stream``).
-        CompileError: ``compile`` where no C compiler can build the step.
+        CompileError: ``compile=True`` where no C compiler can build the step.
     """
     options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
                "stop_at_eos": stop_at_eos, "static_cache": static_cache, "compile": compile}
