@@ -237,7 +237,8 @@ def test_outputs_get_the_permissions_the_umask_gives(to, mask, umask, tmp_path):
     out = convert(source, tmp_path / "out", to=to)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
     files = [p for p in out.rglob("*")]
-    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask for p in files)
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == (0o777 if p.is_dir() else 0o666)
+                         & ~mask for p in files)
 
 
 def test_an_existing_empty_destination_keeps_readable_permissions(umask, tmp_path):
