@@ -91,8 +91,8 @@ CASES = [
     # convert
     ("convert: no --to", ["convert", "{place}/model", "{place}/out"], 2,
      "arguments are required: --to"),
-    ("convert: unknown format", ["convert", "{place}/model", "{place}/out", "--to", "onnx"], 2,
-     "invalid choice: 'onnx'"),
+    ("convert: unknown format", ["convert", "{place}/model", "{place}/out", "--to",
+                                 "torchscript"], 2, "invalid choice: 'torchscript'"),
     ("convert: dtype the format does not store", ["convert", "{place}/model", "{place}/out",
                                                   "--to", "hf", "--dtype", "q8_0"], 3,
      "hf does not store q8_0"),

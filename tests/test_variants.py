@@ -77,7 +77,23 @@ def test_the_variant_goes_back_to_hf_unchanged(name, folders, tmp_path):
         assert (back_logits - their_logits).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("to", [f.name for f in FORMATS if f.name not in ("hf", "native")])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_the_onnx_graph_computes_the_variant(name, folders, tmp_path):
+    """Every width, activation and attention scale is built into the graph: onnxruntime runs
+    it with transformers' logits."""
+    exported = convert(folders[name], tmp_path / "onnx", to="onnx")
+    result = verify(exported)
+    assert result.passed and "onnxruntime" in result.reference, result.report()
+    from onnx_runs import greedy_with_past
+
+    prompt = IDS[0, :5].tolist()
+    expected = load_reference(folders[name]).generate(IDS[:1, :5], max_new_tokens=8,
+                                                      do_sample=False, pad_token_id=0)
+    assert greedy_with_past(exported, prompt, 8)[0] == expected[0].tolist()
+
+
+@pytest.mark.parametrize("to", [f.name for f in FORMATS
+                                if f.name not in ("hf", "native", "onnx")])
 @pytest.mark.parametrize("name, key", [("n_inner 3x", "feed-forward width 192"),
                                        ("activation relu", "relu activation"),
                                        ("unscaled attention", "unscaled attention scores"),
