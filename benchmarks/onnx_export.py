@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="124M,1.5B")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--optimum", type=Path, default=ROOT / ".venv-optimum/bin/python")
+    parser.add_argument("--tools", default="gpt2port,optimum",
+                        help="which exports to run (optimum's needs the whole model in memory)")
     args = parser.parse_args()
     rows = []
     for size in args.sizes.split(","):
@@ -49,6 +51,8 @@ def main() -> None:
             best = {}
             for _ in range(args.rounds):
                 for name, (command, output) in commands(source, work, args.optimum).items():
+                    if name not in args.tools.split(","):
+                        continue
                     shutil.rmtree(output, ignore_errors=True)
                     seconds, peak, status, said = measured(command)
                     written = size_of(output) if output.exists() else 0
@@ -65,7 +69,8 @@ def main() -> None:
     print("\n| size | gpt2port time | gpt2port peak | optimum time | optimum peak | time ratio "
           "| memory ratio |\n|---|---|---|---|---|---|---|")
     for size, best in rows:
-        ours, theirs = best["gpt2port"], best["optimum"]
+        missing = (None, None, 0, "not run")
+        ours, theirs = best.get("gpt2port", missing), best.get("optimum", missing)
 
         def cell(found):
             if found[0] is None:
