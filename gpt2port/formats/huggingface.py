@@ -230,6 +230,14 @@ def labels_from(hf_config: dict, origin: str) -> list[str] | None:
     return None if labels == [f"LABEL_{i}" for i in range(len(labels))] else labels
 
 
+def write_generation_config(folder: Path, hf_config: dict) -> None:
+    """What ``save_pretrained`` writes beside the config: ``generate()`` stops at the end
+    token."""
+    (folder / "generation_config.json").write_text(json.dumps(
+        {key: hf_config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")
+         if key in hf_config}, indent=2))
+
+
 def find_weights(folder: Path) -> Path | None:
     """The weights file a Hugging Face folder holds, in order of preference."""
     return next((folder / name for name in WEIGHTS_FILES if (folder / name).is_file()), None)
@@ -320,10 +328,7 @@ class HuggingFace(Format):
         ``GPT2LMHeadModel.from_pretrained``."""
         hf_config = config_from_model(config, vocabulary.roles if vocabulary else None)
         (destination / "config.json").write_text(json.dumps(hf_config, indent=2))
-        # what GPT2LMHeadModel.save_pretrained writes beside it: generate() stops at <|endoftext|>
-        (destination / "generation_config.json").write_text(json.dumps(
-            {key: hf_config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")
-             if key in hf_config}, indent=2))
+        write_generation_config(destination, hf_config)
         # a classifier's body under "transformer.", as save_pretrained writes it (without the
         # prefix, from_pretrained takes the file for a bare GPT2Model and leaves score random)
         prefix = BODY_PREFIX if config["task"] != "language_model" else ""

@@ -23,7 +23,14 @@ from ..io.onnx_file import read_onnx, write_onnx
 from ..io.readers import read_json
 from ..text.vocabulary import Vocabulary, write_hf_files, write_tokenizer_files
 from .base import Candidate, Format, Raw
-from .huggingface import CONFIG_TABLE, HINT, TABLES, check_architecture, config_from_model
+from .huggingface import (
+    CONFIG_TABLE,
+    HINT,
+    TABLES,
+    check_architecture,
+    config_from_model,
+    write_generation_config,
+)
 from .onnx_graph import PREFIX, build
 
 FOLDER = "onnx"
@@ -117,9 +124,7 @@ class Onnx(Format):
             settings["use_external_data_format"] = {path.name: 1}
         hf_config["transformers.js_config"] = settings
         (destination / "config.json").write_text(json.dumps(hf_config, indent=2))
-        (destination / "generation_config.json").write_text(json.dumps(
-            {key: hf_config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")
-             if key in hf_config}, indent=2))
+        write_generation_config(destination, hf_config)
 
     def write_tokenizer(self, vocabulary: Vocabulary, folder: Path, config: dict) -> None:
         """transformers' files as they were read, and ``tokenizer.json`` (which transformers.js
