@@ -18,6 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # whose node_modules hold @huggingface/transformers: .ci/run and the quickstart make both
 OPTIMUM_PYTHON = Path(os.environ.get("GPT2PORT_OPTIMUM_PYTHON", ROOT / ".venv-optimum/bin/python"))
 TRANSFORMERS_JS = Path(os.environ.get("GPT2PORT_TRANSFORMERS_JS", ROOT / ".references/node"))
+# each is there only when its install finished (a venv without optimum in it is not)
+HAS_OPTIMUM = OPTIMUM_PYTHON.is_file() and any(
+    OPTIMUM_PYTHON.parent.parent.glob("lib/python*/site-packages/optimum/onnxruntime"))
+HAS_TRANSFORMERS_JS = shutil.which("node") is not None and (
+    TRANSFORMERS_JS / "node_modules" / "@huggingface" / "transformers" / "package.json").is_file()
 
 
 def onnx_file(folder: Path) -> Path:

@@ -14,6 +14,8 @@ import torch
 import transformers
 from checkpoints import reference_model, write_hub_layout, write_layout
 from onnx_runs import (
+    HAS_OPTIMUM,
+    HAS_TRANSFORMERS_JS,
     OPTIMUM_PYTHON,
     TRANSFORMERS_JS,
     greedy_with_past,
@@ -170,18 +172,17 @@ def test_without_the_onnx_package_the_export_says_what_to_install(sources, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not OPTIMUM_PYTHON.is_file(),
+@pytest.mark.skipif(not HAS_OPTIMUM,
                     reason=f"optimum needs transformers < 4.58, so it lives in its own venv: "
-                    f"{OPTIMUM_PYTHON} (made by scripts/install_references.sh) is missing")
+                    f"{OPTIMUM_PYTHON} with optimum (scripts/install_references.sh) is missing")
 @pytest.mark.parametrize("source", ["hub", "nanogpt"])
 def test_optimum_generates_transformers_greedy_ids(sources, exports, source):
     _, model = sources[source]
     assert optimum_greedy(exports[source, "f32"], PROMPT, NEW) == transformers_greedy(model)
 
 
-@pytest.mark.skipif(not (TRANSFORMERS_JS / "node_modules" / "@huggingface" /
-                         "transformers").is_dir(),
-                    reason=f"transformers.js is not installed in {TRANSFORMERS_JS} (made by "
+@pytest.mark.skipif(not HAS_TRANSFORMERS_JS,
+                    reason=f"Node or transformers.js in {TRANSFORMERS_JS} is missing (made by "
                     "scripts/install_references.sh; it needs Node and npm)")
 def test_transformers_js_generates_what_transformers_generates(sources, exports):
     source, model = sources["hub"]
