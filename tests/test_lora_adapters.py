@@ -4,6 +4,7 @@ every command; what is not plain LoRA is refused by name."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -99,6 +100,24 @@ def test_a_base_of_other_shapes_lists_every_problem(tmp_path, base):
         load_pretrained(tmp_path / "adapter", base=wider)
     # every LoRA module of both layers (and the tied head it saved) is listed
     assert len(refused.value.problems) >= 9, refused.value.problems
+
+
+@pytest.mark.parametrize(("change", "said"), [
+    ({"lora_alpha": "16"}, "lora_alpha '16' is not a number"),
+    ({"alpha_pattern": {"(": 2}}, "alpha_pattern's '\\(' is not a pattern"),
+    ({"alpha_pattern": [1]}, "alpha_pattern is not a map"),
+    ({"base_model_name_or_path": [1]}, "base_model_name_or_path is not a name"),
+    ({"task_type": ["SEQ_CLS"]}, "not a head GPT-2 has"),
+    ({"peft_type": "LOHA"}, "a LOHA adapter"),
+])
+def test_settings_of_the_wrong_kind_are_our_error(adapter, tmp_path, change, said):
+    folder, _, _ = adapter
+    copied = tmp_path / "adapter"
+    shutil.copytree(folder, copied)
+    settings = json.loads((copied / "adapter_config.json").read_text())
+    (copied / "adapter_config.json").write_text(json.dumps({**settings, **change}))
+    with pytest.raises(ConfigError, match=said):
+        load_pretrained(copied)
 
 
 def test_other_adapter_kinds_are_refused_by_name(base, tmp_path):

@@ -92,6 +92,7 @@ class LoraAdapter:
             raise ConfigError(f"{config_path}: the config is not a dict",
                               hint="adapter_config.json is written by peft's save_pretrained")
         self._refuse_variants(config_path)
+        self._check_values(config_path)
         weights = next((self.folder / name for name in WEIGHTS_FILES
                         if (self.folder / name).is_file()), None)
         if weights is None:
@@ -133,6 +134,29 @@ class LoraAdapter:
             raise ConfigError(f"{config_path}: sets {', '.join(unknown)}, which gpt2port does "
                               "not compute", hint="merge it with peft (merge_and_unload) and "
                               "save the merged model, then load that")
+
+    def _check_values(self, config_path: Path) -> None:
+        """Raise ConfigError for settings of a type or value LoRA cannot have."""
+        settings, problems = self.settings, []
+        alpha = settings.get("lora_alpha", 8)
+        patterns = settings.get("alpha_pattern") or {}
+        if type(alpha) not in (int, float) or not math.isfinite(alpha):
+            problems.append(f"lora_alpha {alpha!r} is not a number")
+        if not isinstance(patterns, dict) or not all(
+                isinstance(key, str) and type(value) in (int, float) and math.isfinite(value)
+                for key, value in patterns.items()):
+            problems.append("alpha_pattern is not a map of module patterns to numbers")
+        else:
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error:
+                    problems.append(f"alpha_pattern's {pattern!r} is not a pattern")
+        if not isinstance(settings.get("base_model_name_or_path") or "", str):
+            problems.append("base_model_name_or_path is not a name")
+        if problems:
+            raise ConfigError(f"{config_path}: " + "; ".join(problems),
+                              hint="adapter_config.json is written by peft's save_pretrained")
 
     def _modules(self, tensors: dict[str, torch.Tensor]
                  ) -> tuple[dict[str, Module], dict[str, torch.Tensor]]:
@@ -176,7 +200,7 @@ class LoraAdapter:
         kind = self.settings.get("task_type")
         if kind is None:
             return None
-        if kind not in TASK_TYPES:
+        if not isinstance(kind, str) or kind not in TASK_TYPES:
             raise ConfigError(f"{config_path}: task_type {kind!r}: not a head GPT-2 has "
                               f"({', '.join(TASK_TYPES)})", hint="train the adapter on one of "
                               "transformers' GPT-2 classes")
