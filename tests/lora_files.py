@@ -8,6 +8,15 @@ import torch
 import transformers
 from checkpoints import TINY
 
+
+def the_peft():
+    """peft, or a skip of the one test that needs it, saying how to install it."""
+    import pytest
+
+    return pytest.importorskip("peft", reason="peft writes the adapters: pip install peft "
+                               "(the test extra installs it)")
+
+
 IDS = torch.randint(0, 512, (1, 14), generator=torch.Generator().manual_seed(5))
 # transformers' class the adapter is trained on, its options, and peft's LoraConfig
 CASES = {
@@ -51,7 +60,7 @@ def write_base(folder, seed=0, **config):
 def write_adapter(base, folder, kind, options, lora, *, names_base=True):
     """peft's adapter on ``base`` loaded in transformers' ``kind``, every trained tensor random
     (peft starts B at zero), saved by peft; returns peft's scores on IDS."""
-    import peft  # the test extra installs it; a test that needs it skips without it, saying so
+    peft = the_peft()
 
     model = getattr(transformers, kind).from_pretrained(base, **options)
     with warnings.catch_warnings():

@@ -4,6 +4,7 @@ raises gpt2port's own error. Never another exception, a hang, or a crash.
 Fixed budget and seed (``derandomize``), so CI runs the same examples every time.
 """
 
+import importlib.util
 import json
 import shutil
 import signal
@@ -145,7 +146,11 @@ def sources(tmp_path_factory):
 
 
 def lora_adapter(base, folder):
-    """A LoRA adapter peft writes on ``base`` (the hub layout's model)."""
+    """A LoRA adapter peft writes on ``base`` (the hub layout's model); without peft, the
+    folder stays empty and the two adapter readers' tests skip, saying so."""
+    folder.mkdir()
+    if importlib.util.find_spec("peft") is None:
+        return folder
     kind, options, lora = CASES["embedding_alpha_pattern"]
     write_adapter(base, folder, kind, options, lora)
     return folder
@@ -166,6 +171,9 @@ def valid(tmp_path_factory):
                                     "lora_adapter", "lora_adapter_config", "onnx_model"])
 def test_mutated_files_give_our_error_or_a_correct_load(reader, valid, tmp_path):
     folder, name = valid[reader]
+    if not (folder / name).is_file():
+        pytest.skip(f"{name}: peft writes it, and peft is not installed (the test extra "
+                    "installs it)")
     original = (folder / name).read_bytes()
     work = tmp_path / "work"
     shutil.copytree(folder, work)

@@ -12,13 +12,12 @@ import warnings
 import pytest
 import torch
 import transformers
-from lora_files import CASES, IDS, scores, write_adapter, write_base
+from lora_files import CASES, IDS, scores, the_peft, write_adapter, write_base
 from stand_in_hub import StandInHub
 
 from gpt2port import CheckpointError, ConfigError, convert, inspect, load_pretrained, verify
 from gpt2port.errors import MappingError
 
-peft = pytest.importorskip("peft", reason="peft writes the adapters (the test extra installs it)")
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
@@ -122,6 +121,7 @@ def test_settings_of_the_wrong_kind_are_our_error(adapter, tmp_path, change, sai
 
 def test_other_adapter_kinds_are_refused_by_name(base, tmp_path):
     model = transformers.GPT2LMHeadModel.from_pretrained(base)
+    peft = the_peft()
     peft.get_peft_model(model, peft.IA3Config(target_modules=["c_attn"], feedforward_modules=[],
                                               task_type="CAUSAL_LM")).save_pretrained(
         tmp_path / "ia3")
