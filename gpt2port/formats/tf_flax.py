@@ -101,8 +101,11 @@ def _h5_array(path: Path, key: str, flip: bool):
 
     with h5py.File(path, "r") as file:
         array = file[key][()].astype("float32")
-    return array.T if flip else array.reshape(-1) if array.ndim == 2 and array.shape[0] == 1 and (
-        key.endswith("bias:0")) else array
+    if flip:  # a Dense kernel
+        return array.T
+    if key.endswith("bias:0") and array.ndim == 2 and array.shape[0] == 1:  # a Conv1D bias
+        return array[0]
+    return array
 
 
 def _flax_later(path: Path) -> tuple[dict, dict]:
