@@ -92,6 +92,79 @@ def test_half_precision_compiled_steps_stay_close_to_transformers_fp32(pair, tmp
     assert (found - expected).abs().max() <= (regular - expected).abs().max() + 1e-3 * scale
 
 
+def padded_batch(lengths, total, seed):
+    """Ids (B, total) whose row i is left-padded by max(lengths) - lengths[i], and its mask."""
+    ids = torch.randint(0, 512, (len(lengths), total), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+    for row, length in enumerate(lengths):
+        mask[row, :max(lengths) - length] = 0
+    return ids, mask
+
+
+def stepped_batch_logits(model, ids, mask, prompt_length, *, compiled):
+    """As ``stepped_logits``, for a left-padded batch."""
+    with torch.inference_mode():
+        decoder = Decoder(model, ids.shape[0], ids.shape[1], compiled=compiled)
+        assert (decoder.compiled is not None) == compiled
+        found = [decoder.forward(ids[:, :prompt_length], mask[:, :prompt_length])]
+        found += [decoder.forward(ids[:, t:t + 1], mask[:, :t + 1])
+                  for t in range(prompt_length, ids.shape[1])]
+    return torch.cat(found, 1).float()
+
+
+@pytest.mark.parametrize("layout", ["hub", "row-major"])
+def test_a_padded_batch_of_compiled_steps_gives_transformers_logits(pair, layout):
+    """Four prompts of 7, 2, 4 and 1 tokens, left-padded, then 25 steps of the whole batch in
+    one call: every real position's logits are transformers' with the same mask and positions."""
+    ours, reference = pair
+    model = ours if layout == "hub" else row_major(ours)
+    ids, mask = padded_batch([7, 2, 4, 1], 32, seed=8)
+    with torch.no_grad():
+        expected = reference(ids, attention_mask=mask,
+                             position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    found = stepped_batch_logits(model, ids, mask, 7, compiled=True)
+    real = mask.bool()
+    assert (found[real] - expected[real]).abs().max() < 1e-4 * expected.abs().max()
+
+
+@pytest.mark.parametrize(("dtype", "bound"), [(torch.float16, 0.02), (torch.bfloat16, 0.1)])
+def test_a_half_precision_padded_batch_stays_close_to_transformers_fp32(pair, tmp_path, dtype,
+                                                                       bound):
+    _, reference = pair
+    model = load_pretrained(write_hub_layout(reference, tmp_path / "tiny"), dtype=dtype)
+    ids, mask = padded_batch([5, 3, 1], 24, seed=9)
+    with torch.no_grad():
+        expected = reference(ids, attention_mask=mask,
+                             position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    real, scale = mask.bool(), expected.abs().max()
+    found = stepped_batch_logits(model, ids, mask, 5, compiled=True)[real]
+    regular = stepped_batch_logits(model, ids, mask, 5, compiled=False)[real]
+    assert (found - expected[real]).abs().max() < bound * scale
+    assert (found - expected[real]).abs().max() <= (
+        (regular - expected[real]).abs().max() + 1e-3 * scale)
+
+
+def test_a_row_of_a_batch_gets_the_logits_it_gets_alone(pair):
+    """Rows share each weight read, not their sums."""
+    ours, _ = pair
+    ids, mask = padded_batch([6, 1, 3], 30, seed=10)
+    batched = stepped_batch_logits(ours, ids, mask, 6, compiled=True)
+    for row, length in enumerate([6, 1, 3]):
+        alone = stepped_logits(ours, ids[row:row + 1, 6 - length:], length, compiled=True)
+        assert (batched[row, 6 - length:] - alone[0]).abs().max() <= 1e-5 * alone.abs().max()
+
+
+def test_compiled_batches_give_transformers_greedy_ids_for_prompts_of_any_length(pair):
+    ours, reference = pair
+    prompts = [[5, 17, 300, 42, 9, 101, 7], [8], [400, 3, 3, 3], [1, 2]]
+    found = generate(ours, prompts, 30, compile=True)
+    for prompt, row in zip(prompts, found, strict=True):
+        ids = torch.tensor([prompt])
+        assert row == reference.generate(ids, max_new_tokens=30, do_sample=False,
+                                         attention_mask=torch.ones_like(ids),
+                                         pad_token_id=0)[0].tolist()
+
+
 def test_the_portable_build_gives_the_same_logits(pair, tmp_path, monkeypatch):
     """Built without the CPU's own instructions (as on a CPU without AVX2): the plain C
     products and half-precision conversions, against the native build and transformers."""
@@ -190,7 +263,6 @@ def replaced(model):
 
 
 @pytest.mark.parametrize(("change", "said"), [
-    (lambda model: model, "compile: it runs batch 1; this generation has 2 sequences"),
     (lambda model: copy.deepcopy(model).train(), "the model is in training mode"),
     (hooked, "the model has forward hooks"),
     (replaced, "block 0 has replaced ones"),
@@ -199,19 +271,19 @@ def replaced(model):
 def test_a_model_the_step_cannot_run_is_refused_before_any_step(pair, change, said):
     ours, _ = pair
     model = change(ours)
-    batch = 2 if "batch" in said else 1
     with pytest.raises(ConfigError, match=said) as raised:
-        generate(model, torch.ones(batch, 3, dtype=torch.long), 5, compile=True)
+        generate(model, torch.ones(1, 3, dtype=torch.long), 5, compile=True)
     assert "leave compile off" in raised.value.hint
 
 
 @pytest.mark.parametrize(("change", "batch", "compiled"), [
-    (lambda model: model, 1, True), (lambda model: model, 2, False), (hooked, 1, False),
+    (lambda model: model, 1, True), (lambda model: model, 8, True), (hooked, 1, False),
     (replaced, 1, False), (lambda model: copy.deepcopy(model).double(), 1, False)])
 def test_the_compiled_step_is_the_default_wherever_it_applies(pair, change, batch, compiled,
                                                               build_cache):
     ours, _ = pair
-    model, ids = change(ours), torch.ones(batch, 3, dtype=torch.long)
+    model = change(ours)
+    ids = torch.randint(0, 512, (batch, 3), generator=torch.Generator().manual_seed(batch))
     decoder = Continuation(model, ids, 4).decoder
     assert (decoder.compiled is not None) == compiled
     assert Continuation(model, ids, 4, compiled=False).decoder.compiled is None
@@ -304,25 +376,39 @@ def test_the_step_checks_ids_and_positions_itself(pair):
     bounds: it answers why instead."""
     ours, _ = pair
     with torch.inference_mode():
-        decoder = Decoder(ours, 1, 8, compiled=True)
+        decoder = Decoder(ours, 2, 8, compiled=True)
         step = decoder.compiled
         rows = ours.token_embedding_table.weight.shape[0]
-        call = step.library.gpt2port_step
-        model = step.model
-        assert call(ctypes.byref(model), rows, 0) == 1
-        assert call(ctypes.byref(model), -1, 0) == 1
-        assert call(ctypes.byref(model), 0, 8) == 2  # the cache holds 8
-        assert call(ctypes.byref(model), 0, -1) == 2
-        assert call(ctypes.byref(model), 0, 0) == 0
+        positions = ours.position_embedding_table.weight.shape[0]
+
+        def call(tokens, slot, places=(0, 0), padding=None, stride=0):
+            tokens, places = torch.tensor(tokens), torch.tensor(places)
+            asked = compiled_step.Rows(tokens.data_ptr(), places.data_ptr(), slot,
+                                       None if padding is None else padding.data_ptr(), stride)
+            return step.library.gpt2port_step(ctypes.byref(step.model), ctypes.byref(asked))
+
+        assert call([0, rows], 0) == 1
+        assert call([-1, 0], 0) == 1
+        assert call([0, 0], 8) == 2  # the cache holds 8
+        assert call([0, 0], -1) == 2
+        assert call([0, 0], 0, (0, positions)) == 2
+        assert call([0, 0], 0, (-1, 0)) == 2
+        assert call([0, 0], 3, padding=torch.ones(2, 3, dtype=torch.long), stride=2) == 2
+        assert call([0, 0], 0) == 0
+        assert call([0, 0], 3, padding=torch.ones(2, 3, dtype=torch.long), stride=3) == 0
         with pytest.raises(ConfigError, match="position 8 is outside the cache"):
-            step(0, 8)
+            step(torch.tensor([0, 0]), 8)
         with pytest.raises(ConfigError, match=f"token id {rows} is outside"):
-            step(rows, 0)
+            step(torch.tensor([0, rows]), 0)
+        with pytest.raises(ConfigError, match="3 token\\(s\\) for a step of 2 sequence"):
+            step(torch.tensor([0, 0, 0]), 0)
+        with pytest.raises(ConfigError, match="a padding mask of \\[2, 2\\]"):
+            step(torch.tensor([0, 0]), 2, torch.ones(2, 2))
 
 
 def test_the_c_structs_are_laid_out_as_the_ctypes_ones():
     library = compiled_step.library()
-    sizes = (ctypes.c_int64 * 4)()
+    sizes = (ctypes.c_int64 * len(compiled_step.STRUCTS))()
     library.gpt2port_struct_sizes(ctypes.byref(sizes))
     assert list(sizes) == [ctypes.sizeof(s) for s in compiled_step.STRUCTS]
 
@@ -330,7 +416,8 @@ def test_the_c_structs_are_laid_out_as_the_ctypes_ones():
 def test_a_mismatched_struct_is_refused(monkeypatch):
     class Longer(compiled_step.Model):
         _fields_ = (("extra", ctypes.c_int64),)
-    monkeypatch.setattr(compiled_step, "STRUCTS", (*compiled_step.STRUCTS[:3], Longer))
+    monkeypatch.setattr(compiled_step, "STRUCTS", (*compiled_step.STRUCTS[:3], Longer,
+                                                   compiled_step.Rows))
     compiled_step.library.cache_clear()
     try:
         with pytest.raises(CompileError, match="structs do not match gpt2port's \\(Longer"):

@@ -64,12 +64,18 @@ class Model(ctypes.Structure):
                 ("scratch", ctypes.c_void_p), ("logits", ctypes.c_void_p),
                 ("partials", ctypes.c_void_p), ("threads", ctypes.c_int64),
                 ("partial_size", ctypes.c_int64), ("token_rows", ctypes.c_int64),
-                ("position_rows", ctypes.c_int64)]
+                ("position_rows", ctypes.c_int64), ("batch", ctypes.c_int64)]
 
 
-STRUCTS = (Product, Norm, Block, Model)  # in the order gpt2port_struct_sizes gives their sizes
-STEP_PROBLEMS = {1: "the token is outside the embedding table",
-                 2: "the position is outside the position table or the cache"}
+class Rows(ctypes.Structure):
+    _fields_ = [("tokens", ctypes.c_void_p), ("positions", ctypes.c_void_p),
+                ("slot", ctypes.c_int64), ("padding", ctypes.c_void_p),
+                ("padding_stride", ctypes.c_int64)]
+
+
+STRUCTS = (Product, Norm, Block, Model, Rows)  # the order gpt2port_struct_sizes gives them in
+STEP_PROBLEMS = {1: "a token is outside the embedding table",
+                 2: "a position is outside the position table or the cache"}
 
 
 def cache_folder() -> Path:
@@ -145,7 +151,7 @@ def library() -> ctypes.CDLL:
                 continue
         try:
             step = ctypes.CDLL(str(path))
-            step.gpt2port_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, ctypes.c_int64]
+            step.gpt2port_step.argtypes = [ctypes.POINTER(Model), ctypes.POINTER(Rows)]
             step.gpt2port_step.restype = ctypes.c_int64
             step.gpt2port_max_threads.restype = ctypes.c_int64
             step.gpt2port_struct_sizes.argtypes = [ctypes.POINTER(ctypes.c_int64 * len(STRUCTS))]
@@ -178,13 +184,11 @@ def _check_struct_sizes(step: ctypes.CDLL, path: Path) -> None:
                            hint="delete that file to rebuild it, or leave compile off")
 
 
-def unsupported(model: GPTModel, batch: int) -> str | None:
+def unsupported(model: GPTModel) -> str | None:
     """Why this model's one-token steps cannot run compiled (None: they can)."""
     weight = model.token_embedding_table.weight
     if weight.device.type != "cpu":
         return f"it runs on the CPU; the model is on {weight.device}"
-    if batch != 1:
-        return f"it runs batch 1; this generation has {batch} sequences"
     if model.training:
         return "it runs in eval mode (no dropout); the model is in training mode"
     if weight.dtype not in KINDS:
@@ -258,11 +262,11 @@ def _cache_problem(model: GPTModel, keys: torch.Tensor, values: torch.Tensor) ->
     for name, tensor in (("keys", keys), ("values", values)):
         if (tensor.dtype != torch.float32 or tensor.device.type != "cpu"
                 or not tensor.is_contiguous() or tensor.dim() != 5
-                or tuple(tensor.shape[:3]) != (config["number_of_layers"], 1, heads)
+                or tensor.shape[0] != config["number_of_layers"] or tensor.shape[2] != heads
                 or tensor.shape[4] * heads != config["embedding_dimension"]):
-            return (f"it writes an fp32, contiguous CPU cache of (layers, 1, heads, capacity, "
-                    f"head width); the {name} are {tensor.dtype} {list(tensor.shape)} on "
-                    f"{tensor.device}")
+            return (f"it writes an fp32, contiguous CPU cache of (layers, batch, heads, "
+                    f"capacity, head width); the {name} are {tensor.dtype} "
+                    f"{list(tensor.shape)} on {tensor.device}")
     if keys.shape != values.shape:
         return "its keys and values caches differ in shape"
     return None
@@ -290,8 +294,7 @@ def compiled_step(model: GPTModel, keys: torch.Tensor, values: torch.Tensor,
     Raises:
         ConfigError, CompileError: where ``required`` and it cannot be made.
     """
-    if not required and (unsupported(model, keys.shape[1])
-                         or _cache_problem(model, keys, values)):
+    if not required and (unsupported(model) or _cache_problem(model, keys, values)):
         return None
     try:
         return CompiledStep(model, keys, values, packed)
@@ -302,12 +305,13 @@ def compiled_step(model: GPTModel, keys: torch.Tensor, values: torch.Tensor,
 
 
 class CompiledStep:
-    """A decoder's one-token steps at batch 1 on the CPU, by the compiled step. Holds the fp32
-    norms and biases it made and every tensor the C structs point at."""
+    """A decoder's one-token steps on the CPU, by the compiled step, for every sequence of its
+    cache at once. Holds the fp32 norms and biases it made and every tensor the C structs point
+    at."""
 
     def __init__(self, model: GPTModel, keys: torch.Tensor, values: torch.Tensor,
                  packed: list[tuple[torch.Tensor, torch.Tensor | None] | None]):
-        reason = unsupported(model, keys.shape[1]) or _cache_problem(model, keys, values)
+        reason = unsupported(model) or _cache_problem(model, keys, values)
         if reason is not None:
             raise ConfigError(f"compile: {reason}",
                               hint="leave compile off for this model (generation still works)")
@@ -317,15 +321,15 @@ class CompiledStep:
         self.held: list[torch.Tensor] = [keys, values]
         blocks = model.transformer_blocks
         self.blocks = (Block * len(blocks))(*map(self.block, blocks, packed))
-        capacity, width = keys.shape[3], config["embedding_dimension"]
+        batch, capacity, width = keys.shape[1], keys.shape[3], config["embedding_dimension"]
         head = model.output_head
-        self.logits = torch.empty(head.weight.shape[0])
+        self.logits = torch.empty(batch, head.weight.shape[0])
         scratch = 6 * width + blocks[0].feed_forward.expansion.weight.shape[0]
         scratch += config["number_of_heads"] * capacity
-        self.scratch = torch.empty(scratch)
+        self.scratch = torch.empty(batch, scratch)  # per row: x, normed, q|k|v, ..., scores
         threads = max(self.library.gpt2port_max_threads(), os.cpu_count() or 1)
         partial_size = max(weight.shape[0] for weight in model.parameters() if weight.dim() == 2)
-        self.partials = torch.empty(threads, partial_size)
+        self.partials = torch.empty(threads, batch, partial_size)
         self.model = Model(
             width=width, heads=config["number_of_heads"], layers=len(blocks), capacity=capacity,
             kind=KINDS[head.weight.dtype], exact_gelu=GELUS[config["gelu_approximation"]],
@@ -338,30 +342,50 @@ class CompiledStep:
             scratch=self.pointer(self.scratch), logits=self.pointer(self.logits),
             partials=self.pointer(self.partials), threads=threads, partial_size=partial_size,
             token_rows=model.token_embedding_table.weight.shape[0],
-            position_rows=model.position_embedding_table.weight.shape[0])
-        self.dtype, self.capacity = head.weight.dtype, capacity
+            position_rows=model.position_embedding_table.weight.shape[0], batch=batch)
+        self.dtype, self.capacity, self.batch = head.weight.dtype, capacity, batch
 
-    def __call__(self, token: int, position: int) -> torch.Tensor:
-        """The logits (V,) after ``token`` at ``position``; its keys and values cached.
+    def __call__(self, tokens: torch.Tensor, slot: int, padding: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """The logits (B, V) after each row's token (B,), its keys and values cached at
+        ``slot``. ``padding`` (B, slot + 1), 1 for tokens and 0 for left padding, sets each row's
+        position (its tokens before) and the keys it sees; None: every slot holds a token.
 
         Raises:
             ConfigError: for a token outside the vocabulary, a position outside the cache, or a
                 model changed since this step was made (a layer replaced, a tensor moved).
         """
-        if not 0 <= token < self.vocabulary:
-            raise ConfigError(f"compile: token id {token} is outside the model's vocabulary "
-                              f"(0 to {self.vocabulary - 1})", hint=HINT)
-        if not 0 <= position < self.capacity:
-            raise ConfigError(f"compile: position {position} is outside the cache (0 to "
+        tokens = tokens.reshape(-1).to(torch.int64).contiguous()
+        if tokens.shape[0] != self.batch:
+            raise ConfigError(f"compile: {tokens.shape[0]} token(s) for a step of "
+                              f"{self.batch} sequence(s)", hint=HINT)
+        outside = tokens[(tokens < 0) | (tokens >= self.vocabulary)]
+        if outside.numel():
+            raise ConfigError(f"compile: token id {int(outside[0])} is outside the model's "
+                              f"vocabulary (0 to {self.vocabulary - 1})", hint=HINT)
+        if not 0 <= slot < self.capacity:
+            raise ConfigError(f"compile: position {slot} is outside the cache (0 to "
                               f"{self.capacity - 1})", hint=HINT)
+        if padding is None:
+            positions, earlier = torch.full_like(tokens, slot), None
+        else:
+            padding = padding.to(torch.int64)
+            if tuple(padding.shape) != (self.batch, slot + 1):
+                raise ConfigError(f"compile: a padding mask of {list(padding.shape)} for "
+                                  f"{self.batch} sequence(s) at slot {slot}", hint=HINT)
+            positions = (padding.sum(1) - 1).clamp(min=0)  # as the regular step numbers them
+            earlier = padding[:, :slot].contiguous()
         if not self.unchanged():
             raise ConfigError("compile: the model changed while it was generating (a layer "
                               "replaced, a tensor moved or retyped, a hook added)",
                               hint="start a new generation after changing the model")
-        status = self.library.gpt2port_step(ctypes.byref(self.model), token, position)
+        rows = Rows(tokens.data_ptr(), positions.data_ptr(), slot,
+                    None if earlier is None else earlier.data_ptr(),
+                    0 if earlier is None else max(slot, 1))
+        status = self.library.gpt2port_step(ctypes.byref(self.model), ctypes.byref(rows))
         if status != 0:
             raise ConfigError(f"compile: {STEP_PROBLEMS.get(status, f'status {status}')} "
-                              f"(token {token}, position {position})", hint=HINT)
+                              f"(tokens {tokens.tolist()}, slot {slot})", hint=HINT)
         return self.logits.to(self.dtype, copy=True)
 
     def pointer(self, tensor: torch.Tensor | None, *, fp32: bool = False) -> int | None:

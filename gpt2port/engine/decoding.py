@@ -69,9 +69,9 @@ class Decoder:
     ``forward`` runs tokens after the cached ones and caches them. One-token steps at batch 1
     run their products by the kernel ``kernels.for_decoding`` chooses (``step``); with
     ``static_cache`` they keep fixed shapes, and on CUDA replay one captured CUDA graph
-    (``cuda_graphs``); they run by the compiled step (``compiled_step``) where ``compiled`` is
-    True, or None (the default) and it applies: a plain model at batch 1 on the CPU, a C
-    compiler, no static cache.
+    (``cuda_graphs``); they run by the compiled step (``compiled_step``), every sequence of the
+    batch in one call, where ``compiled`` is True, or None (the default) and it applies: a plain
+    model on the CPU, a C compiler, no static cache.
     """
 
     def __init__(self, model: GPTModel, batch_size: int, capacity: int | None = None, *,
@@ -94,8 +94,8 @@ class Decoder:
         tokens = token_ids.shape[1]
         if tokens > 1:
             logits = self.logits(token_ids, padding, F.linear, last_only=last_only)
-        elif self.compiled is not None and padding is None:
-            logits = self.compiled(int(token_ids[0, 0]), self.cache.length)[None, None]
+        elif self.compiled is not None:
+            logits = self.compiled(token_ids[:, 0], self.cache.length, padding)[:, None]
         elif self.static_cache and padding is None:
             self.captured = self.captured or CapturedStep(self)
             with self.step.running():

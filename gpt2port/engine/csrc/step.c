@@ -1,11 +1,14 @@
-/* One GPT-2 decoding step at batch 1 on the CPU, fused: the embeddings, every block and the
- * output head for one token in one call, with no per-operation dispatch in between.
+/* One GPT-2 decoding step on the CPU, fused: the embeddings, every block and the output head
+ * for one token of each sequence in the batch in one call, with no per-operation dispatch in
+ * between.
  *
  * Built on first use by gpt2port/engine/compiled_step.py with the machine's C compiler and loaded
  * through ctypes; the struct layouts below match the ctypes ones there. Weights are read where
  * the model holds them (fp32, fp16 or bf16), activations are fp32, and the keys and values go
- * to the decoder's own fp32 cache. Products stream each weight once on every OpenMP thread of
- * the calling thread; the small operations between them run on one.
+ * to the decoder's own fp32 cache. Products stream each weight once for the whole batch, on
+ * the OpenMP threads of the calling thread; the small operations between them share the rows.
+ * Steps running at once on other threads of the process share the cores: each takes its part
+ * of them (see `team_for_this_step`), so that threads never outnumber cores.
  */
 
 #include <math.h>
@@ -45,23 +48,35 @@ typedef struct {
     const Block *blocks;
     Norm final_norm;
     Product head;
-    float *keys, *values; /* (layers, heads, capacity, width / heads) */
-    float *scratch;       /* x, normed, q, k, v, context, hidden, scores (see offsets below) */
-    float *logits;        /* (head.rows,) */
-    float *partials;      /* (threads, partial_size): each thread's sums of transposed products */
+    float *keys, *values; /* (layers, batch, heads, capacity, width / heads) */
+    float *scratch;       /* x, normed, qkv, context, hidden, scores (see gpt2port_step) */
+    float *logits;        /* (batch, head.rows) */
+    float *partials;      /* (threads, batch, partial_size): each thread's sums of transposed
+                             products */
     int64_t threads, partial_size;
     int64_t token_rows, position_rows; /* rows of the tables: a step reads none past them */
+    int64_t batch;
 } Model;
+
+/* The rows of one step: each sequence's token and position, the cache slot every row writes,
+ * and which earlier slots hold real tokens (padding: NULL where all do). */
+typedef struct {
+    const int64_t *tokens, *positions; /* (batch,) */
+    int64_t slot;
+    const int64_t *padding;            /* (batch, padding_stride): 1 a token, 0 padding */
+    int64_t padding_stride;
+} Rows;
 
 enum { STEP_DONE = 0, TOKEN_OUTSIDE = 1, POSITION_OUTSIDE = 2 };
 
 /* The sizes of the structs as this compiler lays them out, for the caller to hold against its
  * own (a field added on one side only is refused before any step). */
-void gpt2port_struct_sizes(int64_t sizes[4]) {
+void gpt2port_struct_sizes(int64_t sizes[5]) {
     sizes[0] = (int64_t)sizeof(Product);
     sizes[1] = (int64_t)sizeof(Norm);
     sizes[2] = (int64_t)sizeof(Block);
     sizes[3] = (int64_t)sizeof(Model);
+    sizes[4] = (int64_t)sizeof(Rows);
 }
 
 static inline float to_float(const void *data, int64_t index, int64_t kind) {
@@ -114,76 +129,122 @@ static inline float sum8(__m256 v) {
 }
 #endif
 
-/* y[r] = W[r, :] . x for rows [begin, end) of a row-major W. */
-static void dot_rows(const Product *p, int64_t kind, const float *x, float *y, int64_t begin,
+/* A batch of vectors: row b of `count` starts at data + b * stride. */
+typedef struct {
+    float *data;
+    int64_t stride, count;
+} Vectors;
+
+static inline float *row_of(Vectors v, int64_t b) { return v.data + b * v.stride; }
+
+#ifdef HAVE_AVX2
+/* y[b, r..r+3] = W[r..r+3, :] . x[b] for rows b0 and b0 + 1 (`pair`) or b0 alone: the four
+ * weight rows are read from memory once per batch, then from the cache. */
+static inline void four_rows(const char *w0, int64_t step, int64_t cols, int64_t size,
+                             int64_t kind, const float *x0, const float *x1, float *y0,
+                             float *y1) {
+    const char *w1 = w0 + step, *w2 = w1 + step, *w3 = w2 + step;
+    /* half-precision rows are short streams: fetch the next rows' line meanwhile
+     * (measured: fp16 23 -> 30 GB/s; fp32 streams faster without it) */
+    const char *ahead = w0 + 4 * step;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    if (x1 == NULL) {
+        for (int64_t k = 0; k < cols; k += 8) {
+            if (kind != F32) _mm_prefetch(ahead + k * 8, _MM_HINT_T0);
+            __m256 xs = _mm256_loadu_ps(x0 + k);
+            a0 = _mm256_fmadd_ps(load8(w0 + k * size, kind), xs, a0);
+            a1 = _mm256_fmadd_ps(load8(w1 + k * size, kind), xs, a1);
+            a2 = _mm256_fmadd_ps(load8(w2 + k * size, kind), xs, a2);
+            a3 = _mm256_fmadd_ps(load8(w3 + k * size, kind), xs, a3);
+        }
+    } else {
+        __m256 c0 = a0, c1 = a0, c2 = a0, c3 = a0;
+        for (int64_t k = 0; k < cols; k += 8) {
+            if (kind != F32) _mm_prefetch(ahead + k * 8, _MM_HINT_T0);
+            __m256 xs = _mm256_loadu_ps(x0 + k), xt = _mm256_loadu_ps(x1 + k);
+            __m256 v0 = load8(w0 + k * size, kind), v1 = load8(w1 + k * size, kind),
+                   v2 = load8(w2 + k * size, kind), v3 = load8(w3 + k * size, kind);
+            a0 = _mm256_fmadd_ps(v0, xs, a0);
+            a1 = _mm256_fmadd_ps(v1, xs, a1);
+            a2 = _mm256_fmadd_ps(v2, xs, a2);
+            a3 = _mm256_fmadd_ps(v3, xs, a3);
+            c0 = _mm256_fmadd_ps(v0, xt, c0);
+            c1 = _mm256_fmadd_ps(v1, xt, c1);
+            c2 = _mm256_fmadd_ps(v2, xt, c2);
+            c3 = _mm256_fmadd_ps(v3, xt, c3);
+        }
+        y1[0] = sum8(c0);
+        y1[1] = sum8(c1);
+        y1[2] = sum8(c2);
+        y1[3] = sum8(c3);
+    }
+    y0[0] = sum8(a0);
+    y0[1] = sum8(a1);
+    y0[2] = sum8(a2);
+    y0[3] = sum8(a3);
+}
+#endif
+
+/* y[b, r] = W[r, :] . x[b] for rows [begin, end) of a row-major W, every b. */
+static void dot_rows(const Product *p, int64_t kind, Vectors x, Vectors y, int64_t begin,
                      int64_t end) {
     const char *weight = (const char *)p->weight;
     int64_t cols = p->cols, size = element_size(kind), step = p->stride * size, row = begin;
 #ifdef HAVE_AVX2
     if (cols % 8 == 0) {
         for (; row + 4 <= end; row += 4) {
-            const char *w0 = weight + row * step, *w1 = w0 + step, *w2 = w1 + step,
-                       *w3 = w2 + step;
-            /* half-precision rows are short streams: fetch the next rows' line meanwhile
-             * (measured: fp16 23 -> 30 GB/s; fp32 streams faster without it) */
-            const char *ahead = w0 + 4 * step;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int64_t k = 0; k < cols; k += 8) {
-                if (kind != F32) _mm_prefetch(ahead + k * 8, _MM_HINT_T0);
-                __m256 xs = _mm256_loadu_ps(x + k);
-                a0 = _mm256_fmadd_ps(load8(w0 + k * size, kind), xs, a0);
-                a1 = _mm256_fmadd_ps(load8(w1 + k * size, kind), xs, a1);
-                a2 = _mm256_fmadd_ps(load8(w2 + k * size, kind), xs, a2);
-                a3 = _mm256_fmadd_ps(load8(w3 + k * size, kind), xs, a3);
+            for (int64_t b = 0; b < x.count; b += 2) {
+                int pair = b + 1 < x.count;
+                four_rows(weight + row * step, step, cols, size, kind, row_of(x, b),
+                          pair ? row_of(x, b + 1) : NULL, row_of(y, b) + row,
+                          pair ? row_of(y, b + 1) + row : NULL);
             }
-            y[row] = sum8(a0);
-            y[row + 1] = sum8(a1);
-            y[row + 2] = sum8(a2);
-            y[row + 3] = sum8(a3);
         }
     }
 #endif
     for (; row < end; row++) {
         const void *w = weight + row * step;
-        float total = 0.0f;
-        for (int64_t k = 0; k < cols; k++) total += to_float(w, k, kind) * x[k];
-        y[row] = total;
+        for (int64_t b = 0; b < x.count; b++) {
+            const float *xb = row_of(x, b);
+            float total = 0.0f;
+            for (int64_t k = 0; k < cols; k++) total += to_float(w, k, kind) * xb[k];
+            row_of(y, b)[row] = total;
+        }
     }
 }
 
-/* This thread's part of y = W^T x for a row-major (cols, rows) W: its share of W's stored rows,
- * read as one contiguous stream, summed into its own `partial` (rows,). */
-static void accumulate_rows(const Product *p, int64_t kind, const float *x, float *partial) {
+/* This thread's part of y[b] = W^T x[b] for a row-major (cols, rows) W: its share of W's stored
+ * rows, read as one contiguous stream, summed into its own `partial` (batch, rows). */
+static void accumulate_rows(const Product *p, int64_t kind, Vectors x, float *partial) {
     const char *weight = (const char *)p->weight;
-    int64_t size = element_size(kind), begin, end;
+    int64_t size = element_size(kind), begin, end, rows = p->rows;
     share(p->cols, 1, &begin, &end);
-    for (int64_t c = 0; c < p->rows; c++) partial[c] = 0.0f;
+    for (int64_t c = 0; c < rows * x.count; c++) partial[c] = 0.0f;
     int64_t i = begin, stride = p->stride * size;
 #ifdef HAVE_AVX2
-    for (; i + 4 <= end && p->rows % 8 == 0; i += 4) { /* four rows per pass over `partial` */
+    for (; i + 4 <= end && rows % 8 == 0; i += 4) { /* four rows per pass over `partial` */
         const char *w0 = weight + i * stride, *w1 = w0 + stride, *w2 = w1 + stride,
                    *w3 = w2 + stride;
-        __m256 x0 = _mm256_set1_ps(x[i]), x1 = _mm256_set1_ps(x[i + 1]),
-               x2 = _mm256_set1_ps(x[i + 2]), x3 = _mm256_set1_ps(x[i + 3]);
-        for (int64_t c = 0; c < p->rows; c += 8) {
-            __m256 sum = _mm256_fmadd_ps(load8(w0 + c * size, kind), x0, _mm256_loadu_ps(partial + c));
-            sum = _mm256_fmadd_ps(load8(w1 + c * size, kind), x1, sum);
-            sum = _mm256_fmadd_ps(load8(w2 + c * size, kind), x2, sum);
-            _mm256_storeu_ps(partial + c, _mm256_fmadd_ps(load8(w3 + c * size, kind), x3, sum));
+        for (int64_t c = 0; c < rows; c += 8) {
+            __m256 v0 = load8(w0 + c * size, kind), v1 = load8(w1 + c * size, kind),
+                   v2 = load8(w2 + c * size, kind), v3 = load8(w3 + c * size, kind);
+            for (int64_t b = 0; b < x.count; b++) {
+                const float *xb = row_of(x, b) + i;
+                float *out = partial + b * rows + c;
+                __m256 sum = _mm256_fmadd_ps(v0, _mm256_broadcast_ss(xb), _mm256_loadu_ps(out));
+                sum = _mm256_fmadd_ps(v1, _mm256_broadcast_ss(xb + 1), sum);
+                sum = _mm256_fmadd_ps(v2, _mm256_broadcast_ss(xb + 2), sum);
+                _mm256_storeu_ps(out, _mm256_fmadd_ps(v3, _mm256_broadcast_ss(xb + 3), sum));
+            }
         }
     }
 #endif
     for (; i < end; i++) {
         const char *w = weight + i * stride;
-        float xi = x[i];
-        int64_t c = 0;
-#ifdef HAVE_AVX2
-        __m256 xs = _mm256_set1_ps(xi);
-        for (; c + 8 <= p->rows; c += 8)
-            _mm256_storeu_ps(partial + c, _mm256_fmadd_ps(load8(w + c * size, kind), xs,
-                                                          _mm256_loadu_ps(partial + c)));
-#endif
-        for (; c < p->rows; c++) partial[c] += to_float(w, c, kind) * xi;
+        for (int64_t b = 0; b < x.count; b++) {
+            float xi = row_of(x, b)[i], *out = partial + b * rows;
+            for (int64_t c = 0; c < rows; c++) out[c] += to_float(w, c, kind) * xi;
+        }
     }
 }
 
@@ -212,70 +273,109 @@ int64_t gpt2port_max_threads(void) {
 #endif
 }
 
-/* y = W x + b, on every thread of the team; `gelu` applies the activation to this thread's
- * share. Ends with a barrier. */
-static void product(const Model *m, const Product *p, const float *x, float *y, int gelu) {
-    int64_t begin, end, team = team_size();
+static int64_t steps_running = 0; /* steps inside gpt2port_step now, on any thread */
+
+/* The threads of a step that starts while `others` steps run: the calling thread's OpenMP
+ * setting, up to what `partials` holds, and no more than this step's part of the cores. Teams
+ * that together outnumber the cores stall at every barrier, waiting for a thread the system
+ * has put aside (4 threads generating at once gave 0.26x the tokens of one). */
+static int64_t team_for_this_step(const Model *m, int64_t others) {
+    int64_t team = gpt2port_max_threads(), cores = 1;
+#ifdef _OPENMP
+    cores = omp_get_num_procs();
+#endif
+    team = team < m->threads ? team : m->threads;
+    int64_t part = cores / (others + 1);
+    team = team < part ? team : part;
+    return team > 1 ? team : 1;
+}
+
+/* y[b] = W x[b] + bias, on every thread of the team; `gelu` applies the activation to this
+ * thread's share. Ends with a barrier. */
+static void product(const Model *m, const Product *p, Vectors x, Vectors y, int gelu) {
+    int64_t begin, end, team = team_size(), batch = x.count;
     if (p->rows == 0) return; /* key and value when query holds all three */
+    int64_t each = batch * m->partial_size; /* one thread's partial sums */
     if (p->transposed) {
-        accumulate_rows(p, m->kind, x, m->partials + thread_number() * m->partial_size);
+        accumulate_rows(p, m->kind, x, m->partials + thread_number() * each);
 #pragma omp barrier
     }
     share(p->rows, 8, &begin, &end);
-    if (p->transposed) {
+    for (int64_t b = 0; b < batch && p->transposed; b++) {
+        float *yb = row_of(y, b);
         for (int64_t r = begin; r < end; r++) {
             float total = 0.0f;
-            for (int64_t t = 0; t < team; t++) total += m->partials[t * m->partial_size + r];
-            y[r] = total;
+            for (int64_t t = 0; t < team; t++) total += m->partials[t * each + b * p->rows + r];
+            yb[r] = total;
         }
-    } else {
-        dot_rows(p, m->kind, x, y, begin, end);
     }
-    for (int64_t r = begin; r < end; r++) {
-        float value = y[r] + (p->bias ? p->bias[r] : 0.0f);
-        if (gelu == 1) /* GPT-2's tanh approximation */
-            value = 0.5f * value * (1.0f + tanhf(0.7978845608f * (value + 0.044715f * value * value * value)));
-        else if (gelu == 2)
-            value = 0.5f * value * (1.0f + erff(value * 0.70710678f));
-        y[r] = value;
+    if (!p->transposed) dot_rows(p, m->kind, x, y, begin, end);
+    for (int64_t b = 0; b < batch; b++) {
+        float *yb = row_of(y, b);
+        for (int64_t r = begin; r < end; r++) {
+            float value = yb[r] + (p->bias ? p->bias[r] : 0.0f);
+            if (gelu == 1) /* GPT-2's tanh approximation */
+                value = 0.5f * value * (1.0f + tanhf(0.7978845608f * (value + 0.044715f * value * value * value)));
+            else if (gelu == 2)
+                value = 0.5f * value * (1.0f + erff(value * 0.70710678f));
+            yb[r] = value;
+        }
     }
 #pragma omp barrier
 }
 
-static void layer_norm(const Norm *norm, const float *x, float *y, int64_t width, double epsilon) {
-    double mean = 0.0, variance = 0.0;
-    for (int64_t i = 0; i < width; i++) mean += x[i];
-    mean /= width;
-    for (int64_t i = 0; i < width; i++) variance += (x[i] - mean) * (x[i] - mean);
-    float inverse = (float)(1.0 / sqrt(variance / width + epsilon));
-    for (int64_t i = 0; i < width; i++)
-        y[i] = (float)(x[i] - mean) * inverse * norm->scale[i] + (norm->shift ? norm->shift[i] : 0.0f);
+/* x[b] += added[b] (added: NULL for none; it may be y, read before y is written), then
+ * y[b] = norm(x[b]), for this thread's share of the rows. Ends with a barrier. */
+static void add_and_norm(const Model *m, const Norm *norm, Vectors x, const float *added,
+                         int64_t added_stride, Vectors y) {
+    int64_t width = m->width, begin, end;
+    share(x.count, 1, &begin, &end);
+    for (int64_t b = begin; b < end; b++) {
+        float *xb = row_of(x, b), *yb = row_of(y, b);
+        if (added != NULL)
+            for (int64_t i = 0; i < width; i++) xb[i] += added[b * added_stride + i];
+        double mean = 0.0, variance = 0.0;
+        for (int64_t i = 0; i < width; i++) mean += xb[i];
+        mean /= width;
+        for (int64_t i = 0; i < width; i++) variance += (xb[i] - mean) * (xb[i] - mean);
+        float inverse = (float)(1.0 / sqrt(variance / width + m->epsilon));
+        for (int64_t i = 0; i < width; i++)
+            yb[i] = (float)(xb[i] - mean) * inverse * norm->scale[i]
+                    + (norm->shift ? norm->shift[i] : 0.0f);
+    }
+#pragma omp barrier
 }
 
-/* The attention of one block for the token at `position`: its key and value cached, the
- * context of every head from the keys at 0..position. */
-static void attend(const Model *m, int64_t layer, int64_t position, const float *q,
-                   const float *k, const float *v, float *context, float *scores) {
-    int64_t heads = m->heads, size = m->width / heads, capacity = m->capacity;
+/* The attention of one block for each row's token: its key and value cached at the row's slot,
+ * the context of every head from the row's real keys at 0..slot. Ends with a barrier. */
+static void attend(const Model *m, const Rows *rows, int64_t layer, Vectors qkv, Vectors context,
+                   float *scores) {
+    int64_t heads = m->heads, size = m->width / heads, capacity = m->capacity, slot = rows->slot;
     float scale = 1.0f / sqrtf((float)size);
     int64_t begin, end;
-    share(heads, 1, &begin, &end);
-    for (int64_t h = begin; h < end; h++) {
-        float *keys = m->keys + ((layer * heads + h) * capacity) * size;
-        float *values = m->values + ((layer * heads + h) * capacity) * size;
-        memcpy(keys + position * size, k + h * size, size * sizeof(float));
-        memcpy(values + position * size, v + h * size, size * sizeof(float));
-        float *score = scores + h * capacity, best = -INFINITY, total = 0.0f;
-        for (int64_t s = 0; s <= position; s++) {
+    share(qkv.count * heads, 1, &begin, &end);
+    for (int64_t pair = begin; pair < end; pair++) {
+        int64_t b = pair / heads, h = pair % heads;
+        const float *q = row_of(qkv, b) + h * size, *k = q + m->width, *v = k + m->width;
+        int64_t place = ((layer * qkv.count + b) * heads + h) * capacity * size;
+        float *keys = m->keys + place, *values = m->values + place;
+        const int64_t *real = rows->padding ? rows->padding + b * rows->padding_stride : NULL;
+        memcpy(keys + slot * size, k, size * sizeof(float));
+        memcpy(values + slot * size, v, size * sizeof(float));
+        float *score = scores + pair * capacity, best = -INFINITY, total = 0.0f;
+        for (int64_t s = 0; s <= slot; s++) {
+            if (real && s < slot && !real[s]) continue; /* padding: never attended */
             float dot = 0.0f;
-            for (int64_t d = 0; d < size; d++) dot += q[h * size + d] * keys[s * size + d];
+            for (int64_t d = 0; d < size; d++) dot += q[d] * keys[s * size + d];
             score[s] = dot * scale;
             best = score[s] > best ? score[s] : best;
         }
-        for (int64_t s = 0; s <= position; s++) total += score[s] = expf(score[s] - best);
-        float *out = context + h * size;
+        for (int64_t s = 0; s <= slot; s++)
+            if (!(real && s < slot && !real[s])) total += score[s] = expf(score[s] - best);
+        float *out = row_of(context, b) + h * size;
         for (int64_t d = 0; d < size; d++) out[d] = 0.0f;
-        for (int64_t s = 0; s <= position; s++) {
+        for (int64_t s = 0; s <= slot; s++) {
+            if (real && s < slot && !real[s]) continue;
             float weight = score[s] / total;
             for (int64_t d = 0; d < size; d++) out[d] += weight * values[s * size + d];
         }
@@ -283,47 +383,52 @@ static void attend(const Model *m, int64_t layer, int64_t position, const float 
 #pragma omp barrier
 }
 
-/* The logits (head.rows,) after `token` at `position`, its keys and values cached; STEP_DONE,
- * or why nothing was read or written (a token outside the table, a position outside the table
- * or the cache). */
-int64_t gpt2port_step(const Model *m, int64_t token, int64_t position) {
-    if (token < 0 || token >= m->token_rows) return TOKEN_OUTSIDE;
-    if (position < 0 || position >= m->position_rows || position >= m->capacity)
-        return POSITION_OUTSIDE;
-    int64_t width = m->width, hidden_width = m->blocks[0].expansion.rows;
-    float *x = m->scratch, *normed = x + width, *q = normed + width, *k = q + width,  /* q|k|v */
-          *v = k + width, *context = v + width, *hidden = context + width,
-          *scores = hidden + hidden_width;
-    for (int64_t i = 0; i < width; i++)
-        x[i] = to_float(m->token_table, token * width + i, m->kind)
-               + to_float(m->position_table, position * width + i, m->kind);
+/* The logits (batch, head.rows) after each row's token at its position, its keys and values
+ * cached at the rows' slot; STEP_DONE, or why nothing was read or written (a token outside the
+ * table, a position outside the table or a slot outside the cache). */
+int64_t gpt2port_step(const Model *m, const Rows *rows) {
+    int64_t batch = m->batch, width = m->width, hidden_width = m->blocks[0].expansion.rows;
+    if (rows->slot < 0 || rows->slot >= m->capacity) return POSITION_OUTSIDE;
+    for (int64_t b = 0; b < batch; b++) {
+        if (rows->tokens[b] < 0 || rows->tokens[b] >= m->token_rows) return TOKEN_OUTSIDE;
+        if (rows->positions[b] < 0 || rows->positions[b] >= m->position_rows)
+            return POSITION_OUTSIDE;
+    }
+    if (rows->padding != NULL && rows->padding_stride < rows->slot) return POSITION_OUTSIDE;
+    /* per row: x, normed, q|k|v, context, hidden; then every row's scores */
+    Vectors x = {m->scratch, width, batch}, normed = {x.data + batch * width, width, batch},
+            qkv = {normed.data + batch * width, 3 * width, batch},
+            context = {qkv.data + batch * 3 * width, width, batch},
+            hidden = {context.data + batch * width, hidden_width, batch},
+            logits = {m->logits, m->head.rows, batch};
+    float *scores = hidden.data + batch * hidden_width;
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t i = 0; i < width; i++)
+            row_of(x, b)[i] = to_float(m->token_table, rows->tokens[b] * width + i, m->kind)
+                              + to_float(m->position_table, rows->positions[b] * width + i, m->kind);
     int gelu = m->exact_gelu ? 2 : 1;
-    int64_t team = gpt2port_max_threads(); /* the calling thread's own setting, */
-    team = team < m->threads ? team : m->threads; /* up to what `partials` holds */
-#pragma omp parallel num_threads(team)
+    int64_t others = __atomic_fetch_add(&steps_running, 1, __ATOMIC_RELAXED);
+#pragma omp parallel num_threads(team_for_this_step(m, others))
     {
+        Vectors q = qkv, k = {qkv.data + width, qkv.stride, batch},
+                v = {qkv.data + 2 * width, qkv.stride, batch};
+        add_and_norm(m, &m->blocks[0].attention_norm, x, NULL, 0, normed);
         for (int64_t layer = 0; layer < m->layers; layer++) {
             const Block *b = &m->blocks[layer];
-#pragma omp single
-            layer_norm(&b->attention_norm, x, normed, width, m->epsilon);
             product(m, &b->query, normed, q, 0);
             product(m, &b->key, normed, k, 0);
             product(m, &b->value, normed, v, 0);
-            attend(m, layer, position, q, k, v, context, scores);
-            product(m, &b->output, context, normed, 0);
-#pragma omp single
-            {
-                for (int64_t i = 0; i < width; i++) x[i] += normed[i];
-                layer_norm(&b->feed_forward_norm, x, normed, width, m->epsilon);
-            }
+            attend(m, rows, layer, qkv, context, scores);
+            product(m, &b->output, context, normed, 0); /* q|k|v are read: normed is free */
+            add_and_norm(m, &b->feed_forward_norm, x, normed.data, normed.stride, normed);
             product(m, &b->expansion, normed, hidden, gelu);
             product(m, &b->contraction, hidden, normed, 0);
-#pragma omp single
-            for (int64_t i = 0; i < width; i++) x[i] += normed[i];
+            const Norm *next = layer + 1 < m->layers ? &m->blocks[layer + 1].attention_norm
+                                                      : &m->final_norm;
+            add_and_norm(m, next, x, normed.data, normed.stride, normed);
         }
-#pragma omp single
-        layer_norm(&m->final_norm, x, normed, width, m->epsilon);
-        product(m, &m->head, normed, m->logits, 0);
+        product(m, &m->head, normed, logits, 0);
     }
+    __atomic_fetch_sub(&steps_running, 1, __ATOMIC_RELAXED);
     return STEP_DONE;
 }
