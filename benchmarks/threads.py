@@ -1,7 +1,8 @@
-"""Tokens per second of threads generating at once: 1, 2 and 4 threads sharing one model, and
-one model per thread, in the same run (alternating rounds, best of each).
+"""Tokens per second of threads generating at once: 1, 2, 4 and 8 threads sharing one model,
+and one model per thread, in the same run (alternating rounds, best of each); and whether the
+calling threads' OpenMP setting is as it was.
 
-    python benchmarks/threads.py            # ~2 min on 2 cores; 124M shape, random weights
+    python benchmarks/threads.py [--dtype D]   # ~3 min on 2 cores; 124M shape, random weights
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         folder = write_full_size_folder(Path(work))
         shared = [load_pretrained(folder, dtype=args.dtype)]
-        own = [*shared, *(load_pretrained(folder, dtype=args.dtype) for _ in range(3))]
-        cases = [(f"{n} thread(s), one shared model", shared, n) for n in (1, 2, 4)]
-        cases += [(f"{n} threads, a model each", own, n) for n in (2, 4)]
+        own = [*shared, *(load_pretrained(folder, dtype=args.dtype) for _ in range(7))]
+        cases = [(f"{n} thread(s), one shared model", shared, n) for n in (1, 2, 4, 8)]
+        cases += [(f"{n} threads, a model each", own, n) for n in (2, 4, 8)]
         best = {name: 0.0 for name, _, _ in cases}
         generate(shared[0], [[464]], 4)  # warm up
         for _ in range(ROUNDS):

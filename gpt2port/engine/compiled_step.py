@@ -35,6 +35,8 @@ SOURCE = Path(__file__).parent / "csrc" / "step.c"
 FLAG_SETS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-fopenmp"), ("-O3",))
 KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 GELUS = {"tanh": 0, "none": 1}
+FP32_BATCH_LIMIT = 16  # measured: 190 vs 150 tok/s at 16 rows, 195 vs 235 at 32 (benchmarks.md)
+PARTIAL_GAP = 16  # floats after each row's partial sums (step.c says why)
 HINT = "token ids are 0 to the model's vocab_size - 1, positions within its context"
 
 
@@ -286,15 +288,24 @@ def layout(tensor: torch.Tensor) -> tuple[int, int] | None:
     return None
 
 
+def faster_elsewhere(model: GPTModel, batch: int) -> bool:
+    """Whether the regular step is the faster: fp32 batches of more than FP32_BATCH_LIMIT rows,
+    whose products MKL's matrix-matrix kernel computes faster than the step's (it reads each
+    weight once for the batch either way; half precision has no such kernel in torch)."""
+    return model.output_head.weight.dtype == torch.float32 and batch > FP32_BATCH_LIMIT
+
+
 def compiled_step(model: GPTModel, keys: torch.Tensor, values: torch.Tensor,
                   packed: list, *, required: bool) -> CompiledStep | None:
-    """The compiled step for a decoder's cache; where it does not apply (the model, batch or
-    cache it cannot run, or no C compiler) None, unless ``required``.
+    """The compiled step for a decoder's cache; where it does not apply (the model or cache it
+    cannot run, no C compiler) or is not the faster (``faster_elsewhere``) None, unless
+    ``required``.
 
     Raises:
         ConfigError, CompileError: where ``required`` and it cannot be made.
     """
-    if not required and (unsupported(model) or _cache_problem(model, keys, values)):
+    if not required and (unsupported(model) or _cache_problem(model, keys, values)
+                         or faster_elsewhere(model, keys.shape[1])):
         return None
     try:
         return CompiledStep(model, keys, values, packed)
@@ -328,7 +339,8 @@ class CompiledStep:
         scratch += config["number_of_heads"] * capacity
         self.scratch = torch.empty(batch, scratch)  # per row: x, normed, q|k|v, ..., scores
         threads = max(self.library.gpt2port_max_threads(), os.cpu_count() or 1)
-        partial_size = max(weight.shape[0] for weight in model.parameters() if weight.dim() == 2)
+        partial_size = PARTIAL_GAP + max(weight.shape[0] for weight in model.parameters()
+                                         if weight.dim() == 2)
         self.partials = torch.empty(threads, batch, partial_size)
         self.model = Model(
             width=width, heads=config["number_of_heads"], layers=len(blocks), capacity=capacity,

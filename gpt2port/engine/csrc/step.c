@@ -52,7 +52,7 @@ typedef struct {
     float *scratch;       /* x, normed, qkv, context, hidden, scores (see gpt2port_step) */
     float *logits;        /* (batch, head.rows) */
     float *partials;      /* (threads, batch, partial_size): each thread's sums of transposed
-                             products */
+                             products, a row's every `rows + PARTIAL_GAP` floats */
     int64_t threads, partial_size;
     int64_t token_rows, position_rows; /* rows of the tables: a step reads none past them */
     int64_t batch;
@@ -68,6 +68,12 @@ typedef struct {
 } Rows;
 
 enum { STEP_DONE = 0, TOKEN_OUTSIDE = 1, POSITION_OUTSIDE = 2 };
+
+/* Floats between one row's partial sums and the next's: rows 12 KB apart (3072 outputs) share
+ * their addresses' low 12 bits, and the CPU then stalls loads behind stores to the other row (4K
+ * aliasing: a batch of 16 ran at half the speed of 8 on the Conv1D layout without the gap).
+ * partial_size counts it. */
+enum { PARTIAL_GAP = 16 };
 
 /* The sizes of the structs as this compiler lays them out, for the caller to hold against its
  * own (a field added on one side only is refused before any step). */
@@ -214,12 +220,14 @@ static void dot_rows(const Product *p, int64_t kind, Vectors x, Vectors y, int64
 }
 
 /* This thread's part of y[b] = W^T x[b] for a row-major (cols, rows) W: its share of W's stored
- * rows, read as one contiguous stream, summed into its own `partial` (batch, rows). */
+ * rows, each read once as one contiguous stream, summed into its own `partial` (batch, rows).
+ * (Keeping blocks of `partial` in the cache made no difference at 1 to 16 rows.) */
 static void accumulate_rows(const Product *p, int64_t kind, Vectors x, float *partial) {
     const char *weight = (const char *)p->weight;
-    int64_t size = element_size(kind), begin, end, rows = p->rows;
+    int64_t size = element_size(kind), begin, end, rows = p->rows, batch = x.count;
+    int64_t apart = rows + PARTIAL_GAP; /* from one row's sums to the next's */
     share(p->cols, 1, &begin, &end);
-    for (int64_t c = 0; c < rows * x.count; c++) partial[c] = 0.0f;
+    for (int64_t c = 0; c < apart * batch; c++) partial[c] = 0.0f;
     int64_t i = begin, stride = p->stride * size;
 #ifdef HAVE_AVX2
     for (; i + 4 <= end && rows % 8 == 0; i += 4) { /* four rows per pass over `partial` */
@@ -228,9 +236,9 @@ static void accumulate_rows(const Product *p, int64_t kind, Vectors x, float *pa
         for (int64_t c = 0; c < rows; c += 8) {
             __m256 v0 = load8(w0 + c * size, kind), v1 = load8(w1 + c * size, kind),
                    v2 = load8(w2 + c * size, kind), v3 = load8(w3 + c * size, kind);
-            for (int64_t b = 0; b < x.count; b++) {
+            for (int64_t b = 0; b < batch; b++) {
                 const float *xb = row_of(x, b) + i;
-                float *out = partial + b * rows + c;
+                float *out = partial + b * apart + c;
                 __m256 sum = _mm256_fmadd_ps(v0, _mm256_broadcast_ss(xb), _mm256_loadu_ps(out));
                 sum = _mm256_fmadd_ps(v1, _mm256_broadcast_ss(xb + 1), sum);
                 sum = _mm256_fmadd_ps(v2, _mm256_broadcast_ss(xb + 2), sum);
@@ -241,8 +249,8 @@ static void accumulate_rows(const Product *p, int64_t kind, Vectors x, float *pa
 #endif
     for (; i < end; i++) {
         const char *w = weight + i * stride;
-        for (int64_t b = 0; b < x.count; b++) {
-            float xi = row_of(x, b)[i], *out = partial + b * rows;
+        for (int64_t b = 0; b < batch; b++) {
+            float xi = row_of(x, b)[i], *out = partial + b * apart;
             for (int64_t c = 0; c < rows; c++) out[c] += to_float(w, c, kind) * xi;
         }
     }
@@ -305,7 +313,7 @@ static void product(const Model *m, const Product *p, Vectors x, Vectors y, int 
         float *yb = row_of(y, b);
         for (int64_t r = begin; r < end; r++) {
             float total = 0.0f;
-            for (int64_t t = 0; t < team; t++) total += m->partials[t * each + b * p->rows + r];
+            for (int64_t t = 0; t < team; t++) total += m->partials[t * each + b * (p->rows + PARTIAL_GAP) + r];
             yb[r] = total;
         }
     }
