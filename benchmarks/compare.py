@@ -4,7 +4,8 @@
                                                                      # ~6 min on 2 cores
 
 llama.cpp is measured by its own ``llama-bench`` where ``--llama-bench`` gives the binary (built
-from the llama.cpp sources vendored in llama-cpp-python's sdist: docs/benchmarks.md), and through
+from the llama.cpp sources vendored in llama-cpp-python's sdist: docs/benchmarks.md), batches by
+``llama-batched-bench`` from the same folder, and through
 llama-cpp-python's ``Llama`` (the binding: its Python sampling adds per-token cost) where that is
 installed; both on gpt2port's own GGUF exports, in the same alternating rounds.
 
@@ -69,6 +70,8 @@ import torch
 folder, implementation, new_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
 prompt = torch.tensor([[464, 3290]])
 
+BATCHES = (4, 8)
+
 def best(run, repeats):
     run()  # warm-up
     times = []
@@ -78,23 +81,17 @@ def best(run, repeats):
         times.append(time.perf_counter() - start)
     return min(times)
 
-compiled = None
 if implementation != "transformers":
-    import importlib.util
     from gpt2port import generate, load_pretrained
     load = lambda dtype: load_pretrained(folder, dtype=dtype)
     forward = lambda model, ids: model(ids)
-    decode = lambda model: generate(model, prompt, new_tokens)
-    import inspect
-    if "compile" in inspect.signature(generate).parameters or importlib.util.find_spec(
-            "gpt2port.compiled_step"):  # a baseline may predate it (or keep it at the top)
-        compiled = lambda model: generate(model, prompt, new_tokens, compile=True)
+    decode = lambda model, ids: generate(model, ids, new_tokens)  # the default path: no flag
 else:
     from transformers import GPT2LMHeadModel
     load = lambda dtype: GPT2LMHeadModel.from_pretrained(folder, dtype=dtype).eval()
     forward = lambda model, ids: model(ids).logits
-    decode = lambda model: model.generate(
-        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+    decode = lambda model, ids: model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
         min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 results = {}
 with torch.inference_mode():
@@ -104,10 +101,14 @@ with torch.inference_mode():
         results[f"forward_{batch}x{tokens}_s"] = best(lambda: forward(model, ids), 3)
     for dtype in ("float32", "bfloat16", "float16"):
         model = load(getattr(torch, dtype))
-        results[f"decode_{dtype}_tokens_per_s"] = new_tokens / best(lambda: decode(model), 3)
-        if compiled:
-            results[f"decode_compiled_{dtype}_tokens_per_s"] = new_tokens / best(
-                lambda: compiled(model), 3)
+        results[f"decode_{dtype}_tokens_per_s"] = new_tokens / best(
+            lambda: decode(model, prompt), 3)
+        if dtype == "bfloat16" or (dtype == "float16" and implementation == "transformers"):
+            continue  # batches: fp32 on both sides, and gpt2port's fp16 against llama.cpp's f16
+        for batch in BATCHES:  # prompts of the same length, as llama-batched-bench's
+            ids = torch.tensor([[464, 3290 + row] for row in range(batch)])
+            results[f"decode_batch{batch}_{dtype}_tokens_per_s"] = batch * new_tokens / best(
+                lambda: decode(model, ids), 2)
 print(json.dumps(results))
 """
 
@@ -141,6 +142,15 @@ from gpt2port.engine import compiled_step
 imported = time.perf_counter()
 compiled_step.library()
 print(json.dumps({"library_s": time.perf_counter() - imported}))
+"""
+
+
+THREADS_ROWS = r"""
+import json, sys
+sys.path.insert(0, sys.argv[2])  # benchmarks/
+from pathlib import Path
+from threads import throughputs
+print(json.dumps(throughputs(Path(sys.argv[1]), "float32", rounds=2, own=False)))
 """
 
 
@@ -267,6 +277,22 @@ def llama_cpp(exports: dict[str, Path]) -> dict:
             for dtype, path in exports.items()}
 
 
+def llama_batched_bench(binary: Path, exports: dict[str, Path]) -> dict:
+    """llama.cpp's own ``llama-batched-bench`` (next to ``llama-bench``): 4 and 8 sequences of a
+    2-token prompt generating NEW_TOKENS each, THREADS threads; its generation tokens/s."""
+    found = {}
+    for dtype, path in exports.items():
+        done = subprocess.run([str(binary), "-m", str(path), "-c", "1024", "-npp", "2", "-ntg",
+                               str(NEW_TOKENS), "-npl", "4,8", "-t", str(THREADS),
+                               "--output-format", "jsonl"], capture_output=True, text=True,
+                              check=True)
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                found[f"decode_batch{row['pl']}_{dtype}_tokens_per_s"] = row["speed_tg"]
+    return found
+
+
 def llama_bench(binary: Path, exports: dict[str, Path]) -> dict:
     """llama.cpp's own ``llama-bench``: NEW_TOKENS generated (no prompt), THREADS threads, its
     best repetition, on each export."""
@@ -300,28 +326,40 @@ def table(ours: dict, theirs: dict, llama: dict, bench: dict) -> list[str]:
     fp16 = ours["decode_float16_tokens_per_s"] / theirs["decode_float32_tokens_per_s"]
     lines.append(f"| gpt2port bf16 / fp16 decode vs transformers fp32 | | | "
                  f"{bf16:.2f}x / {fp16:.2f}x |")
-    for dtype in ("float32", "bfloat16", "float16"):
-        key = f"decode_compiled_{dtype}_tokens_per_s"
-        if key in ours:
-            lines.append(f"| greedy decode, batch 1, {dtype}, `compile=True` (tok/s) | "
-                         f"{ours[key]:.1f} | {theirs[f'decode_{dtype}_tokens_per_s']:.1f} | "
-                         f"{ours[key] / theirs[f'decode_{dtype}_tokens_per_s']:.2f}x |")
-    if "compile_cold_s" in ours:
-        lines.append(f"| `compile=True` one-time cost: built (cold) / found in the cache (warm) "
-                     f"(s) | {ours['compile_cold_s']:.2f} / {ours['compile_warm_s']:.4f} | | |")
+    for batch in (4, 8):
+        key = f"decode_batch{batch}_float32_tokens_per_s"
+        lines.append(f"| greedy decode, batch {batch}, fp32 (tok/s, all rows) | {ours[key]:.1f} | "
+                     f"{theirs[key]:.1f} | {ours[key] / theirs[key]:.2f}x |")
+    lines.append(f"| the compiled step's one-time cost: built (first use on a machine) / found "
+                 f"in the cache (a later process) (s) | {ours['compile_cold_s']:.2f} / "
+                 f"{ours['compile_warm_s']:.4f} | | |")
     pairs = (("f32", "float32", "f32"), ("f16", "float16", "f16"), ("bf16", "bfloat16", "f16"))
     for peer, measured in (("llama-bench", bench), ("llama-cpp-python binding", llama)):
         for label, ours_dtype, gguf in pairs:  # bf16 against llama.cpp's f16, as issue 12 set
             if f"decode_{gguf}_tokens_per_s" not in measured:
                 continue
-            value = measured[f"decode_{gguf}_tokens_per_s"]
-            for step, key in (("", f"decode_{ours_dtype}_tokens_per_s"),
-                              (" compiled", f"decode_compiled_{ours_dtype}_tokens_per_s")):
-                if key in ours:
-                    lines.append(f"| greedy decode, batch 1, gpt2port{step} {label} vs llama.cpp "
-                                 f"{gguf} ({peer}) on gpt2port's GGUF (tok/s) | {ours[key]:.1f} "
-                                 f"| {peer} {value:.1f} | {ours[key] / value:.2f}x |")
+            value, key = measured[f"decode_{gguf}_tokens_per_s"], f"decode_{ours_dtype}_tokens_per_s"
+            lines.append(f"| greedy decode, batch 1, gpt2port {label} vs llama.cpp {gguf} ({peer}) "
+                         f"on gpt2port's GGUF (tok/s) | {ours[key]:.1f} | {peer} {value:.1f} | "
+                         f"{ours[key] / value:.2f}x |")
+    for batch in (4, 8):
+        for label, gguf in (("float32", "f32"), ("float16", "f16")):
+            key = f"decode_batch{batch}_{gguf}_tokens_per_s"
+            if key in bench:
+                found = ours[f"decode_batch{batch}_{label}_tokens_per_s"]
+                lines.append(f"| greedy decode, batch {batch}, gpt2port {gguf} vs llama.cpp {gguf} "
+                             f"(llama-batched-bench) (tok/s, all rows) | {found:.1f} | "
+                             f"llama-batched-bench {bench[key]:.1f} | {found / bench[key]:.2f}x |")
     return lines
+
+
+def threads_table(best: dict) -> list[str]:
+    """Threads generating at once with one shared fp32 model, against one thread."""
+    single = next(iter(best.values()))
+    lines = ["| threads generating at once (fp32, one shared model) | tokens/s, all threads | "
+             "vs 1 thread |", "|---|---|---|"]
+    return lines + [f"| {name} | {value:.1f} | {value / single:.2f}x |"
+                    for name, value in best.items()]
 
 
 def baseline_table(ours: dict, baseline: dict, where: str) -> list[str]:
@@ -353,10 +391,8 @@ def chart(ours: dict, theirs: dict, llama: dict, path: Path) -> None:
     keys = [f"decode_{d}_tokens_per_s" for d in ("float32", "bfloat16", "float16")]
     figure, axis = plt.subplots(figsize=(7, 3.6))
     x = range(len(labels))
-    compiled = [ours.get(k.replace("decode_", "decode_compiled_"), 0) for k in keys]
-    axis.bar([i - 0.27 for i in x], [ours[k] for k in keys], 0.27, label="gpt2port")
-    axis.bar(list(x), compiled, 0.27, label="gpt2port compile=True")
-    axis.bar([i + 0.27 for i in x], [theirs[k] for k in keys], 0.27, label="transformers")
+    axis.bar([i - 0.2 for i in x], [ours[k] for k in keys], 0.4, label="gpt2port")
+    axis.bar([i + 0.2 for i in x], [theirs[k] for k in keys], 0.4, label="transformers")
     if llama:
         axis.axhline(llama.get("decode_f32_tokens_per_s", 0), ls="--", c="gray",
                      label="llama.cpp f32")
@@ -374,8 +410,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--baseline", type=Path, help="another checkout, measured alongside")
-    parser.add_argument("--llama-bench", type=Path, help="llama.cpp's llama-bench binary")
+    parser.add_argument("--llama-bench", type=Path, help="llama.cpp's llama-bench binary "
+                        "(llama-batched-bench is taken from its folder)")
     args = parser.parse_args()
+    batched_bench = args.llama_bench and args.llama_bench.with_name("llama-batched-bench")
     implementations = IMPLEMENTATIONS
     if args.baseline is not None:
         BASELINE["baseline"] = str(args.baseline.resolve())
@@ -393,16 +431,20 @@ def main() -> None:
                 speeds[name].append(child(SPEED, folder, name, NEW_TOKENS))
             if args.llama_bench:
                 bench_runs.append(llama_bench(args.llama_bench, exports))
+                if batched_bench.exists():
+                    bench_runs[-1].update(llama_batched_bench(batched_bench, exports))
             if binding:
                 llama_runs.append(llama_cpp(exports))
         for name, runs in speeds.items():
             results[name].update({key: (max if key.endswith("per_s") else min)(r[key] for r in runs)
                                   for key in runs[0]})
         results["gpt2port"].update(compile_cost(work))
+        threads = threads_table(child(THREADS_ROWS, folder, Path(__file__).resolve().parent))
         gpu = gpu_rows(folder)
     llama, bench = ({key: max(run[key] for run in runs) for key in runs[0]} if runs else {}
                     for runs in (llama_runs, bench_runs))
-    lines = table(results["gpt2port"], results["transformers"], llama, bench) + gpu
+    lines = [*table(results["gpt2port"], results["transformers"], llama, bench), *gpu, "",
+             *threads]
     print(f"machine: {machine()}\n" + "\n".join(lines))
     if args.baseline is not None:
         print("\n".join(["", *baseline_table(results["gpt2port"], results["baseline"],

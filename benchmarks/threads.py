@@ -1,6 +1,6 @@
 """Tokens per second of threads generating at once: 1, 2, 4 and 8 threads sharing one model,
-and one model per thread, in the same run (alternating rounds, best of each); and whether the
-calling threads' OpenMP setting is as it was.
+and one model per thread, in the same run (alternating rounds, best of each). ``compare.py``
+prints the same rows.
 
     python benchmarks/threads.py [--dtype D]   # ~3 min on 2 cores; 124M shape, random weights
 """
@@ -18,6 +18,7 @@ from checkpoint import write_full_size_folder
 from gpt2port import generate, load_pretrained
 
 TOKENS, ROUNDS = 24, 3
+COUNTS = (1, 2, 4, 8)
 
 
 def tokens_per_second(models: list, threads: int) -> float:
@@ -39,26 +40,38 @@ def tokens_per_second(models: list, threads: int) -> float:
     return threads * TOKENS / (time.perf_counter() - began)
 
 
+def throughputs(folder: Path, dtype: str, *, rounds: int = ROUNDS, own: bool = True
+                ) -> dict[str, float]:
+    """Each case's best tokens/s of all threads, by name; the first case is one thread."""
+    shared = [load_pretrained(folder, dtype=dtype)]
+    cases = [(f"{n} thread(s), one shared model", shared, n) for n in COUNTS]
+    if own:
+        models = [*shared, *(load_pretrained(folder, dtype=dtype)
+                             for _ in range(max(COUNTS) - 1))]
+        cases += [(f"{n} threads, a model each", models, n) for n in COUNTS[1:]]
+    best = {name: 0.0 for name, _, _ in cases}
+    generate(shared[0], [[464]], 4)  # warm up
+    for _ in range(rounds):
+        for name, models, threads in cases:
+            best[name] = max(best[name], tokens_per_second(models, threads))
+    return best
+
+
+def rows(best: dict[str, float], dtype: str) -> list[str]:
+    single = next(iter(best.values()))
+    lines = [f"| threads generating at once ({dtype}, {TOKENS} tokens each) | tokens/s, all "
+             "threads | vs 1 thread |", "|---|---|---|"]
+    return lines + [f"| {name} | {value:.1f} | {value / single:.2f}x |"
+                    for name, value in best.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        folder = write_full_size_folder(Path(work))
-        shared = [load_pretrained(folder, dtype=args.dtype)]
-        own = [*shared, *(load_pretrained(folder, dtype=args.dtype) for _ in range(7))]
-        cases = [(f"{n} thread(s), one shared model", shared, n) for n in (1, 2, 4, 8)]
-        cases += [(f"{n} threads, a model each", own, n) for n in (2, 4, 8)]
-        best = {name: 0.0 for name, _, _ in cases}
-        generate(shared[0], [[464]], 4)  # warm up
-        for _ in range(ROUNDS):
-            for name, models, threads in cases:
-                best[name] = max(best[name], tokens_per_second(models, threads))
-    single = best[cases[0][0]]
-    print(f"| threads ({args.dtype}, {TOKENS} tokens each, best of {ROUNDS}) | tokens/s, all "
-          "threads | vs 1 thread |\n|---|---|---|")
-    for name, value in best.items():
-        print(f"| {name} | {value:.1f} | {value / single:.2f}x |")
+        best = throughputs(write_full_size_folder(Path(work)), args.dtype)
+    print("\n".join(rows(best, args.dtype)))
 
 
 if __name__ == "__main__":
