@@ -73,12 +73,13 @@ prompt = torch.tensor([[464, 3290]])
 BATCHES = (4, 8)
 
 def best(run, repeats):
+    # the shortest of `repeats` runs after a warm-up: the time `run` returns, else its own
     run()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
+        took = run()
+        times.append(took if isinstance(took, float) else time.perf_counter() - start)
     return min(times)
 
 if implementation != "transformers":
@@ -86,6 +87,15 @@ if implementation != "transformers":
     load = lambda dtype: load_pretrained(folder, dtype=dtype)
     forward = lambda model, ids: model(ids)
     decode = lambda model, ids: generate(model, ids, new_tokens)  # the default path: no flag
+    from gpt2port import stream
+
+    def steps(model):  # the time of new_tokens one-token steps after the prompt and first token
+        tokens = stream(model, prompt, new_tokens + 1)
+        next(tokens)
+        start = time.perf_counter()
+        for _ in tokens:
+            pass
+        return time.perf_counter() - start
 else:
     from transformers import GPT2LMHeadModel
     load = lambda dtype: GPT2LMHeadModel.from_pretrained(folder, dtype=dtype).eval()
@@ -103,6 +113,8 @@ with torch.inference_mode():
         model = load(getattr(torch, dtype))
         results[f"decode_{dtype}_tokens_per_s"] = new_tokens / best(
             lambda: decode(model, prompt), 3)
+        if implementation != "transformers":  # as llama-bench's: one-token steps, no prompt
+            results[f"steps_{dtype}_tokens_per_s"] = new_tokens / best(lambda: steps(model), 3)
         if dtype == "bfloat16" or (dtype == "float16" and implementation == "transformers"):
             continue  # batches: fp32 on both sides, and gpt2port's fp16 against llama.cpp's f16
         for batch in BATCHES:  # prompts of the same length, as llama-batched-bench's
@@ -338,10 +350,14 @@ def table(ours: dict, theirs: dict, llama: dict, bench: dict) -> list[str]:
         for label, ours_dtype, gguf in pairs:  # bf16 against llama.cpp's f16, as issue 12 set
             if f"decode_{gguf}_tokens_per_s" not in measured:
                 continue
-            value, key = measured[f"decode_{gguf}_tokens_per_s"], f"decode_{ours_dtype}_tokens_per_s"
-            lines.append(f"| greedy decode, batch 1, gpt2port {label} vs llama.cpp {gguf} ({peer}) "
-                         f"on gpt2port's GGUF (tok/s) | {ours[key]:.1f} | {peer} {value:.1f} | "
-                         f"{ours[key] / value:.2f}x |")
+            value = measured[f"decode_{gguf}_tokens_per_s"]
+            for what, key in (("greedy decode", f"decode_{ours_dtype}_tokens_per_s"),
+                              ("one-token steps (no prompt, as llama-bench's)",
+                               f"steps_{ours_dtype}_tokens_per_s")):
+                if key in ours:
+                    lines.append(f"| {what}, batch 1, gpt2port {label} vs llama.cpp {gguf} "
+                                 f"({peer}) on gpt2port's GGUF (tok/s) | {ours[key]:.1f} | "
+                                 f"{peer} {value:.1f} | {ours[key] / value:.2f}x |")
     for batch in (4, 8):
         for label, gguf in (("float32", "f32"), ("float16", "f16")):
             key = f"decode_batch{batch}_{gguf}_tokens_per_s"

@@ -150,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     generate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
     generate.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                          help="each token by the compiled step (CPU, batch 1; built with the "
+                          help="each token by the compiled step (CPU; built with the "
                           "machine's C compiler on first use, then cached): by default where "
                           "it applies; --compile insists, --no-compile never")
 

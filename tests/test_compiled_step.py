@@ -277,7 +277,9 @@ def test_a_model_the_step_cannot_run_is_refused_before_any_step(pair, change, sa
 
 
 @pytest.mark.parametrize(("change", "batch", "compiled"), [
-    (lambda model: model, 1, True), (lambda model: model, 8, True), (hooked, 1, False),
+    (lambda model: model, 1, True), (lambda model: model, 8, True),
+    (lambda model: model, 16, True), (lambda model: model, 17, False),  # then MKL's is faster
+    (hooked, 1, False),
     (replaced, 1, False), (lambda model: copy.deepcopy(model).double(), 1, False)])
 def test_the_compiled_step_is_the_default_wherever_it_applies(pair, change, batch, compiled,
                                                               build_cache):
@@ -289,6 +291,16 @@ def test_the_compiled_step_is_the_default_wherever_it_applies(pair, change, batc
     assert Continuation(model, ids, 4, compiled=False).decoder.compiled is None
     assert Continuation(model, ids, 4, static_cache=True).decoder.compiled is None
     assert torch.equal(generate(model, ids, 4), generate(model, ids, 4, compile=False))
+
+
+def test_asked_for_a_batch_of_any_size_runs_compiled(pair):
+    ours, _ = pair
+    ids = torch.randint(0, 512, (40, 3), generator=torch.Generator().manual_seed(40))
+    assert Continuation(ours, ids, 4, compiled=True).decoder.compiled is not None
+    assert torch.equal(generate(ours, ids, 6, compile=True), generate(ours, ids, 6,
+                                                                      compile=False))
+    half = copy.deepcopy(ours).half()
+    assert Continuation(half, ids, 4).decoder.compiled is not None  # no batch limit in fp16
 
 
 def test_without_a_compiler_it_says_so(pair, monkeypatch, tmp_path):

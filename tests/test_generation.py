@@ -28,12 +28,13 @@ def reference_greedy(reference, prompt, new_tokens):
                               pad_token_id=0)[0].tolist()
 
 
-def test_cached_steps_give_transformers_logits_at_every_position(pair):
+@pytest.mark.parametrize("compiled", [None, False])
+def test_cached_steps_give_transformers_logits_at_every_position(pair, compiled):
     ours, reference = pair
     ids = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = reference(ids).logits
-        decoder = Decoder(ours, batch_size=2, capacity=40)
+        decoder = Decoder(ours, batch_size=2, capacity=40, compiled=compiled)
         first = decoder.forward(ids[:, :25])  # a prompt, then one token at a time
         steps = [decoder.forward(ids[:, t:t + 1]) for t in range(25, 40)]
     found = torch.cat([first, *steps], dim=1)
@@ -49,10 +50,11 @@ def test_chunked_prefill_with_a_cache(pair):
         assert (found - reference(ids).logits).abs().max() < 1e-5
 
 
-def test_prompts_of_different_lengths_each_get_their_own_greedy_answer(pair):
+@pytest.mark.parametrize("compile", [None, False])  # the compiled step, the regular one
+def test_prompts_of_different_lengths_each_get_their_own_greedy_answer(pair, compile):
     ours, reference = pair
     prompts = [[5, 17, 300, 42, 9, 101, 7], [8], [400, 3, 3, 3]]
-    found = generate(ours, prompts, 12)
+    found = generate(ours, prompts, 12, compile=compile)
     for prompt, row in zip(prompts, found, strict=True):
         assert row == reference_greedy(reference, prompt, 12)
 
