@@ -372,8 +372,9 @@ def table(ours: dict, theirs: dict, llama: dict, bench: dict) -> list[str]:
 def threads_table(best: dict) -> list[str]:
     """Threads generating at once with one shared fp32 model, against one thread."""
     single = next(iter(best.values()))
-    lines = ["| threads generating at once (fp32, one shared model) | tokens/s, all threads | "
-             "vs 1 thread |", "|---|---|---|"]
+    header = ("| threads generating at once (fp32, one shared model) | tokens/s, all threads | "
+              "vs 1 thread |")
+    lines = [header, "|---|---|---|"]
     return lines + [f"| {name} | {value:.1f} | {value / single:.2f}x |"
                     for name, value in best.items()]
 

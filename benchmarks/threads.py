@@ -59,8 +59,9 @@ def throughputs(folder: Path, dtype: str, *, rounds: int = ROUNDS, own: bool = T
 
 def rows(best: dict[str, float], dtype: str) -> list[str]:
     single = next(iter(best.values()))
-    lines = [f"| threads generating at once ({dtype}, {TOKENS} tokens each) | tokens/s, all "
-             "threads | vs 1 thread |", "|---|---|---|"]
+    header = (f"| threads generating at once ({dtype}, {TOKENS} tokens each) | tokens/s, all "
+              "threads | vs 1 thread |")
+    lines = [header, "|---|---|---|"]
     return lines + [f"| {name} | {value:.1f} | {value / single:.2f}x |"
                     for name, value in best.items()]
 
