@@ -369,16 +369,6 @@ def table(ours: dict, theirs: dict, llama: dict, bench: dict) -> list[str]:
     return lines
 
 
-def threads_table(best: dict) -> list[str]:
-    """Threads generating at once with one shared fp32 model, against one thread."""
-    single = next(iter(best.values()))
-    header = ("| threads generating at once (fp32, one shared model) | tokens/s, all threads | "
-              "vs 1 thread |")
-    lines = [header, "|---|---|---|"]
-    return lines + [f"| {name} | {value:.1f} | {value / single:.2f}x |"
-                    for name, value in best.items()]
-
-
 def baseline_table(ours: dict, baseline: dict, where: str) -> list[str]:
     """This checkout's figures next to the baseline's, measured in the same rounds."""
     lines = [f"| measure | gpt2port | baseline ({where}) | ratio |", "|---|---|---|---|"]
@@ -456,7 +446,10 @@ def main() -> None:
             results[name].update({key: (max if key.endswith("per_s") else min)(r[key] for r in runs)
                                   for key in runs[0]})
         results["gpt2port"].update(compile_cost(work))
-        threads = threads_table(child(THREADS_ROWS, folder, Path(__file__).resolve().parent))
+        from threads import rows as threads_rows  # imports gpt2port: here, not at the top
+
+        threads = threads_rows(child(THREADS_ROWS, folder, Path(__file__).resolve().parent),
+                               "float32, one shared model")
         gpu = gpu_rows(folder)
     llama, bench = ({key: max(run[key] for run in runs) for key in runs[0]} if runs else {}
                     for runs in (llama_runs, bench_runs))
