@@ -113,16 +113,18 @@ def stepped_batch_logits(model, ids, mask, prompt_length, *, compiled):
 
 
 @pytest.mark.parametrize("layout", ["hub", "row-major"])
-def test_a_padded_batch_of_compiled_steps_gives_transformers_logits(pair, layout):
-    """Four prompts of 7, 2, 4 and 1 tokens, left-padded, then 25 steps of the whole batch in
-    one call: every real position's logits are transformers' with the same mask and positions."""
+@pytest.mark.parametrize("lengths", [[7, 2, 4, 1], [3, 1, 2, 3]])
+def test_a_padded_batch_of_compiled_steps_gives_transformers_logits(pair, layout, lengths):
+    """Prompts of different lengths, left-padded (28 tokens in all: by the regular step; 12: by
+    the compiled one), then 25 steps of the whole batch in one call: every real position's
+    logits are transformers' with the same mask and positions."""
     ours, reference = pair
     model = ours if layout == "hub" else row_major(ours)
-    ids, mask = padded_batch([7, 2, 4, 1], 32, seed=8)
+    ids, mask = padded_batch(lengths, max(lengths) + 25, seed=8)
     with torch.no_grad():
         expected = reference(ids, attention_mask=mask,
                              position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
-    found = stepped_batch_logits(model, ids, mask, 7, compiled=True)
+    found = stepped_batch_logits(model, ids, mask, max(lengths), compiled=True)
     real = mask.bool()
     assert (found[real] - expected[real]).abs().max() < 1e-4 * expected.abs().max()
 
@@ -142,6 +144,18 @@ def test_a_half_precision_padded_batch_stays_close_to_transformers_fp32(pair, tm
     assert (found - expected[real]).abs().max() < bound * scale
     assert (found - expected[real]).abs().max() <= (
         (regular - expected[real]).abs().max() + 1e-3 * scale)
+
+
+def test_short_prompts_run_compiled_and_long_fp32_ones_by_matrix_products(pair, monkeypatch):
+    ours, _ = pair
+    decoder = Decoder(ours, 2, 40, compiled=True)
+    assert decoder.compiled.runs(torch.ones(2, 8)) and decoder.compiled.runs(torch.ones(2, 1))
+    assert not decoder.compiled.runs(torch.ones(2, 9))
+    regular = []
+    monkeypatch.setattr(Decoder, "logits", lambda *args, **kwargs: regular.append(1))
+    with torch.inference_mode():
+        decoder.forward(torch.ones(2, 8, dtype=torch.long))
+    assert regular == []  # the prompt's 16 tokens ran compiled
 
 
 def test_a_row_of_a_batch_gets_the_logits_it_gets_alone(pair):
@@ -393,29 +407,37 @@ def test_the_step_checks_ids_and_positions_itself(pair):
         rows = ours.token_embedding_table.weight.shape[0]
         positions = ours.position_embedding_table.weight.shape[0]
 
-        def call(tokens, slot, places=(0, 0), padding=None, stride=0):
-            tokens, places = torch.tensor(tokens), torch.tensor(places)
-            asked = compiled_step.Rows(tokens.data_ptr(), places.data_ptr(), slot,
-                                       None if padding is None else padding.data_ptr(), stride)
+        def call(tokens, slots=(0, 0), places=(0, 0), sequences=(0, 1), logit_rows=(0, 1),
+                 padding=None, stride=0):
+            held = [torch.tensor(each) for each in (tokens, places, sequences, slots, logit_rows)]
+            asked = compiled_step.Rows(
+                *(tensor.data_ptr() for tensor in held[:4]), len(tokens),
+                None if padding is None else padding.data_ptr(), stride, held[4].data_ptr(),
+                len(logit_rows))
             return step.library.gpt2port_step(ctypes.byref(step.model), ctypes.byref(asked))
 
-        assert call([0, rows], 0) == 1
-        assert call([-1, 0], 0) == 1
-        assert call([0, 0], 8) == 2  # the cache holds 8
-        assert call([0, 0], -1) == 2
-        assert call([0, 0], 0, (0, positions)) == 2
-        assert call([0, 0], 0, (-1, 0)) == 2
-        assert call([0, 0], 3, padding=torch.ones(2, 3, dtype=torch.long), stride=2) == 2
-        assert call([0, 0], 0) == 0
-        assert call([0, 0], 3, padding=torch.ones(2, 3, dtype=torch.long), stride=3) == 0
+        assert call([0, rows]) == 1
+        assert call([-1, 0]) == 1
+        assert call([0, 0], slots=(0, 8)) == 2  # the cache holds 8
+        assert call([0, 0], slots=(-1, 0)) == 2
+        assert call([0, 0], places=(0, positions)) == 2
+        assert call([0, 0], places=(-1, 0)) == 2
+        assert call([0, 0], sequences=(0, 2)) == 2  # two sequences
+        assert call([0] * 17, slots=[0] * 17, places=[0] * 17, sequences=[0] * 17) == 2
+        assert call([0, 0], logit_rows=(0, 2)) == 2
+        assert call([0, 0], logit_rows=(1, 0)) == 2
+        padding = torch.ones(2, 3, dtype=torch.long)
+        assert call([0, 0], slots=(3, 3), padding=padding, stride=3) == 2
+        assert call([0, 0]) == 0
+        assert call([0, 0], slots=(2, 2), padding=padding, stride=3) == 0
         with pytest.raises(ConfigError, match="position 8 is outside the cache"):
-            step(torch.tensor([0, 0]), 8)
+            step(torch.tensor([[0], [0]]), 8)
         with pytest.raises(ConfigError, match=f"token id {rows} is outside"):
-            step(torch.tensor([0, rows]), 0)
-        with pytest.raises(ConfigError, match="3 token\\(s\\) for a step of 2 sequence"):
-            step(torch.tensor([0, 0, 0]), 0)
+            step(torch.tensor([[0], [rows]]), 0)
+        with pytest.raises(ConfigError, match="3 x 1 token\\(s\\) for a step of 2 sequence"):
+            step(torch.tensor([[0], [0], [0]]), 0)
         with pytest.raises(ConfigError, match="a padding mask of \\[2, 2\\]"):
-            step(torch.tensor([0, 0]), 2, torch.ones(2, 2))
+            step(torch.tensor([[0], [0]]), 2, torch.ones(2, 2))
 
 
 def test_the_c_structs_are_laid_out_as_the_ctypes_ones():

@@ -36,6 +36,7 @@ FLAG_SETS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-fopenmp"), ("-O3",)
 KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 GELUS = {"tanh": 0, "none": 1}
 FP32_BATCH_LIMIT = 16  # measured: 190 vs 150 tok/s at 16 rows, 195 vs 235 at 32 (benchmarks.md)
+PROMPT_ROWS = FP32_BATCH_LIMIT  # the most prompt tokens (all sequences) it runs in one call
 PARTIAL_GAP = 16  # floats after each row's partial sums (step.c says why)
 HINT = "token ids are 0 to the model's vocab_size - 1, positions within its context"
 
@@ -66,18 +67,22 @@ class Model(ctypes.Structure):
                 ("scratch", ctypes.c_void_p), ("logits", ctypes.c_void_p),
                 ("partials", ctypes.c_void_p), ("threads", ctypes.c_int64),
                 ("partial_size", ctypes.c_int64), ("token_rows", ctypes.c_int64),
-                ("position_rows", ctypes.c_int64), ("batch", ctypes.c_int64)]
+                ("position_rows", ctypes.c_int64), ("sequences", ctypes.c_int64),
+                ("most_rows", ctypes.c_int64)]
 
 
 class Rows(ctypes.Structure):
     _fields_ = [("tokens", ctypes.c_void_p), ("positions", ctypes.c_void_p),
-                ("slot", ctypes.c_int64), ("padding", ctypes.c_void_p),
-                ("padding_stride", ctypes.c_int64)]
+                ("sequences", ctypes.c_void_p), ("slots", ctypes.c_void_p),
+                ("count", ctypes.c_int64), ("padding", ctypes.c_void_p),
+                ("padding_stride", ctypes.c_int64), ("logit_rows", ctypes.c_void_p),
+                ("logit_count", ctypes.c_int64)]
 
 
 STRUCTS = (Product, Norm, Block, Model, Rows)  # the order gpt2port_struct_sizes gives them in
 STEP_PROBLEMS = {1: "a token is outside the embedding table",
-                 2: "a position is outside the position table or the cache"}
+                 2: "a position, slot or row is outside the position table, the cache or the "
+                    "step"}
 
 
 def cache_folder() -> Path:
@@ -316,9 +321,9 @@ def compiled_step(model: GPTModel, keys: torch.Tensor, values: torch.Tensor,
 
 
 class CompiledStep:
-    """A decoder's one-token steps on the CPU, by the compiled step, for every sequence of its
-    cache at once. Holds the fp32 norms and biases it made and every tensor the C structs point
-    at."""
+    """A decoder's steps on the CPU by the compiled step: one token of every sequence of its
+    cache at once, or a short prompt of each (up to ``most_rows`` tokens in all). Holds the fp32
+    norms and biases it made and every tensor the C structs point at."""
 
     def __init__(self, model: GPTModel, keys: torch.Tensor, values: torch.Tensor,
                  packed: list[tuple[torch.Tensor, torch.Tensor | None] | None]):
@@ -330,75 +335,92 @@ class CompiledStep:
         self.unchanged, self.vocabulary = Unchanged(model), model.config["vocab_size"]
         config = model.config
         self.held: list[torch.Tensor] = [keys, values]
+        self.transposed_rows = 0  # the most outputs of a transposed product: its partial sums
         blocks = model.transformer_blocks
         self.blocks = (Block * len(blocks))(*map(self.block, blocks, packed))
-        batch, capacity, width = keys.shape[1], keys.shape[3], config["embedding_dimension"]
         head = model.output_head
-        self.logits = torch.empty(batch, head.weight.shape[0])
+        head_product = self.product(head.weight, head.bias)
+        sequences, capacity, width = keys.shape[1], keys.shape[3], config["embedding_dimension"]
+        self.most_rows = max(sequences, PROMPT_ROWS)
+        self.logits = torch.empty(self.most_rows, head.weight.shape[0])
         scratch = 6 * width + blocks[0].feed_forward.expansion.weight.shape[0]
         scratch += config["number_of_heads"] * capacity
-        self.scratch = torch.empty(batch, scratch)  # per row: x, normed, q|k|v, ..., scores
+        self.scratch = torch.empty(self.most_rows, scratch)  # per row: x, ..., scores
         threads = max(self.library.gpt2port_max_threads(), os.cpu_count() or 1)
-        partial_size = PARTIAL_GAP + max(weight.shape[0] for weight in model.parameters()
-                                         if weight.dim() == 2)
-        self.partials = torch.empty(threads, batch, partial_size)
+        partial_size = PARTIAL_GAP + self.transposed_rows
+        self.partials = torch.empty(threads, self.most_rows, partial_size)
         self.model = Model(
             width=width, heads=config["number_of_heads"], layers=len(blocks), capacity=capacity,
             kind=KINDS[head.weight.dtype], exact_gelu=GELUS[config["gelu_approximation"]],
             epsilon=config["layer_norm_epsilon"],
             token_table=self.pointer(model.token_embedding_table.weight),
             position_table=self.pointer(model.position_embedding_table.weight),
-            blocks=self.blocks, final_norm=self.norm(model.layer_norm),
-            head=self.product(head.weight, head.bias),
+            blocks=self.blocks, final_norm=self.norm(model.layer_norm), head=head_product,
             keys=self.pointer(keys), values=self.pointer(values),
             scratch=self.pointer(self.scratch), logits=self.pointer(self.logits),
             partials=self.pointer(self.partials), threads=threads, partial_size=partial_size,
             token_rows=model.token_embedding_table.weight.shape[0],
-            position_rows=model.position_embedding_table.weight.shape[0], batch=batch)
-        self.dtype, self.capacity, self.batch = head.weight.dtype, capacity, batch
+            position_rows=model.position_embedding_table.weight.shape[0], sequences=sequences,
+            most_rows=self.most_rows)
+        self.dtype, self.capacity, self.sequences = head.weight.dtype, capacity, sequences
 
-    def __call__(self, tokens: torch.Tensor, slot: int, padding: torch.Tensor | None = None
-                 ) -> torch.Tensor:
-        """The logits (B, V) after each row's token (B,), its keys and values cached at
-        ``slot``. ``padding`` (B, slot + 1), 1 for tokens and 0 for left padding, sets each row's
-        position (its tokens before) and the keys it sees; None: every slot holds a token.
+    def runs(self, token_ids: torch.Tensor) -> bool:
+        """Whether it takes these (B, T) tokens in one call (a prompt of fp32 rows past
+        FP32_BATCH_LIMIT runs faster by the regular step's matrix products)."""
+        rows = token_ids.numel()
+        return rows <= self.most_rows and (token_ids.shape[1] == 1 or rows <= PROMPT_ROWS)
+
+    def __call__(self, token_ids: torch.Tensor, start: int, padding: torch.Tensor | None = None,
+                 *, last_only: bool = True) -> torch.Tensor:
+        """The logits (B, T, V), or (B, 1, V) for each sequence's last token only, after
+        ``token_ids`` (B, T) at cache slots ``start`` on, their keys and values cached.
+        ``padding`` (B, start + T), 1 for tokens and 0 for left padding, sets each token's
+        position (the tokens before it) and the keys it sees; None: every slot holds a token.
 
         Raises:
-            ConfigError: for a token outside the vocabulary, a position outside the cache, or a
-                model changed since this step was made (a layer replaced, a tensor moved).
+            ConfigError: for a token outside the vocabulary, a position outside the cache, more
+                tokens than the step holds, or a model changed since this step was made (a
+                layer replaced, a tensor moved).
         """
-        tokens = tokens.reshape(-1).to(torch.int64).contiguous()
-        if tokens.shape[0] != self.batch:
-            raise ConfigError(f"compile: {tokens.shape[0]} token(s) for a step of "
-                              f"{self.batch} sequence(s)", hint=HINT)
-        outside = tokens[(tokens < 0) | (tokens >= self.vocabulary)]
+        batch, tokens = token_ids.shape
+        if batch != self.sequences or not self.runs(token_ids):
+            raise ConfigError(f"compile: {batch} x {tokens} token(s) for a step of "
+                              f"{self.sequences} sequence(s) and at most {self.most_rows} "
+                              "tokens", hint=HINT)
+        ids = token_ids.to(torch.int64).reshape(-1).contiguous()  # row b * T + t
+        outside = ids[(ids < 0) | (ids >= self.vocabulary)]
         if outside.numel():
             raise ConfigError(f"compile: token id {int(outside[0])} is outside the model's "
                               f"vocabulary (0 to {self.vocabulary - 1})", hint=HINT)
-        if not 0 <= slot < self.capacity:
-            raise ConfigError(f"compile: position {slot} is outside the cache (0 to "
-                              f"{self.capacity - 1})", hint=HINT)
+        if not 0 <= start <= self.capacity - tokens:
+            raise ConfigError(f"compile: position {start + tokens - 1} is outside the cache (0 "
+                              f"to {self.capacity - 1})", hint=HINT)
+        slots = torch.arange(start, start + tokens).repeat(batch)
         if padding is None:
-            positions, earlier = torch.full_like(tokens, slot), None
+            positions = slots
         else:
-            padding = padding.to(torch.int64)
-            if tuple(padding.shape) != (self.batch, slot + 1):
+            padding = padding.to(torch.int64).contiguous()
+            if tuple(padding.shape) != (batch, start + tokens):
                 raise ConfigError(f"compile: a padding mask of {list(padding.shape)} for "
-                                  f"{self.batch} sequence(s) at slot {slot}", hint=HINT)
-            positions = (padding.sum(1) - 1).clamp(min=0)  # as the regular step numbers them
-            earlier = padding[:, :slot].contiguous()
+                                  f"{batch} sequence(s) of {start + tokens} token(s)", hint=HINT)
+            # as the regular step numbers them: the real tokens before, padding at 0
+            positions = (padding.cumsum(1) - 1).clamp(min=0)[:, start:].reshape(-1).contiguous()
+        sequences = torch.arange(batch).repeat_interleave(tokens)
+        logit_rows = torch.arange(tokens - 1 if last_only else 0, batch * tokens,
+                                  tokens if last_only else 1)
         if not self.unchanged():
             raise ConfigError("compile: the model changed while it was generating (a layer "
                               "replaced, a tensor moved or retyped, a hook added)",
                               hint="start a new generation after changing the model")
-        rows = Rows(tokens.data_ptr(), positions.data_ptr(), slot,
-                    None if earlier is None else earlier.data_ptr(),
-                    0 if earlier is None else max(slot, 1))
+        rows = Rows(ids.data_ptr(), positions.data_ptr(), sequences.data_ptr(), slots.data_ptr(),
+                    batch * tokens, None if padding is None else padding.data_ptr(),
+                    start + tokens, logit_rows.data_ptr(), logit_rows.numel())
         status = self.library.gpt2port_step(ctypes.byref(self.model), ctypes.byref(rows))
         if status != 0:
             raise ConfigError(f"compile: {STEP_PROBLEMS.get(status, f'status {status}')} "
-                              f"(tokens {tokens.tolist()}, slot {slot})", hint=HINT)
-        return self.logits.to(self.dtype, copy=True)
+                              f"(tokens {ids.tolist()}, from slot {start})", hint=HINT)
+        logits = self.logits[:logit_rows.numel()].to(self.dtype, copy=True)
+        return logits.view(batch, 1 if last_only else tokens, -1)
 
     def pointer(self, tensor: torch.Tensor | None, *, fp32: bool = False) -> int | None:
         if tensor is None:
@@ -417,8 +439,11 @@ class CompiledStep:
         if weight is None:
             return Product(None, None, 0, 0, 0, 0)
         rows, cols = weight.shape
+        transposed, stride = layout(weight)
+        if transposed:
+            self.transposed_rows = max(self.transposed_rows, rows)
         return Product(self.pointer(weight), self.pointer(bias, fp32=True), rows, cols,
-                       *layout(weight))
+                       transposed, stride)
 
     def block(self, block: TransformerBlock,
               packed: tuple[torch.Tensor, torch.Tensor | None] | None) -> Block:

@@ -92,10 +92,10 @@ class Decoder:
         """Logits (B, T, V), or (B, 1, V) for the last position only, of ``token_ids`` (B, T)
         after the cached tokens; ``padding`` (B, cached + T) marks left padding with 0."""
         tokens = token_ids.shape[1]
-        if tokens > 1:
+        if self.compiled is not None and self.compiled.runs(token_ids):
+            logits = self.compiled(token_ids, self.cache.length, padding, last_only=last_only)
+        elif tokens > 1:
             logits = self.logits(token_ids, padding, F.linear, last_only=last_only)
-        elif self.compiled is not None:
-            logits = self.compiled(token_ids[:, 0], self.cache.length, padding)[:, None]
         elif self.static_cache and padding is None:
             self.captured = self.captured or CapturedStep(self)
             with self.step.running():

@@ -1,6 +1,7 @@
-/* One GPT-2 decoding step on the CPU, fused: the embeddings, every block and the output head
- * for one token of each sequence in the batch in one call, with no per-operation dispatch in
- * between.
+/* GPT-2 decoding steps on the CPU, fused: the embeddings, every block and the output head for
+ * a set of rows in one call, with no per-operation dispatch in between. A row is one token of
+ * one sequence at one cache slot: a step of a batch is a row per sequence; a short prompt is a
+ * row per token (its keys written before any row attends).
  *
  * Built on first use by gpt2port/engine/compiled_step.py with the machine's C compiler and loaded
  * through ctypes; the struct layouts below match the ctypes ones there. Weights are read where
@@ -48,23 +49,26 @@ typedef struct {
     const Block *blocks;
     Norm final_norm;
     Product head;
-    float *keys, *values; /* (layers, batch, heads, capacity, width / heads) */
-    float *scratch;       /* x, normed, qkv, context, hidden, scores (see gpt2port_step) */
-    float *logits;        /* (batch, head.rows) */
-    float *partials;      /* (threads, batch, partial_size): each thread's sums of transposed
-                             products, a row's every `rows + PARTIAL_GAP` floats */
+    float *keys, *values; /* (layers, sequences, heads, capacity, width / heads) */
+    float *scratch;       /* per row x, normed, qkv, context, hidden; scores (gpt2port_step) */
+    float *logits;        /* (most_rows, head.rows) */
+    float *partials;      /* (threads, most_rows, partial_size): each thread's sums of
+                             transposed products, a row's every `rows + PARTIAL_GAP` floats */
     int64_t threads, partial_size;
     int64_t token_rows, position_rows; /* rows of the tables: a step reads none past them */
-    int64_t batch;
+    int64_t sequences, most_rows;      /* the cache's sequences; the rows a step may have */
 } Model;
 
-/* The rows of one step: each sequence's token and position, the cache slot every row writes,
- * and which earlier slots hold real tokens (padding: NULL where all do). */
+/* The rows of one step: each row's token, position, sequence and cache slot; which slots of
+ * each sequence hold real tokens; and whose logits to compute, in order. */
 typedef struct {
-    const int64_t *tokens, *positions; /* (batch,) */
-    int64_t slot;
-    const int64_t *padding;            /* (batch, padding_stride): 1 a token, 0 padding */
+    const int64_t *tokens, *positions, *sequences, *slots; /* (count,) */
+    int64_t count;
+    const int64_t *padding;        /* (sequences, padding_stride): 1 a token, 0 padding; NULL:
+                                      every slot holds a token */
     int64_t padding_stride;
+    const int64_t *logit_rows;     /* (logit_count,), ascending */
+    int64_t logit_count;
 } Rows;
 
 enum { STEP_DONE = 0, TOKEN_OUTSIDE = 1, POSITION_OUTSIDE = 2 };
@@ -354,36 +358,46 @@ static void add_and_norm(const Model *m, const Norm *norm, Vectors x, const floa
 #pragma omp barrier
 }
 
-/* The attention of one block for each row's token: its key and value cached at the row's slot,
- * the context of every head from the row's real keys at 0..slot. Ends with a barrier. */
+/* The attention of one block for each row's token: every row's key and value cached at its
+ * slot first, then the context of every head from the keys of its sequence at 0..slot (a real
+ * token's skipping padding; padding sees every key before it, as the regular step's). Ends with
+ * a barrier. */
 static void attend(const Model *m, const Rows *rows, int64_t layer, Vectors qkv, Vectors context,
                    float *scores) {
-    int64_t heads = m->heads, size = m->width / heads, capacity = m->capacity, slot = rows->slot;
+    int64_t heads = m->heads, size = m->width / heads, capacity = m->capacity;
     float scale = 1.0f / sqrtf((float)size);
     int64_t begin, end;
     share(qkv.count * heads, 1, &begin, &end);
     for (int64_t pair = begin; pair < end; pair++) {
-        int64_t b = pair / heads, h = pair % heads;
-        const float *q = row_of(qkv, b) + h * size, *k = q + m->width, *v = k + m->width;
-        int64_t place = ((layer * qkv.count + b) * heads + h) * capacity * size;
+        int64_t r = pair / heads, h = pair % heads, slot = rows->slots[r];
+        const float *k = row_of(qkv, r) + m->width + h * size, *v = k + m->width;
+        int64_t place = ((layer * m->sequences + rows->sequences[r]) * heads + h) * capacity * size;
+        memcpy(m->keys + place + slot * size, k, size * sizeof(float));
+        memcpy(m->values + place + slot * size, v, size * sizeof(float));
+    }
+#pragma omp barrier
+    for (int64_t pair = begin; pair < end; pair++) {
+        int64_t r = pair / heads, h = pair % heads, slot = rows->slots[r];
+        const float *q = row_of(qkv, r) + h * size;
+        int64_t place = ((layer * m->sequences + rows->sequences[r]) * heads + h) * capacity * size;
         float *keys = m->keys + place, *values = m->values + place;
-        const int64_t *real = rows->padding ? rows->padding + b * rows->padding_stride : NULL;
-        memcpy(keys + slot * size, k, size * sizeof(float));
-        memcpy(values + slot * size, v, size * sizeof(float));
+        const int64_t *real = rows->padding ? rows->padding
+                                              + rows->sequences[r] * rows->padding_stride : NULL;
+        if (real && !real[slot]) real = NULL; /* a padding query */
         float *score = scores + pair * capacity, best = -INFINITY, total = 0.0f;
         for (int64_t s = 0; s <= slot; s++) {
-            if (real && s < slot && !real[s]) continue; /* padding: never attended */
+            if (real && !real[s]) continue; /* padding: never attended */
             float dot = 0.0f;
             for (int64_t d = 0; d < size; d++) dot += q[d] * keys[s * size + d];
             score[s] = dot * scale;
             best = score[s] > best ? score[s] : best;
         }
         for (int64_t s = 0; s <= slot; s++)
-            if (!(real && s < slot && !real[s])) total += score[s] = expf(score[s] - best);
-        float *out = row_of(context, b) + h * size;
+            if (!(real && !real[s])) total += score[s] = expf(score[s] - best);
+        float *out = row_of(context, r) + h * size;
         for (int64_t d = 0; d < size; d++) out[d] = 0.0f;
         for (int64_t s = 0; s <= slot; s++) {
-            if (real && s < slot && !real[s]) continue;
+            if (real && !real[s]) continue;
             float weight = score[s] / total;
             for (int64_t d = 0; d < size; d++) out[d] += weight * values[s * size + d];
         }
@@ -391,35 +405,51 @@ static void attend(const Model *m, const Rows *rows, int64_t layer, Vectors qkv,
 #pragma omp barrier
 }
 
-/* The logits (batch, head.rows) after each row's token at its position, its keys and values
- * cached at the rows' slot; STEP_DONE, or why nothing was read or written (a token outside the
- * table, a position outside the table or a slot outside the cache). */
-int64_t gpt2port_step(const Model *m, const Rows *rows) {
-    int64_t batch = m->batch, width = m->width, hidden_width = m->blocks[0].expansion.rows;
-    if (rows->slot < 0 || rows->slot >= m->capacity) return POSITION_OUTSIDE;
-    for (int64_t b = 0; b < batch; b++) {
-        if (rows->tokens[b] < 0 || rows->tokens[b] >= m->token_rows) return TOKEN_OUTSIDE;
-        if (rows->positions[b] < 0 || rows->positions[b] >= m->position_rows)
+/* Whether every row of `rows` stays inside the tables, the cache and the padding mask, and its
+ * logit rows are its own, ascending. */
+static int64_t rows_problem(const Model *m, const Rows *rows) {
+    if (rows->count < 1 || rows->count > m->most_rows) return POSITION_OUTSIDE;
+    if (rows->logit_count < 0 || rows->logit_count > rows->count) return POSITION_OUTSIDE;
+    for (int64_t r = 0; r < rows->count; r++) {
+        if (rows->tokens[r] < 0 || rows->tokens[r] >= m->token_rows) return TOKEN_OUTSIDE;
+        if (rows->positions[r] < 0 || rows->positions[r] >= m->position_rows
+            || rows->slots[r] < 0 || rows->slots[r] >= m->capacity
+            || rows->sequences[r] < 0 || rows->sequences[r] >= m->sequences
+            || (rows->padding != NULL && rows->slots[r] >= rows->padding_stride))
             return POSITION_OUTSIDE;
     }
-    if (rows->padding != NULL && rows->padding_stride < rows->slot) return POSITION_OUTSIDE;
+    for (int64_t i = 0; i < rows->logit_count; i++)
+        if (rows->logit_rows[i] < i || rows->logit_rows[i] >= rows->count
+            || (i > 0 && rows->logit_rows[i] <= rows->logit_rows[i - 1]))
+            return POSITION_OUTSIDE;
+    return STEP_DONE;
+}
+
+/* The logits (logit_count, head.rows) after the rows' tokens, their keys and values cached;
+ * STEP_DONE, or why nothing was read or written (a token outside the table; a position, slot,
+ * sequence or logit row outside its table, cache, mask or rows). */
+int64_t gpt2port_step(const Model *m, const Rows *rows) {
+    int64_t problem = rows_problem(m, rows);
+    if (problem != STEP_DONE) return problem;
+    int64_t count = rows->count, width = m->width, hidden_width = m->blocks[0].expansion.rows;
     /* per row: x, normed, q|k|v, context, hidden; then every row's scores */
-    Vectors x = {m->scratch, width, batch}, normed = {x.data + batch * width, width, batch},
-            qkv = {normed.data + batch * width, 3 * width, batch},
-            context = {qkv.data + batch * 3 * width, width, batch},
-            hidden = {context.data + batch * width, hidden_width, batch},
-            logits = {m->logits, m->head.rows, batch};
-    float *scores = hidden.data + batch * hidden_width;
-    for (int64_t b = 0; b < batch; b++)
+    Vectors x = {m->scratch, width, count}, normed = {x.data + count * width, width, count},
+            qkv = {normed.data + count * width, 3 * width, count},
+            context = {qkv.data + count * 3 * width, width, count},
+            hidden = {context.data + count * width, hidden_width, count},
+            last = {normed.data, width, rows->logit_count},
+            logits = {m->logits, m->head.rows, rows->logit_count};
+    float *scores = hidden.data + count * hidden_width;
+    for (int64_t r = 0; r < count; r++)
         for (int64_t i = 0; i < width; i++)
-            row_of(x, b)[i] = to_float(m->token_table, rows->tokens[b] * width + i, m->kind)
-                              + to_float(m->position_table, rows->positions[b] * width + i, m->kind);
+            row_of(x, r)[i] = to_float(m->token_table, rows->tokens[r] * width + i, m->kind)
+                              + to_float(m->position_table, rows->positions[r] * width + i, m->kind);
     int gelu = m->exact_gelu ? 2 : 1;
     int64_t others = __atomic_fetch_add(&steps_running, 1, __ATOMIC_RELAXED);
 #pragma omp parallel num_threads(team_for_this_step(m, others))
     {
-        Vectors q = qkv, k = {qkv.data + width, qkv.stride, batch},
-                v = {qkv.data + 2 * width, qkv.stride, batch};
+        Vectors q = qkv, k = {qkv.data + width, qkv.stride, count},
+                v = {qkv.data + 2 * width, qkv.stride, count};
         add_and_norm(m, &m->blocks[0].attention_norm, x, NULL, 0, normed);
         for (int64_t layer = 0; layer < m->layers; layer++) {
             const Block *b = &m->blocks[layer];
@@ -435,7 +465,11 @@ int64_t gpt2port_step(const Model *m, const Rows *rows) {
                                                       : &m->final_norm;
             add_and_norm(m, next, x, normed.data, normed.stride, normed);
         }
-        product(m, &m->head, normed, logits, 0);
+#pragma omp single
+        for (int64_t i = 0; i < rows->logit_count; i++) /* ascending: never over a later one */
+            if (rows->logit_rows[i] != i)
+                memcpy(row_of(normed, i), row_of(normed, rows->logit_rows[i]), width * sizeof(float));
+        if (rows->logit_count > 0) product(m, &m->head, last, logits, 0);
     }
     __atomic_fetch_sub(&steps_running, 1, __ATOMIC_RELAXED);
     return STEP_DONE;
