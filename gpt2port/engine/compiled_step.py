@@ -1,9 +1,10 @@
-"""A one-token decoding step compiled for this machine: ``csrc/step.c``, built on first use with
-the machine's C compiler, cached on disk, loaded through ctypes.
+"""A decoding step compiled for this machine: ``csrc/step.c``, built on first use with the
+machine's C compiler, cached on disk, loaded through ctypes.
 
-The step runs a whole token (embeddings, every block, the output head) in one call, with no
-per-operation dispatch: on the CPU at batch 1 that dispatch, not the products, is what an eager
-step spends beyond its weights' memory traffic (docs/benchmarks.md). It reads the model's own
+The step runs whole tokens (embeddings, every block, the output head) in one call, with no
+per-operation dispatch: one token of every sequence of a batch, or a short prompt's tokens,
+each weight read once for all of them. On the CPU at batch 1 the dispatch, not the products, is
+what an eager step spends beyond its weights' memory traffic (docs/benchmarks.md). It reads the model's own
 tensors where they are (no copy of a weight; fp32 copies of the norms and biases, a few hundred
 KB), writes the decoder's own KV cache, and keeps its activations in fp32.
 

@@ -69,9 +69,10 @@ class Decoder:
     ``forward`` runs tokens after the cached ones and caches them. One-token steps at batch 1
     run their products by the kernel ``kernels.for_decoding`` chooses (``step``); with
     ``static_cache`` they keep fixed shapes, and on CUDA replay one captured CUDA graph
-    (``cuda_graphs``); they run by the compiled step (``compiled_step``), every sequence of the
-    batch in one call, where ``compiled`` is True, or None (the default) and it applies: a plain
-    model on the CPU, a C compiler, no static cache.
+    (``cuda_graphs``). They, and prompts of up to 16 tokens in all, run by the compiled step
+    (``compiled_step``), every sequence of the batch in one call, where ``compiled`` is True, or
+    None (the default) and it applies: a plain model on the CPU, a C compiler, no static cache,
+    an fp32 batch of at most 16.
     """
 
     def __init__(self, model: GPTModel, batch_size: int, capacity: int | None = None, *,

@@ -67,11 +67,13 @@ def stream(model: GPTModel, token_ids: torch.Tensor, max_new_tokens: int, *,
     replayed from a CUDA graph (``cuda_graphs.CapturedStep``); prompts of one length only (no
     ``attention_mask``). Opt-in: its GPU speed is still to be measured (docs/benchmarks.md).
 
-    The one-token steps run by the compiled step (``compiled_step``) wherever it applies: batch 1
-    on the CPU, fp32/fp16/bf16, a plain model (no replaced or hooked layer), a C compiler on the
-    machine (built on first use, about a second, then cached on disk), no ``static_cache``;
-    elsewhere by the regular step, with no error. ``compile=True`` asks for it and raises where
-    it cannot run; ``compile=False`` forces the regular step. Prompts run by the regular path.
+    The one-token steps run by the compiled step (``compiled_step``), the whole batch in one call,
+    wherever it applies: on the CPU, fp32/fp16/bf16, a plain model (no replaced or hooked layer),
+    a C compiler on the machine (built on first use, about a second, then cached on disk), no
+    ``static_cache``, an fp32 batch of at most 16 (MKL is faster past it); elsewhere by the
+    regular step, with no error. Prompts of up to 16 tokens in all run by it too, longer ones by
+    the regular path. ``compile=True`` asks for it and raises where it cannot run;
+    ``compile=False`` forces the regular step.
 
     Raises:
         ConfigError: at once, for arguments that cannot work: a model that is not a language
