@@ -1,7 +1,7 @@
 """gpt2port next to transformers and llama.cpp, same checkpoint, same run, ratios printed.
 
     python benchmarks/compare.py [--write-docs] [--baseline DIR] [--llama-bench PATH]
-                                                                     # ~6 min on 2 cores
+                                                          # ~15 min on 2 cores with llama.cpp
 
 llama.cpp is measured by its own ``llama-bench`` where ``--llama-bench`` gives the binary (built
 from the llama.cpp sources vendored in llama-cpp-python's sdist: docs/benchmarks.md), batches by
@@ -35,6 +35,7 @@ from checkpoint import ROOT, write_full_size_folder
 THREADS = os.cpu_count()
 PROMPT = [464, 3290]  # "The dog"
 NEW_TOKENS = 64
+BATCHES = "4,8"  # sequences decoded at once, by gpt2port, transformers and llama-batched-bench
 IMPLEMENTATIONS = ("gpt2port", "transformers")
 ROUNDS = 3  # speed measurements: fresh processes, alternating, best of all rounds
 
@@ -68,9 +69,8 @@ SPEED = r"""
 import json, sys, time
 import torch
 folder, implementation, new_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+batches = [int(batch) for batch in sys.argv[4].split(",")]
 prompt = torch.tensor([[464, 3290]])
-
-BATCHES = (4, 8)
 
 def best(run, repeats):
     # the shortest of `repeats` runs after a warm-up: the time `run` returns, else its own
@@ -117,7 +117,7 @@ with torch.inference_mode():
             results[f"steps_{dtype}_tokens_per_s"] = new_tokens / best(lambda: steps(model), 3)
         if dtype == "bfloat16" or (dtype == "float16" and implementation == "transformers"):
             continue  # batches: fp32 on both sides, and gpt2port's fp16 against llama.cpp's f16
-        for batch in BATCHES:  # prompts of the same length, as llama-batched-bench's
+        for batch in batches:  # prompts of the same length, as llama-batched-bench's
             ids = torch.tensor([[464, 3290 + row] for row in range(batch)])
             results[f"decode_batch{batch}_{dtype}_tokens_per_s"] = batch * new_tokens / best(
                 lambda: decode(model, ids), 2)
@@ -295,7 +295,7 @@ def llama_batched_bench(binary: Path, exports: dict[str, Path]) -> dict:
     found = {}
     for dtype, path in exports.items():
         done = subprocess.run([str(binary), "-m", str(path), "-c", "1024", "-npp", "2", "-ntg",
-                               str(NEW_TOKENS), "-npl", "4,8", "-t", str(THREADS),
+                               str(NEW_TOKENS), "-npl", BATCHES, "-t", str(THREADS),
                                "--output-format", "jsonl"], capture_output=True, text=True,
                               check=True)
         for line in done.stdout.splitlines():
@@ -338,7 +338,7 @@ def table(ours: dict, theirs: dict, llama: dict, bench: dict) -> list[str]:
     fp16 = ours["decode_float16_tokens_per_s"] / theirs["decode_float32_tokens_per_s"]
     lines.append(f"| gpt2port bf16 / fp16 decode vs transformers fp32 | | | "
                  f"{bf16:.2f}x / {fp16:.2f}x |")
-    for batch in (4, 8):
+    for batch in BATCHES.split(","):
         key = f"decode_batch{batch}_float32_tokens_per_s"
         lines.append(f"| greedy decode, batch {batch}, fp32 (tok/s, all rows) | {ours[key]:.1f} | "
                      f"{theirs[key]:.1f} | {ours[key] / theirs[key]:.2f}x |")
@@ -358,7 +358,7 @@ def table(ours: dict, theirs: dict, llama: dict, bench: dict) -> list[str]:
                     lines.append(f"| {what}, batch 1, gpt2port {label} vs llama.cpp {gguf} "
                                  f"({peer}) on gpt2port's GGUF (tok/s) | {ours[key]:.1f} | "
                                  f"{peer} {value:.1f} | {ours[key] / value:.2f}x |")
-    for batch in (4, 8):
+    for batch in BATCHES.split(","):
         for label, gguf in (("float32", "f32"), ("float16", "f16")):
             key = f"decode_batch{batch}_{gguf}_tokens_per_s"
             if key in bench:
@@ -435,7 +435,7 @@ def main() -> None:
         llama_runs, bench_runs = [], []
         for _ in range(ROUNDS):  # interleaved, so that a noisy spell does not favour one side
             for name in implementations:
-                speeds[name].append(child(SPEED, folder, name, NEW_TOKENS))
+                speeds[name].append(child(SPEED, folder, name, NEW_TOKENS, BATCHES))
             if args.llama_bench:
                 bench_runs.append(llama_bench(args.llama_bench, exports))
                 if batched_bench.exists():

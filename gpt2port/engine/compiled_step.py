@@ -3,10 +3,10 @@ machine's C compiler, cached on disk, loaded through ctypes.
 
 The step runs whole tokens (embeddings, every block, the output head) in one call, with no
 per-operation dispatch: one token of every sequence of a batch, or a short prompt's tokens,
-each weight read once for all of them. On the CPU at batch 1 the dispatch, not the products, is
-what an eager step spends beyond its weights' memory traffic (docs/benchmarks.md). It reads the model's own
-tensors where they are (no copy of a weight; fp32 copies of the norms and biases, a few hundred
-KB), writes the decoder's own KV cache, and keeps its activations in fp32.
+each weight read once for all of them. On the CPU at batch 1 the dispatch, not the products,
+is what an eager step spends beyond its weights' memory traffic (docs/benchmarks.md). It reads
+the model's own tensors where they are (no copy of a weight; fp32 copies of the norms and
+biases, a few hundred KB), writes the decoder's own KV cache, and keeps its activations in fp32.
 
 Built once per machine and source: ``$XDG_CACHE_HOME/gpt2port`` (else ``~/.cache/gpt2port``),
 named by a hash of the source, the compiler, its flags and the CPU, written under a temporary
@@ -336,7 +336,6 @@ class CompiledStep:
         self.unchanged, self.vocabulary = Unchanged(model), model.config["vocab_size"]
         config = model.config
         self.held: list[torch.Tensor] = [keys, values]
-        self.transposed_rows = 0  # the most outputs of a transposed product: its partial sums
         blocks = model.transformer_blocks
         self.blocks = (Block * len(blocks))(*map(self.block, blocks, packed))
         head = model.output_head
@@ -348,7 +347,10 @@ class CompiledStep:
         scratch += config["number_of_heads"] * capacity
         self.scratch = torch.empty(self.most_rows, scratch)  # per row: x, ..., scores
         threads = max(self.library.gpt2port_max_threads(), os.cpu_count() or 1)
-        partial_size = PARTIAL_GAP + self.transposed_rows
+        products = [getattr(block, name) for block in self.blocks
+                    for name, _ in Block._fields_[2:]] + [head_product]
+        partial_size = PARTIAL_GAP + max(  # the sums of a transposed product's outputs
+            (product.rows for product in products if product.transposed), default=0)
         self.partials = torch.empty(threads, self.most_rows, partial_size)
         self.model = Model(
             width=width, heads=config["number_of_heads"], layers=len(blocks), capacity=capacity,
@@ -366,8 +368,9 @@ class CompiledStep:
         self.dtype, self.capacity, self.sequences = head.weight.dtype, capacity, sequences
 
     def runs(self, token_ids: torch.Tensor) -> bool:
-        """Whether it takes these (B, T) tokens in one call (a prompt of fp32 rows past
-        FP32_BATCH_LIMIT runs faster by the regular step's matrix products)."""
+        """Whether it takes these (B, T) tokens in one call: a step of every sequence, or a
+        prompt of at most PROMPT_ROWS tokens in all (longer fp32 prompts run faster by the
+        regular step's matrix products, and the step's attention is made for few queries)."""
         rows = token_ids.numel()
         return rows <= self.most_rows and (token_ids.shape[1] == 1 or rows <= PROMPT_ROWS)
 
@@ -440,11 +443,8 @@ class CompiledStep:
         if weight is None:
             return Product(None, None, 0, 0, 0, 0)
         rows, cols = weight.shape
-        transposed, stride = layout(weight)
-        if transposed:
-            self.transposed_rows = max(self.transposed_rows, rows)
         return Product(self.pointer(weight), self.pointer(bias, fp32=True), rows, cols,
-                       transposed, stride)
+                       *layout(weight))
 
     def block(self, block: TransformerBlock,
               packed: tuple[torch.Tensor, torch.Tensor | None] | None) -> Block:

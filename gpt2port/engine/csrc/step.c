@@ -148,8 +148,8 @@ typedef struct {
 static inline float *row_of(Vectors v, int64_t b) { return v.data + b * v.stride; }
 
 #ifdef HAVE_AVX2
-/* y[b, r..r+3] = W[r..r+3, :] . x[b] for rows b0 and b0 + 1 (`pair`) or b0 alone: the four
- * weight rows are read from memory once per batch, then from the cache. */
+/* y0[0..3] = W[r..r+3, :] . x0, and y1 likewise for x1 unless it is NULL: the four weight rows
+ * (from w0, `step` bytes apart) are read from memory once per batch, then from the cache. */
 static inline void four_rows(const char *w0, int64_t step, int64_t cols, int64_t size,
                              int64_t kind, const float *x0, const float *x1, float *y0,
                              float *y1) {
@@ -358,6 +358,10 @@ static void add_and_norm(const Model *m, const Norm *norm, Vectors x, const floa
 #pragma omp barrier
 }
 
+/* Whether a query that sees `real` (its sequence's padding row; NULL: it sees every key) skips
+ * the key at slot s. */
+static inline int skipped(const int64_t *real, int64_t s) { return real != NULL && !real[s]; }
+
 /* The attention of one block for each row's token: every row's key and value cached at its
  * slot first, then the context of every head from the keys of its sequence at 0..slot (a real
  * token's skipping padding; padding sees every key before it, as the regular step's). Ends with
@@ -386,18 +390,18 @@ static void attend(const Model *m, const Rows *rows, int64_t layer, Vectors qkv,
         if (real && !real[slot]) real = NULL; /* a padding query */
         float *score = scores + pair * capacity, best = -INFINITY, total = 0.0f;
         for (int64_t s = 0; s <= slot; s++) {
-            if (real && !real[s]) continue; /* padding: never attended */
+            if (skipped(real, s)) continue; /* padding: never attended */
             float dot = 0.0f;
             for (int64_t d = 0; d < size; d++) dot += q[d] * keys[s * size + d];
             score[s] = dot * scale;
             best = score[s] > best ? score[s] : best;
         }
         for (int64_t s = 0; s <= slot; s++)
-            if (!(real && !real[s])) total += score[s] = expf(score[s] - best);
+            if (!skipped(real, s)) total += score[s] = expf(score[s] - best);
         float *out = row_of(context, r) + h * size;
         for (int64_t d = 0; d < size; d++) out[d] = 0.0f;
         for (int64_t s = 0; s <= slot; s++) {
-            if (real && !real[s]) continue;
+            if (skipped(real, s)) continue;
             float weight = score[s] / total;
             for (int64_t d = 0; d < size; d++) out[d] += weight * values[s * size + d];
         }
